@@ -1,0 +1,56 @@
+"""The ``tqsim`` command line: each command parses, calls one library function, renders.
+
+Heavy imports (torch, PyMC) happen inside the command that needs them so ``tqsim --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="tqsim",
+    help="Predict latency and tail quality of deep-learning inference under a deadline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module registers its commands on ``app``; imported for that side effect.
+from tqsim.cli import commands_measure  # noqa: E402,F401
+from tqsim.cli import commands_analyse  # noqa: E402,F401
+
+
+def main() -> None:
+    """Entry point: user mistakes exit 2 in one or two lines; internal failures exit 1."""
+    from tqsim.errors import UserError
+
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; every finished round is kept on disk. Run the same command to resume.",
+                    err=True, fg="yellow")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
+        sys.exit(code)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if debug:
+            raise
+        typer.secho(f"internal error: {exc.__class__.__name__}: {exc} (re-run with --debug for the traceback)",
+                    err=True, fg="red")
+        sys.exit(1)

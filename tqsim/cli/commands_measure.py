@@ -1,0 +1,1 @@
+"""Commands that measure or list: workloads, systems, calibrate."""

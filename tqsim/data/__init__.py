@@ -1,0 +1,1 @@
+"""The data contract (schema), its netCDF I/O and the workspace layout."""

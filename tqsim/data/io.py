@@ -1,0 +1,87 @@
+"""netCDF I/O: atomic writes, checked reads, and a campaign as one dataset along ``config``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from tqsim.data.schema import DataError, check_calibration
+from tqsim.errors import UserError
+from tqsim.factors import FACTORS
+
+ENGINE = "h5netcdf"
+
+
+def write_atomic(ds: xr.Dataset, path: Path) -> None:
+    """Write to a temporary name then rename, so a kill never leaves a half file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        ds.to_netcdf(tmp, engine=ENGINE)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_dataset(path: Path) -> xr.Dataset:
+    """Read a whole netCDF file into memory and close it (files are small; no handle leaks)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file.")
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            return ds.load()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable netCDF file ({exc.__class__.__name__}).") from None
+
+
+def read_calibration(path: Path, workload: str | None = None) -> xr.Dataset:
+    ds = read_dataset(path)
+    for name in ("correct",):
+        if name in ds:
+            ds[name] = ds[name].astype(bool)
+    return check_calibration(ds, str(path), workload)
+
+
+def calibration_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.nc") if not p.name.startswith("."))
+
+
+def load_campaign(source: Path | list[Path], workload: str | None = None) -> xr.Dataset:
+    """Concatenate configuration files along ``config``, factors as coordinates (DESIGN §4).
+
+    Configurations may hold different numbers of passes; missing passes are NaN.
+    """
+    paths = calibration_files(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else (
+        [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source])
+    if not paths:
+        raise UserError(f"{source}: holds no calibration files; run `tqsim calibrate` first.")
+    parts = [read_calibration(p, workload) for p in paths]
+    first = parts[0]
+    for p, ds in zip(paths, parts):
+        if ds.attrs["workload"] != first.attrs["workload"]:
+            raise DataError(f"{p}: workload '{ds.attrs['workload']}' differs from '{first.attrs['workload']}'.")
+        if ds.sizes["instance"] != first.sizes["instance"]:
+            raise DataError(f"{p}: {ds.sizes['instance']} instances, but {paths[0]} has {first.sizes['instance']}.")
+    ids = [p.stem for p in paths]
+    cleaned = []
+    for cid, ds in zip(ids, parts):
+        ds = ds.drop_dims("warmup_pass", errors="ignore")
+        ds = ds.assign_coords({"pass": np.arange(ds.sizes["pass"])})
+        ds = ds.expand_dims(config=[cid])
+        for f in FACTORS:
+            value = ds.attrs[f]
+            ds = ds.assign_coords({f: ("config", [bool(value) if f == "compile" else value])})
+        cleaned.append(ds)
+    out = xr.concat(cleaned, dim="config", join="outer", combine_attrs="drop_conflicts",
+                    data_vars="all", coords="different", compat="equals")
+    out.attrs = {k: first.attrs[k] for k in ("workload", "system", "quality_metric", "units", "schema_version")}
+    out["n_passes"] = ("config", [ds.sizes["pass"] for ds in parts])
+    return out

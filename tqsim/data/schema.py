@@ -1,0 +1,68 @@
+"""The calibration file contract (DESIGN §4), checked at every boundary; see docs/schema.md."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from tqsim.errors import UserError
+from tqsim.factors import FACTORS
+
+SCHEMA_VERSION = 1
+REQUIRED_VARS = {
+    "latency_s": ("pass", "instance"),
+    "batch": ("instance",),
+    "round": ("pass",),
+    "pass_started_at": ("pass",),
+}
+REQUIRED_ATTRS = ("workload", "system", "fingerprint", "quality_metric", "tqsim_version", "created_at",
+                  "units", "schema_version") + FACTORS
+
+
+class DataError(UserError):
+    """Calibration data that breaks the contract; the message names the file and the problem."""
+
+
+def check_calibration(ds: xr.Dataset, source: str = "<dataset>", workload: str | None = None) -> xr.Dataset:
+    """Refuse a dataset that breaks DESIGN §4, naming ``source`` and the problem; return it unchanged."""
+    for name, dims in REQUIRED_VARS.items():
+        if name not in ds:
+            raise DataError(f"{source}: missing variable '{name}'; is this a tqsim calibration file?")
+        if ds[name].dims != dims:
+            raise DataError(f"{source}: '{name}' has dims {ds[name].dims}, expected {dims}.")
+    missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
+    if missing:
+        raise DataError(f"{source}: missing attributes {missing}; re-run `tqsim calibrate` to rewrite it.")
+    if int(ds.attrs["schema_version"]) != SCHEMA_VERSION:
+        raise DataError(f"{source}: schema version {ds.attrs['schema_version']} (this tqsim reads "
+                        f"{SCHEMA_VERSION}); re-calibrate with this version.")
+    if workload is not None and ds.attrs["workload"] != workload:
+        raise DataError(f"{source}: belongs to workload '{ds.attrs['workload']}', not '{workload}'.")
+    if not ("correct" in ds or ("prediction" in ds and "label" in ds)):
+        raise DataError(f"{source}: has neither 'correct' nor 'prediction'+'label'; quality cannot be scored.")
+    for name in ("correct", "prediction", "label", "instance_size"):
+        if name in ds and ds[name].dims != ("instance",):
+            raise DataError(f"{source}: '{name}' must have dims ('instance',), has {ds[name].dims}.")
+    lat = ds["latency_s"].values
+    if lat.size and not (np.isfinite(lat).all() and (lat > 0).all()):
+        bad = int((~np.isfinite(lat) | (lat <= 0)).sum())
+        raise DataError(f"{source}: {bad} latencies are non-positive or non-finite; the file is corrupt.")
+    nb = ds["batch"].values
+    if nb.size and (np.diff(nb) < 0).any():
+        raise DataError(f"{source}: 'batch' must be non-decreasing over instances (fixed batch order).")
+    return ds
+
+
+def instance_correct(ds: xr.Dataset) -> xr.DataArray:
+    """Per-instance correctness (bool), from ``correct`` or from ``prediction == label``."""
+    if "correct" in ds:
+        return ds["correct"].astype(bool)
+    return ds["prediction"] == ds["label"]
+
+
+def batch_latency(ds: xr.Dataset) -> xr.DataArray:
+    """Latency of each batch (dims ``pass``, ``batch``): the raw per-call times, one per forward call."""
+    batch = ds["batch"].values
+    first = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+    out = ds["latency_s"].isel(instance=first).rename(instance="batch")
+    return out.assign_coords(batch=np.arange(first.size))

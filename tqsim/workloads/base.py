@@ -1,0 +1,52 @@
+"""What a workload is: a model under test, its evaluation set and its quality metric.
+
+A user workload is a factory (``path/to/file.py:factory`` or ``module:factory``) that takes no
+arguments and returns a :class:`Workload`. See README "Your own workload".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+METRICS = ("accuracy", "macro_f1")
+
+
+def collate_stack(inputs: Any, index: np.ndarray) -> tuple:
+    """Default collation: rows ``index`` of a single input tensor, as a one-argument tuple."""
+    return (inputs[index],)
+
+
+@dataclasses.dataclass
+class Workload:
+    """A model under test + its evaluation set + its metric.
+
+    ``model`` is an fp32 ``torch.nn.Module`` on the CPU in eval mode; tqsim moves and casts it per
+    configuration. ``collate(inputs, index)`` returns the positional arguments of one forward call
+    for the instances ``index`` (a batch). ``predict(output)`` turns the model output of a batch
+    into one predicted class per instance. ``instance_size`` (optional) is a per-instance cost
+    covariate, e.g. the token count of a sequence, used by the latency models.
+    """
+
+    name: str
+    task: str
+    model: Any
+    inputs: Any
+    labels: np.ndarray
+    metric: str = "accuracy"
+    collate: Callable[[Any, np.ndarray], tuple] = collate_stack
+    predict: Callable[[Any], np.ndarray] | None = None
+    instance_size: np.ndarray | None = None
+    digest: str = ""
+    float_inputs: Sequence[int] = (0,)
+
+    @property
+    def n_instances(self) -> int:
+        return int(len(self.labels))
+
+    def predicted_classes(self, output: Any) -> np.ndarray:
+        if self.predict is not None:
+            return np.asarray(self.predict(output))
+        return output.float().argmax(dim=-1).cpu().numpy()
