@@ -19,7 +19,9 @@ app = typer.Typer(
 
 # Each module registers its commands on ``app``; imported for that side effect.
 from tqsim.cli import commands_measure  # noqa: E402,F401
-from tqsim.cli import commands_analyse  # noqa: E402,F401
+from tqsim.cli import commands_quality  # noqa: E402,F401
+from tqsim.cli import commands_model  # noqa: E402,F401
+from tqsim.cli import commands_whatif  # noqa: E402,F401
 
 
 def main() -> None:

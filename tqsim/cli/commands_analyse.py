@@ -1,1 +1,0 @@
-"""Commands that read a workspace: quality, fit, predict, validate."""

@@ -1,0 +1,1 @@
+"""`tqsim fit`, `tqsim predict`, `tqsim validate`: Bayesian forecasts and their scores."""

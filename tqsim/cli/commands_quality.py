@@ -1,0 +1,1 @@
+"""`tqsim quality`: measured latency and Q@T distributions, tail quality, MLPerf's bound."""

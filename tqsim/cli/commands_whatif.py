@@ -1,0 +1,1 @@
+"""`tqsim whatif`, `tqsim plan`: serving what-ifs and capacity planning (simulation only)."""
