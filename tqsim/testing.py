@@ -1,0 +1,229 @@
+"""A simulated system with a KNOWN latency law, for tests and benchmarks.
+
+It writes the same calibration files the harness writes (DESIGN §4) and exposes the law, so a test
+can compute the true p99 or the true Q@T of any configuration and hold the Bayesian engine to it.
+
+The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass (log seconds)::
+
+    log latency = mean(c) + round_t + position_j + size_j + residual
+
+* ``mean(c) = intercept + bs_slope·L + bs_curv·L² + th_slope·T + bs_th·L·T + shifts(precision,
+  backend, device, compile)`` with ``L = log(batch_size)``, ``T = log(threads)``: cost grows with
+  the batch, falls sub-linearly with threads (more so for large batches).
+* ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
+  shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5).
+* ``position_j``: ``first_batch`` on batch 0 of a pass; the last, partial batch of ``m < bs``
+  instances gets ``partial_slope·log(m / bs)`` (faster).
+* ``size_j``: ``size_effect`` × mean standardised instance size of the batch (when sizes differ).
+* ``residual``: a two-component mixture, fast ``N(0, fast_sd)`` and slow ``N(slow_shift, slow_sd)``
+  with slow weight ``logistic(slow_logit + slow_logit_bs·L)``; with ``periodic=True`` the slow hits
+  of a pass are evenly spaced (random phase), so a pass holds an almost fixed number of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+
+import tqsim
+from tqsim.data.schema import SCHEMA_VERSION
+from tqsim.factors import QUALITY_FACTORS, Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Law:
+    """True parameters of the simulated system (log seconds unless noted)."""
+
+    intercept: float = math.log(70e-6)
+    bs_slope: float = 0.45
+    bs_curv: float = 0.04
+    th_slope: float = -0.08
+    bs_th: float = -0.10
+    precision_shift: tuple[tuple[str, float], ...] = (("fp32", 0.0), ("bf16", 0.6), ("fp16", 0.4))
+    backend_shift: tuple[tuple[str, float], ...] = (("torch", 0.0), ("onnxruntime", -0.15))
+    device_shift: tuple[tuple[str, float], ...] = (("cpu", 0.0), ("cuda", -1.0))
+    compile_shift: float = -0.1
+    round_sd: float = 0.05
+    round_phi: float = 0.6
+    first_batch: float = 0.45
+    partial_slope: float = 0.5
+    size_effect: float = 0.0
+    fast_sd: float = 0.05
+    slow_shift: float = 0.7
+    slow_sd: float = 0.2
+    slow_logit: float = -3.0
+    slow_logit_bs: float = -0.2
+    periodic: bool = False
+    accuracy: tuple[tuple[str, float], ...] = (("fp32", 0.97), ("bf16", 0.96), ("fp16", 0.965))
+    quality_seed: int = 1234
+
+    # ---- the law, exactly -------------------------------------------------------------------
+    def config_mean(self, config: Config) -> float:
+        """True mean log latency of a full, non-first batch of ``config`` in an average round."""
+        L, T = math.log(config.batch_size), math.log(config.threads)
+        mu = (self.intercept + self.bs_slope * L + self.bs_curv * L * L + self.th_slope * T + self.bs_th * L * T)
+        mu += dict(self.precision_shift).get(config.precision, 0.0)
+        mu += dict(self.backend_shift).get(config.backend, 0.0)
+        mu += dict(self.device_shift).get(config.device, 0.0)
+        return mu + (self.compile_shift if config.compile else 0.0)
+
+    def slow_weight(self, config: Config) -> float:
+        z = self.slow_logit + self.slow_logit_bs * math.log(config.batch_size)
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def correct(self, config: Config, n_instances: int) -> np.ndarray:
+        """Per-instance correctness for the config's quality-relevant levels (fixed across campaigns)."""
+        levels = "-".join(str(getattr(config, f)) for f in QUALITY_FACTORS)
+        rng = np.random.default_rng([self.quality_seed, n_instances, _stable_hash(levels)])
+        base = np.random.default_rng([self.quality_seed, n_instances]).random(n_instances)
+        acc = dict(self.accuracy).get(config.precision, 0.95)
+        # shared difficulty plus a little level-specific flipping: levels agree on most instances
+        flip = rng.random(n_instances) < 0.01
+        return (base < acc) ^ flip
+
+    def simulate_passes(self, config: Config, n_passes: int, n_instances: int, rng: np.random.Generator,
+                        round_effects: np.ndarray | None = None,
+                        instance_size: np.ndarray | None = None) -> np.ndarray:
+        """Instance latencies ``[pass, instance]`` (seconds) for ``n_passes`` passes of ``config``.
+
+        ``round_effects`` (n_passes,) gives each pass's shared machine effect; drawn from the AR(1)
+        stationary process when omitted (a run at another time).
+        """
+        bs = config.batch_size
+        batch = np.arange(n_instances) // bs
+        nb = int(batch[-1]) + 1
+        if round_effects is None:
+            round_effects = ar1_path(n_passes, self.round_sd, self.round_phi, rng)
+        log_t = np.full((n_passes, nb), self.config_mean(config))
+        log_t += np.asarray(round_effects, dtype=float)[:, None]
+        log_t[:, 0] += self.first_batch
+        last = n_instances - (nb - 1) * bs
+        if last < bs:
+            log_t[:, -1] += self.partial_slope * math.log(last / bs)
+        if instance_size is not None and self.size_effect:
+            z = (instance_size - instance_size.mean()) / (instance_size.std() or 1.0)
+            log_t += self.size_effect * np.bincount(batch, weights=z, minlength=nb) / np.bincount(batch)
+        w = self.slow_weight(config)
+        if self.periodic:
+            spacing = 1.0 / max(w, 1e-9)
+            phase = rng.random((n_passes, 1)) * spacing
+            idx = np.arange(nb)[None, :]
+            slow = np.floor((idx + 1 + phase) / spacing) > np.floor((idx + phase) / spacing)
+        else:
+            slow = rng.random((n_passes, nb)) < w
+        resid = np.where(slow, rng.normal(self.slow_shift, self.slow_sd, (n_passes, nb)),
+                         rng.normal(0.0, self.fast_sd, (n_passes, nb)))
+        return np.exp(log_t + resid)[:, batch]
+
+    def truth(self, config: Config, n_instances: int, thresholds_s: Sequence[float] = (), *, n_runs: int = 200,
+              passes_per_run: int = 20, seed: int = 0, tail_q: float = 0.01) -> dict:
+        """Monte Carlo truth for ``config``: pooled latency quantiles and Q@T over many runs.
+
+        Each run is ``passes_per_run`` passes at another time (its own AR(1) path). Returns the
+        long-run latency quantiles (``p50``...), and per threshold the mean Q@T and the expected
+        per-run tail quality and minimum (for the given number of passes per run).
+        """
+        from tqsim.quality import quality_at_deadline
+
+        rng = np.random.default_rng(seed)
+        lat = np.stack([self.simulate_passes(config, passes_per_run, n_instances, rng) for _ in range(n_runs)])
+        pooled = lat.reshape(n_runs, -1)
+        out = {name: float(np.quantile(pooled, q)) for name, q in (("p50", .5), ("p90", .9), ("p99", .99),
+                                                                     ("p99.9", .999))}
+        out["per_run"] = {name: np.quantile(pooled, q, axis=1) for name, q in
+                          (("p50", .5), ("p90", .9), ("p99", .99), ("p99.9", .999))}
+        if len(thresholds_s):
+            qat = quality_at_deadline(lat, np.asarray(thresholds_s, float), correct=self.correct(config, n_instances))
+            out["mean_q"] = qat.mean(axis=(0, 1))
+            out["tail_q"] = np.quantile(qat, tail_q, axis=1).mean(axis=0)
+            out["min_q"] = qat.min(axis=1).mean(axis=0)
+            out["per_run_tail_q"] = np.quantile(qat, tail_q, axis=1)
+        return out
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(text.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
+
+
+def ar1_path(n: int, sd: float, phi: float, rng: np.random.Generator) -> np.ndarray:
+    """A stationary AR(1) path of length ``n`` with marginal sd ``sd`` and lag-1 correlation ``phi``."""
+    out = np.empty(n)
+    innov = sd * math.sqrt(max(1.0 - phi * phi, 1e-12))
+    prev = rng.normal(0.0, sd)
+    for i in range(n):
+        out[i] = prev if i == 0 else phi * out[i - 1] + rng.normal(0.0, innov)
+    return out
+
+
+DEFAULT_GRID = [Config(batch_size=b, threads=t) for b in (1, 2, 4, 8, 16, 32, 64, 128) for t in (1, 2)]
+
+
+def grid(batch_sizes: Iterable[int] = (1, 4, 16, 64), threads: Iterable[int] = (1, 2),
+         precisions: Iterable[str] = ("fp32",)) -> list[Config]:
+    return [Config(batch_size=b, threads=t, precision=p) for p in precisions for b in batch_sizes for t in threads]
+
+
+def simulate_campaign(configs: Sequence[Config], passes: int = 20, seed: int = 0, n_instances: int = 540,
+                      law: Law | None = None, *, workload: str = "sim", system: str = "simbox",
+                      first_round: int = 0, instance_sizes: bool = False) -> list[xr.Dataset]:
+    """One dataset per configuration, measured in ``passes`` interleaved rounds (DESIGN §3–4).
+
+    Every configuration measured in round ``t`` shares that round's machine effect. The datasets
+    pass :func:`tqsim.data.schema.check_calibration`.
+    """
+    law = law or Law()
+    rng = np.random.default_rng(seed)
+    rounds = ar1_path(passes, law.round_sd, law.round_phi, rng)
+    sizes = rng.gamma(4.0, 1.0, n_instances) if instance_sizes else None
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    fingerprint = json.dumps({"cpu": "simulated", "cores": 2, "simulated": True})
+    out = []
+    for k, cfg in enumerate(configs):
+        lat = law.simulate_passes(cfg, passes, n_instances, rng, round_effects=rounds, instance_size=sizes)
+        batch = np.arange(n_instances) // cfg.batch_size
+        started = 1.8e9 + np.arange(passes) * 60.0 + k * 1.5
+        ds = xr.Dataset(
+            {
+                "latency_s": (("pass", "instance"), lat),
+                "batch": (("instance",), batch.astype(np.int64)),
+                "correct": (("instance",), law.correct(cfg, n_instances)),
+                "round": (("pass",), np.arange(first_round, first_round + passes, dtype=np.int64)),
+                "pass_started_at": (("pass",), started),
+            },
+            coords={"pass": np.arange(passes), "instance": np.arange(n_instances)},
+        )
+        if sizes is not None:
+            ds["instance_size"] = (("instance",), sizes)
+        ds.attrs.update({
+            "workload": workload, "system": system, "fingerprint": fingerprint, "quality_metric": "accuracy",
+            "tqsim_version": tqsim.__version__, "created_at": created, "units": "s",
+            "schema_version": SCHEMA_VERSION, "simulated": 1,
+        })
+        for f, v in cfg.as_dict().items():
+            ds.attrs[f] = int(v) if isinstance(v, bool) else v
+        out.append(ds)
+    return out
+
+
+def write_campaign(datasets: Sequence[xr.Dataset], home: str | Path, *, folder: str | Path | None = None) -> Path:
+    """Write datasets as ``calibration/<system>/<workload>/<config-id>.nc`` under ``home`` (or into ``folder``)."""
+    from tqsim.data.io import write_atomic
+    from tqsim.data.workspace import Workspace
+
+    if not datasets:
+        raise ValueError("no datasets to write")
+    first = datasets[0]
+    target = Path(folder) if folder is not None else Workspace.at(home).calibration_dir(
+        first.attrs["system"], first.attrs["workload"])
+    for ds in datasets:
+        cfg = Config(**{f: (bool(ds.attrs[f]) if f == "compile" else ds.attrs[f])
+                        for f in Config.__dataclass_fields__})
+        write_atomic(ds, target / f"{cfg.id}.nc")
+    return target
