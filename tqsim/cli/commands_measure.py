@@ -1,1 +1,101 @@
 """Commands that measure or list: workloads, systems, calibrate."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tqsim.cli import app
+from tqsim.cli.common import Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+
+
+@app.command()
+def workloads(json_out: Json = False, debug: Debug = False) -> None:
+    """List the built-in workloads (name, task, instances, metric)."""
+    from tqsim.workloads import list_workloads
+
+    rows = list_workloads()
+    if json_out:
+        emit_json({"workloads": rows})
+        return
+    from rich.table import Table
+
+    table = Table("name", "task", "instances", "metric", title="built-in workloads")
+    for r in rows:
+        table.add_row(r["name"], r["task"], str(r["instances"]), r["metric"])
+    console().print(table)
+    console().print("Your own: --workload path/to/file.py:factory (see README).")
+
+
+@app.command()
+def systems(home: Home = None, json_out: Json = False, debug: Debug = False) -> None:
+    """What the workspace holds: systems, workloads, configurations, passes, fits."""
+    from tqsim.measure.inventory import inventory
+
+    inv = inventory(home)
+    if json_out:
+        emit_json(inv)
+        return
+    if not inv["systems"]:
+        console().print(f"{inv['home']}: no calibration yet; run `tqsim calibrate`.")
+        return
+    from rich.table import Table
+
+    table = Table("system", "workload", "configs", "passes", "fitted", title=f"workspace {inv['home']}")
+    for s in inv["systems"]:
+        for w in s["workloads"]:
+            passes = w["passes_min"] if w["passes_min"] == w["passes_max"] else f"{w['passes_min']}–{w['passes_max']}"
+            table.add_row(s["system"], w["workload"], str(len(w["configs"])), str(passes), "yes" if w["fitted"] else "no")
+    console().print(table)
+
+
+@app.command()
+def calibrate(
+    plan: Annotated[Optional[str], typer.Argument(help="Plan TOML file (default: the shipped quick plan).")] = None,
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", help="FACTOR=V1,V2 (repeatable), e.g. --grid batch_size=1,8,32 --grid threads=1,2.")] = None,
+    passes: Annotated[Optional[int], typer.Option("--passes", help="Timed passes per configuration.")] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Warm-up passes per configuration (kept apart).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming (deletes these configurations' files).")] = False,
+    until_converged: Annotated[bool, typer.Option(
+        "--until-converged", help="Stop each configuration once its Q@T estimate converged (rJSD < --rjsd).")] = False,
+    rjsd: Annotated[float, typer.Option("--rjsd", help="Convergence threshold ε for --until-converged.")] = 0.05,
+    max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Cap on passes with --until-converged.")] = None,
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = None, debug: Debug = False,
+) -> None:
+    """Measure configurations of a workload on this system into the workspace (resumes by default)."""
+    from tqsim.measure.run import calibrate as run_calibration
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_calibration(plan, grid, home=home, system=system, workload=workload, passes=passes,
+                                 warmup=warmup, fresh=fresh, seed=seed, until_converged=until_converged,
+                                 rjsd=rjsd, max_passes=max_passes, show_progress=not json_out)
+    notes = list(result["warnings"]) + [str(w.message) for w in caught]
+    if json_out:
+        emit_json(result)
+        return
+    _render_calibration(result, notes)
+
+
+def _render_calibration(result: dict, notes: list[str]) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table("config", "passes", "p50", "p99", result["metric"], "outliers",
+                  title=f"{result['workload']} on {result['system']}")
+    for row in result["configs"]:
+        flagged = f"{row['outliers']}/{row['calls']}" if row["outliers"] else "0"
+        table.add_row(row["config_id"], str(row["passes"]), fmt_seconds(row["latency_s"]["p50"]),
+                      fmt_seconds(row["latency_s"]["p99"]), f"{row['quality']:.4f}", flagged)
+    out.print(table)
+    out.print(f"measured {result['measured_passes']} passes in {result['elapsed_s']:.1f} s → {result['folder']}")
+    if any(r["outliers"] for r in result["configs"]):
+        out.print("[yellow]some calls are statistical outliers (|x−median| > 10 MAD); they are kept. "
+                  "Close other programs, or add passes, if they were not expected.[/yellow]")
+    for note in dict.fromkeys(notes):
+        out.print(f"[yellow]warning: {note}[/yellow]")

@@ -15,7 +15,7 @@ System = Annotated[Optional[str], typer.Option("--system", help="System name (de
                                                                  "the only system in the workspace otherwise).")]
 WorkloadOpt = Annotated[Optional[str], typer.Option("--workload", help="Workload name, or path/file.py:factory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 Thresholds = Annotated[Optional[list[str]], typer.Option(
     "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency). Repeatable.")]

@@ -1,0 +1,1 @@
+"""The calibration harness: plans, the timing loop, fingerprints, backends and the campaign."""
