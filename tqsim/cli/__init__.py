@@ -30,7 +30,7 @@ def main() -> None:
 
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="tqsim")
     except UserError as exc:
         if debug:
             raise

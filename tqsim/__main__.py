@@ -1,0 +1,3 @@
+from tqsim.cli import main
+
+main()
