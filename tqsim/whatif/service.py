@@ -1,0 +1,307 @@
+"""Service-time models: how long one replica is busy with a batch of k requests.
+
+A what-if result is a distribution, so a service model is used in two steps: ``draw(rng)`` fixes
+one draw of everything uncertain about the level (a bootstrap or posterior draw), and the drawn
+model then ``sample``s per-batch times. ``pass_effects`` gives the multiplicative slow/fast level of
+each window of requests (the pass effect of DESIGN §5), because machine-wide episodes, not
+per-call noise, dominate the spread of Q@T.
+
+Forward time is not service time (issue 5): :class:`WithOverheads` adds the serving stack's own
+costs, calibrated by :func:`tqsim.measure.serving.calibrate_serving` and stored as
+``calibration/<system>/<workload>/serving.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from tqsim.errors import UserError
+
+
+class ServiceModel:
+    """Service time of one batch on one replica of a fixed (threads, precision) configuration.
+
+    Subclasses implement :meth:`sample`; the other hooks default to "no extra effect".
+    """
+
+    threads: int = 1
+    precision: str = "fp32"
+
+    def draw(self, rng: np.random.Generator) -> "ServiceModel":
+        """One draw of the level uncertainty (posterior/bootstrap); the result is then sampled."""
+        return self
+
+    def sample(self, batch_sizes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Seconds of service for each batch of ``batch_sizes`` requests (no window effect)."""
+        raise NotImplementedError
+
+    def pass_effects(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Multiplicative level of each of ``n`` windows of requests (1 = typical)."""
+        return np.ones(n)
+
+    def extra_batch_s(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Additive delay of each of ``n`` batches (rare runtime pauses); zeros by default."""
+        return np.zeros(n)
+
+    def timer_lateness(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """How late the batcher's max_wait timer fires, for ``n`` timer-closed batches."""
+        return np.zeros(n)
+
+    response_s: float = 0.0  # added to each request's latency after its batch ends; no replica busy
+
+    def min_service_s(self) -> float:
+        """A lower bound of the service time of a batch of one (to refuse impossible deadlines)."""
+        rng = np.random.default_rng(0)
+        return float(np.min(self.sample(np.ones(256, dtype=np.int64), rng))) + self.response_s
+
+
+class ConstantService(ServiceModel):
+    """Deterministic service: ``base_s + per_item_s * (k - 1)``. M/D/1 in the tests."""
+
+    def __init__(self, base_s: float, per_item_s: float = 0.0):
+        self.base_s, self.per_item_s = float(base_s), float(per_item_s)
+
+    def sample(self, batch_sizes, rng):
+        return self.base_s + self.per_item_s * (np.asarray(batch_sizes, dtype=float) - 1)
+
+
+class ExponentialService(ServiceModel):
+    """Exponential service with mean ``base_s + per_item_s * (k - 1)``. M/M/c in the tests."""
+
+    def __init__(self, base_s: float, per_item_s: float = 0.0):
+        self.base_s, self.per_item_s = float(base_s), float(per_item_s)
+
+    def sample(self, batch_sizes, rng):
+        mean = self.base_s + self.per_item_s * (np.asarray(batch_sizes, dtype=float) - 1)
+        return rng.exponential(mean)
+
+
+class EmpiricalService(ServiceModel):
+    """Service times resampled from calibration: no fit needed.
+
+    Per calibrated batch size k the per-call latencies of every pass are split into the pass level
+    (its median) and a residual ratio (latency / pass median). A sample is
+    ``level_k * residual``; a window's effect is a resampled pass level relative to the pooled
+    median; a draw resamples the passes (bootstrap) to carry the uncertainty of the centre. Batch
+    sizes never calibrated are interpolated linearly in log batch size between the quantiles of the
+    two neighbouring calibrated sizes (log-log extrapolation beyond the range, which is weak).
+    """
+
+    def __init__(self, per_call_s: Mapping[int, np.ndarray], threads: int = 1, precision: str = "fp32"):
+        """``per_call_s[k]``: array [pass, call] (NaN allowed for missing calls) of forward times."""
+        if not per_call_s:
+            raise UserError("no calibrated batch sizes to build a service model from; run `tqsim calibrate`.")
+        self.threads, self.precision = int(threads), precision
+        self.sizes = np.array(sorted(int(k) for k in per_call_s))
+        self.level_s: dict[int, float] = {}
+        self.residual: dict[int, np.ndarray] = {}
+        effects = []
+        for k in self.sizes:
+            lat = np.atleast_2d(np.asarray(per_call_s[k], dtype=float))
+            med = np.nanmedian(lat, axis=1)
+            keep = np.isfinite(med) & (med > 0)
+            lat, med = lat[keep], med[keep]
+            ratio = (lat / med[:, None]).ravel()
+            self.residual[k] = np.sort(ratio[np.isfinite(ratio)])
+            pooled = float(np.median(med))
+            self.level_s[k] = pooled
+            effects.append(np.log(med / pooled))
+        # Passes of all batch sizes pooled: one set of pass effects (log scale, centred per size).
+        self.log_pass_effect = np.concatenate(effects)
+        self._level_mult = 1.0
+
+    @classmethod
+    def from_calibration_dir(cls, folder: Path, threads: int = 1, precision: str = "fp32",
+                             backend: str = "torch", device: str = "cpu", drop_first: bool = True
+                             ) -> "EmpiricalService":
+        """Read every ``*.nc`` of a ``calibration/<system>/<workload>`` folder matching the factors.
+
+        Full batches only (the last, partial batch is faster); the first batch of each pass is
+        dropped because it pays the switch-configuration penalty a steady server never pays.
+        """
+        from tqsim.data.io import calibration_files, read_calibration
+        from tqsim.data.schema import batch_latency
+
+        per_call: dict[int, np.ndarray] = {}
+        seen = []
+        for path in calibration_files(folder):
+            ds = read_calibration(path)
+            a = ds.attrs
+            seen.append((int(a["threads"]), str(a["precision"])))
+            if (int(a["threads"]), str(a["precision"]), str(a["backend"]), str(a["device"])) != (
+                    int(threads), precision, backend, device) or bool(a.get("compile", False)):
+                continue
+            k = int(a["batch_size"])
+            lat = batch_latency(ds).values  # [pass, batch]
+            counts = np.bincount(ds["batch"].values)
+            full = counts == k
+            if drop_first and lat.shape[1] >= 3:
+                full[0] = False
+            if full.any():
+                per_call[k] = lat[:, full]
+        if not per_call:
+            have = sorted(set(seen))
+            hint = ", ".join(f"threads={t} precision={p}" for t, p in have) or "nothing"
+            raise UserError(f"no calibration for threads={threads} precision={precision} in {folder} "
+                            f"(calibrated: {hint}); calibrate it, e.g. `tqsim calibrate --grid threads={threads}`.")
+        return cls(per_call, threads, precision)
+
+    def draw(self, rng):
+        new = copy.copy(self)
+        boot = rng.choice(self.log_pass_effect, size=self.log_pass_effect.size)
+        new._level_mult = float(np.exp(np.mean(boot)))
+        return new
+
+    def pass_effects(self, n, rng):
+        return np.exp(rng.choice(self.log_pass_effect, size=n))
+
+    def _quantile(self, k: int, u: np.ndarray) -> np.ndarray:
+        r = self.residual[k]
+        pos = np.clip(u * r.size - 0.5, 0, r.size - 1)
+        return self.level_s[k] * np.interp(pos, np.arange(r.size), r)
+
+    def sample(self, batch_sizes, rng):
+        ks = np.asarray(batch_sizes, dtype=np.int64)
+        out = np.empty(ks.shape, dtype=float)
+        for k in np.unique(ks):
+            sel = ks == k
+            n = int(sel.sum())
+            if k in self.level_s:
+                r = self.residual[k]
+                out[sel] = self.level_s[k] * r[rng.integers(0, r.size, n)]
+                continue
+            u = rng.random(n)
+            if self.sizes.size == 1:  # one size known: scale linearly in k (a rough, stated guess)
+                k0 = int(self.sizes[0])
+                out[sel] = self._quantile(k0, u) * k / k0
+                continue
+            i = int(np.clip(np.searchsorted(self.sizes, k), 1, self.sizes.size - 1))
+            k1, k2 = int(self.sizes[i - 1]), int(self.sizes[i])
+            w = (np.log(k) - np.log(k1)) / (np.log(k2) - np.log(k1))
+            out[sel] = np.exp((1 - w) * np.log(self._quantile(k1, u)) + w * np.log(self._quantile(k2, u)))
+        return out * self._level_mult
+
+
+class ForecastService(ServiceModel):
+    """Hook for the Bayesian forecast: service times from posterior predictive draws.
+
+    ``draw_batch_latency(batch_size, threads, n, rng) -> seconds[n]`` returns ``n`` forward times of
+    one posterior draw (pass effect included). Within one :meth:`draw` every batch size is asked
+    with a generator seeded identically, so a callable that first picks its posterior draw with
+    ``rng.integers`` picks the same draw for every batch size.
+    """
+
+    def __init__(self, draw_batch_latency: Callable[[int, int, int, np.random.Generator], np.ndarray],
+                 threads: int = 1, precision: str = "fp32"):
+        self.fn, self.threads, self.precision = draw_batch_latency, int(threads), precision
+        self._seed = 0
+
+    def draw(self, rng):
+        new = copy.copy(self)
+        new._seed = int(rng.integers(2**62))
+        return new
+
+    def sample(self, batch_sizes, rng):
+        ks = np.asarray(batch_sizes, dtype=np.int64)
+        out = np.empty(ks.shape, dtype=float)
+        for k in np.unique(ks):
+            sel = ks == k
+            out[sel] = np.asarray(self.fn(int(k), self.threads, int(sel.sum()),
+                                          np.random.default_rng(self._seed)), dtype=float)
+        return out
+
+
+@dataclasses.dataclass
+class ServingOverheads:
+    """The serving stack's own costs, measured by short real serving runs.
+
+    Service of a batch of k = ``scale * forward(k) + per_batch_s + per_request_s * k`` (+ a pause
+    with probability ``pause_prob``); the max_wait timer fires late by a draw of
+    ``timer_late_s``; ``response_s`` is added to every request after its batch (completion
+    callback, hand-off) without keeping the replica busy.
+    """
+
+    scale: float = 1.0
+    per_batch_s: float = 0.0
+    per_request_s: float = 0.0
+    response_s: float = 0.0
+    timer_late_s: list = dataclasses.field(default_factory=lambda: [0.0])
+    pause_prob: float = 0.0
+    pause_s: list = dataclasses.field(default_factory=list)
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ServingOverheads":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class WithOverheads(ServiceModel):
+    """A forward-time model plus the serving stack's overheads (:class:`ServingOverheads`)."""
+
+    def __init__(self, base: ServiceModel, overheads: ServingOverheads):
+        self.base, self.oh = base, overheads
+        self.threads, self.precision = base.threads, base.precision
+        self.response_s = float(overheads.response_s)
+        self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
+        self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
+
+    def draw(self, rng):
+        new = copy.copy(self)
+        new.base = self.base.draw(rng)
+        return new
+
+    def sample(self, batch_sizes, rng):
+        k = np.asarray(batch_sizes, dtype=float)
+        return self.oh.scale * self.base.sample(batch_sizes, rng) + self.oh.per_batch_s + self.oh.per_request_s * k
+
+    def pass_effects(self, n, rng):
+        return self.base.pass_effects(n, rng)
+
+    def extra_batch_s(self, n, rng):
+        if self.oh.pause_prob <= 0:
+            return np.zeros(n)
+        hit = rng.random(n) < self.oh.pause_prob
+        out = np.zeros(n)
+        out[hit] = rng.choice(self._pause, size=int(hit.sum()))
+        return out
+
+    def timer_lateness(self, n, rng):
+        return rng.choice(self._late, size=n)
+
+
+SERVING_FILE = "serving.json"
+
+
+def serving_key(replicas: int, threads: int) -> str:
+    return f"r{int(replicas)}-th{int(threads)}"
+
+
+def load_overheads(folder: Path, replicas: int, threads: int) -> tuple[ServingOverheads | None, str]:
+    """Overheads calibrated for this serving set-up, else the nearest one with the same threads.
+
+    Returns ``(overheads or None, note)``; the note says what was used, for the user.
+    """
+    path = Path(folder) / SERVING_FILE
+    if not path.exists():
+        return None, (f"no serving calibration ({path.name}); forward time only, which under-predicts "
+                      "latency under load: run `tqsim calibrate --serving`.")
+    data = json.loads(path.read_text())
+    setups = data.get("setups", {})
+    key = serving_key(replicas, threads)
+    if key in setups:
+        return ServingOverheads.from_dict(setups[key]), f"serving overheads of {key}"
+    same = [k for k in setups if k.endswith(f"-th{int(threads)}")] or list(setups)
+    if not same:
+        return None, f"{path} holds no serving set-up; forward time only."
+    near = min(same, key=lambda k: abs(int(k.split("-")[0][1:]) - replicas))
+    return ServingOverheads.from_dict(setups[near]), f"serving overheads of {near} (no {key} calibrated)"

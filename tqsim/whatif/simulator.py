@@ -1,0 +1,289 @@
+"""Discrete-event simulation of a batching server: arrivals, a dynamic batcher, c FIFO replicas.
+
+Batcher semantics (the same as :mod:`tqsim.measure.serving`'s real loop): a replica that becomes
+free takes the oldest waiting request and closes its batch when ``max_batch`` requests are there or
+when the oldest has waited ``max_wait`` (plus the timer's lateness), whichever is first; a request
+that already waited longer closes the batch at once; ``max_wait = 0`` takes whatever is queued.
+The deadline runs from each request's arrival.
+
+The event loop is a tight scalar loop over batches, compiled with numba when it is installed (it is
+a dependency of pytensor here) and plain Python otherwise. Service times come from a pool sampled
+once per draw from the :class:`~tqsim.whatif.service.ServiceModel`, so the model is called in
+bulk, never per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from tqsim.errors import UserError
+from tqsim.whatif.service import ServiceModel
+
+try:  # numba is optional: ~100x faster loop
+    from numba import njit as _njit
+
+    HAVE_NUMBA = True
+except Exception:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
+    def _njit(*a, **k):
+        return (lambda f: f) if not (a and callable(a[0])) else a[0]
+
+
+@_njit(cache=True, nogil=True)
+def _serve(arr, c, max_batch, max_wait, pool, pick, extra, late, win_effect, win_size,
+           done, start, bsize, busy):
+    """Fill ``done``/``start`` per request, ``bsize`` per batch, ``busy`` per replica; return #batches."""
+    n = arr.shape[0]
+    m = pool.shape[1]
+    free = np.zeros(c)
+    for r in range(c):
+        free[r] = arr[0] if n > 0 else 0.0
+    i = 0
+    nb = 0
+    while i < n:
+        r = 0
+        for q in range(1, c):
+            if free[q] < free[r]:
+                r = q
+        t = free[r]
+        a0 = arr[i]
+        last = i + max_batch - 1
+        if last > n - 1:
+            last = n - 1
+        full_at = arr[last] if last - i + 1 == max_batch else np.inf
+        timer = a0 + max_wait
+        if max_wait > 0.0 and timer > t and full_at > timer:
+            timer += late[nb]  # a real timer fires late
+        close = timer if timer < full_at else full_at
+        if close < t:
+            close = t
+        if close < a0:
+            close = a0
+        j = i + 1
+        while j < n and j - i < max_batch and arr[j] <= close:
+            j += 1
+        k = j - i
+        s = pool[k - 1, int(pick[nb] * m)] * win_effect[i // win_size] + extra[nb]
+        end = close + s
+        for q in range(i, j):
+            done[q] = end
+            start[q] = close
+        bsize[nb] = k
+        busy[r] += s
+        free[r] = end
+        nb += 1
+        i = j
+    return nb
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSetup:
+    """One serving set-up: replicas × threads with a dynamic batcher, at one precision."""
+
+    replicas: int = 1
+    threads: int = 1
+    max_batch: int = 1
+    max_wait_s: float = 0.0
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        for name in ("replicas", "threads", "max_batch"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and v >= 1):
+                raise UserError(f"{name.replace('_', '-')}={v}: must be a whole number ≥ 1.")
+        if not (math.isfinite(self.max_wait_s) and self.max_wait_s >= 0):
+            raise UserError(f"max-wait={self.max_wait_s}: must be ≥ 0 seconds.")
+
+    @property
+    def cores(self) -> int:
+        return self.replicas * self.threads
+
+    def label(self) -> str:
+        return (f"{self.replicas}×th{self.threads} batch≤{self.max_batch} wait {self.max_wait_s * 1e3:g}ms "
+                f"{self.precision}")
+
+
+@dataclasses.dataclass
+class Run:
+    """One simulated run (one draw): raw per-request arrays, kept for tests and custom statistics."""
+
+    arrival_s: np.ndarray
+    start_s: np.ndarray     # when its batch closed and service began
+    done_s: np.ndarray      # when the request's response was out (batch end + response overhead)
+    batch_sizes: np.ndarray
+    busy_s: np.ndarray      # per replica
+
+    @property
+    def latency_s(self) -> np.ndarray:
+        return self.done_s - self.arrival_s
+
+    @property
+    def utilisation(self) -> np.ndarray:
+        span = float(self.done_s.max() - self.arrival_s.min()) if self.done_s.size else 1.0
+        return self.busy_s / max(span, 1e-12)
+
+
+def poisson_arrivals(rate_rps: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    check_rate(rate_rps)
+    return np.cumsum(rng.exponential(1.0 / rate_rps, n))
+
+
+def check_rate(rate_rps: float) -> None:
+    if not (isinstance(rate_rps, (int, float, np.number)) and math.isfinite(rate_rps) and rate_rps > 0):
+        raise UserError(f"rate={rate_rps}: must be a positive number of requests per second.")
+
+
+def check_trace(arrivals_s: np.ndarray, source: str = "trace") -> np.ndarray:
+    a = np.asarray(arrivals_s, dtype=float).ravel()
+    if a.size == 0:
+        raise UserError(f"{source}: holds no timestamps.")
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise UserError(f"{source}: timestamps must be finite and ≥ 0 seconds.")
+    if (np.diff(a) < 0).any():
+        i = int(np.flatnonzero(np.diff(a) < 0)[0])
+        raise UserError(f"{source}: timestamps must be sorted; line {i + 2} ({a[i + 1]}) comes before "
+                        f"line {i + 1} ({a[i]}).")
+    return a
+
+
+def read_trace(path) -> np.ndarray:
+    """A trace file: one arrival timestamp in seconds per line (``#`` comments allowed), or ``.npy``."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such trace file.")
+    try:
+        a = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, comments="#", ndmin=1, delimiter=None)
+    except ValueError as exc:
+        raise UserError(f"{p}: not a list of timestamps in seconds, one per line ({exc}).") from None
+    return check_trace(a, str(p))
+
+
+def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndarray,
+                 rng: np.random.Generator, window: int | None = None) -> Run:
+    """Simulate one run for one draw of ``service`` (already drawn) over the given arrivals."""
+    arr = np.ascontiguousarray(arrivals_s, dtype=float)
+    n = arr.size
+    window = int(window or max(n, 1))
+    b = setup.max_batch
+    m = max(2048, (1 << 16) // b)
+    pool = np.ascontiguousarray(
+        service.sample(np.repeat(np.arange(1, b + 1), m), rng).reshape(b, m), dtype=float)
+    pick = rng.random(n)
+    extra = np.ascontiguousarray(service.extra_batch_s(n, rng), dtype=float)
+    late = np.ascontiguousarray(service.timer_lateness(n, rng), dtype=float)
+    effect = np.ascontiguousarray(service.pass_effects(n // window + 1, rng), dtype=float)
+    done, start = np.empty(n), np.empty(n)
+    bsize = np.empty(n, dtype=np.int64)
+    busy = np.zeros(setup.replicas)
+    nb = _serve(arr, setup.replicas, b, float(setup.max_wait_s), pool, pick, extra, late, effect, window,
+                done, start, bsize, busy)
+    return Run(arr, start, done + service.response_s, bsize[:nb], busy)
+
+
+def _interval(x: np.ndarray, interval: float) -> dict:
+    x = np.asarray(x, dtype=float)
+    lo, hi = np.nanquantile(x, [(1 - interval) / 2, (1 + interval) / 2]) if x.size else (np.nan, np.nan)
+    return {"mean": float(np.nanmean(x)) if x.size else float("nan"), "lo": float(lo), "hi": float(hi)}
+
+
+@dataclasses.dataclass
+class WhatIf:
+    """Per-draw statistics of a what-if; ``result(i)`` gives the DESIGN §7 object of threshold i."""
+
+    setup: ServingSetup
+    rate_rps: float
+    thresholds_s: np.ndarray
+    tail_q: float
+    interval: float
+    latency_s: dict           # "p50"/"p99"/"p99.9" -> [draw]
+    miss_rate: np.ndarray     # [draw, threshold]
+    tail_quality: np.ndarray  # [draw, threshold]
+    mean_quality: np.ndarray  # [draw, threshold]
+    utilisation: np.ndarray   # [draw, replica]
+    mean_batch: np.ndarray    # [draw]
+    requests: int
+    windows: int
+    no_deadline_quality: float
+
+    def result(self, i: int = 0) -> dict:
+        s = self.setup
+        return {
+            "rate_rps": float(self.rate_rps), "replicas": s.replicas, "threads": s.threads,
+            "max_batch": s.max_batch, "max_wait_s": float(s.max_wait_s), "precision": s.precision,
+            "threshold_s": float(self.thresholds_s[i]),
+            "latency_s": {k: _interval(v, self.interval) for k, v in self.latency_s.items()},
+            "miss_rate": _interval(self.miss_rate[:, i], self.interval),
+            "tail_quality": _interval(self.tail_quality[:, i], self.interval),
+            "tail_q": self.tail_q,
+            "mean_quality": _interval(self.mean_quality[:, i], self.interval),
+            "no_deadline_quality": self.no_deadline_quality,
+            "utilisation": [float(u) for u in np.mean(self.utilisation, axis=0)],
+            "mean_batch_size": float(np.mean(self.mean_batch)),
+            "draws": int(self.miss_rate.shape[0]), "requests_per_draw": self.requests, "windows": self.windows,
+        }
+
+    def results(self) -> list[dict]:
+        return [self.result(i) for i in range(len(self.thresholds_s))]
+
+
+def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequence[float],
+             rate_rps: float | None = None, arrivals_s: np.ndarray | None = None,
+             correct: np.ndarray | None = None, n_windows: int = 100, draws: int = 40,
+             tail_q: float = 0.01, interval: float = 0.9, seed: int = 0) -> WhatIf:
+    """Serve Poisson arrivals at ``rate_rps`` (or the replayed ``arrivals_s``) over ``draws`` draws.
+
+    The evaluation set's ``correct`` vector is replayed in arrival order; each window of
+    ``len(correct)`` requests is one pass, whose Q@T counts late requests as wrong. Tail quality of
+    a draw is the ``tail_q``-quantile of its windows' Q@T; every statistic is reported over draws
+    (mean and ``interval`` bounds).
+    """
+    thresholds = np.atleast_1d(np.asarray(thresholds_s, dtype=float))
+    if not (np.isfinite(thresholds).all() and (thresholds > 0).all()):
+        raise UserError("thresholds must be positive durations, e.g. 20ms.")
+    if draws < 1 or n_windows < 1:
+        raise UserError("draws and windows must be ≥ 1.")
+    correct = np.ones(1000, dtype=bool) if correct is None else np.asarray(correct, dtype=bool)
+    n_inst = correct.size
+    if arrivals_s is not None:
+        trace = check_trace(arrivals_s)
+        n = trace.size
+        span = float(trace[-1] - trace[0])
+        rate = (n - 1) / span if span > 0 else float("inf")
+    else:
+        check_rate(rate_rps)
+        n, rate = n_windows * n_inst, float(rate_rps)
+    n_win = max(n // n_inst, 1)
+    used = min(n_win * n_inst, n)
+    lat_q = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
+    lat = {k: np.empty(draws) for k in lat_q}
+    miss = np.empty((draws, thresholds.size))
+    tail = np.empty((draws, thresholds.size))
+    meanq = np.empty((draws, thresholds.size))
+    util = np.empty((draws, setup.replicas))
+    mb = np.empty(draws)
+    for d in range(draws):
+        rng = np.random.default_rng([seed, d])
+        svc = service.draw(rng)
+        arr = trace if arrivals_s is not None else poisson_arrivals(rate, n, rng)
+        run = simulate_run(svc, setup, arr, rng, window=n_inst)
+        latency = run.latency_s
+        pct = np.percentile(latency, list(lat_q.values()))
+        for key, v in zip(lat_q, pct):
+            lat[key][d] = v
+        miss[d] = (latency[:, None] > thresholds[None, :]).mean(axis=0)
+        w = latency[:used].reshape(-1, min(n_inst, used))
+        ok = correct[: w.shape[1]]
+        q = ((w[:, :, None] <= thresholds[None, None, :]) & ok[None, :, None]).mean(axis=1)  # [window, thr]
+        tail[d] = np.quantile(q, tail_q, axis=0)
+        meanq[d] = q.mean(axis=0)
+        util[d] = run.utilisation
+        mb[d] = run.batch_sizes.mean()
+    return WhatIf(setup, rate, thresholds, tail_q, interval, lat, miss, tail, meanq, util, mb, int(n),
+                  int(n_win), float(correct.mean()))
