@@ -1,0 +1,158 @@
+"""Capacity planning: the cheapest serving set-up that meets an objective with a given probability.
+
+Search replicas × threads × max_batch × max_wait × precision with replicas × threads ≤ cores. Each
+candidate is screened with few draws; the promising ones are simulated again with the full number
+of draws. "Probability of meeting" is the fraction of draws (posterior/bootstrap draws of the
+service model, each a whole simulated run) in which the objective holds. Cheapest = fewest cores;
+ties go to the higher probability, then the lower p99.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tqsim.errors import UserError
+from tqsim.whatif.objective import Objective
+from tqsim.whatif.service import ServiceModel
+from tqsim.whatif.simulator import ServingSetup, WhatIf, check_rate, simulate
+
+MAX_BATCHES = (1, 2, 4, 8, 16, 32)
+MAX_WAITS_S = (0.0, 0.5e-3, 1e-3, 2e-3, 5e-3)
+
+
+@dataclasses.dataclass
+class Candidate:
+    setup: ServingSetup
+    probability: float = float("nan")   # P(objective met) over draws
+    value: float = float("nan")         # mean over draws of the objective's metric
+    whatif: WhatIf | None = None
+    reason: str = ""                    # why rejected ("" when it meets the objective)
+
+    @property
+    def meets(self) -> bool:
+        return not self.reason
+
+    def as_dict(self) -> dict:
+        out = {"replicas": self.setup.replicas, "threads": self.setup.threads, "cores": self.setup.cores,
+               "max_batch": self.setup.max_batch, "max_wait_s": self.setup.max_wait_s,
+               "precision": self.setup.precision, "probability": self.probability, "value": self.value,
+               "meets": self.meets, "reason": self.reason}
+        if self.whatif is not None:
+            out["whatif"] = self.whatif.result(0)
+        return out
+
+
+@dataclasses.dataclass
+class Plan:
+    objective: Objective
+    rate_rps: float
+    cores: int
+    confidence: float
+    best: Candidate | None
+    runners_up: list[Candidate]
+    rejected: list[Candidate]
+    closest: Candidate | None
+
+    @property
+    def feasible(self) -> bool:
+        return self.best is not None
+
+    def as_dict(self) -> dict:
+        return {"objective": self.objective.text, "rate_rps": self.rate_rps, "cores": self.cores,
+                "confidence": self.confidence, "feasible": self.feasible,
+                "best": self.best.as_dict() if self.best else None,
+                "runners_up": [c.as_dict() for c in self.runners_up],
+                "closest": self.closest.as_dict() if self.closest else None,
+                "rejected": [c.as_dict() for c in self.rejected]}
+
+
+def candidates(cores: int, *, replicas: Sequence[int] | None = None, threads: Sequence[int] | None = None,
+               max_batches: Sequence[int] = MAX_BATCHES, max_waits_s: Sequence[float] = MAX_WAITS_S,
+               precisions: Sequence[str] = ("fp32",)) -> list[ServingSetup]:
+    """Every set-up within the core budget; max_wait is irrelevant (and dropped) when max_batch is 1."""
+    if not (isinstance(cores, (int, np.integer)) and cores >= 1):
+        raise UserError(f"cores={cores}: must be a whole number ≥ 1.")
+    reps = list(replicas or range(1, cores + 1))
+    ths = list(threads or range(1, cores + 1))
+    if min(ths) > cores:
+        raise UserError(f"a core budget of {cores} is smaller than one replica needs (threads ≥ {min(ths)}).")
+    out = []
+    for r, t, b, p in itertools.product(reps, ths, max_batches, precisions):
+        if r * t > cores:
+            continue
+        for w in (max_waits_s if b > 1 else (0.0,)):
+            out.append(ServingSetup(int(r), int(t), int(b), float(w), p))
+    return out
+
+
+def _score(cand: Candidate, obj: Objective, confidence: float, wi: WhatIf) -> None:
+    ok = obj.met(wi)
+    cand.whatif, cand.probability, cand.value = wi, float(ok.mean()), float(np.mean(obj.per_draw(wi)))
+    cand.reason = "" if cand.probability >= confidence else (
+        f"P(met) = {cand.probability:.2f} < {confidence:.2f}: {obj.metric} {obj.describe_value(cand.value)} "
+        f"(target {obj.op} {obj.describe_value(obj.target)}); utilisation {np.mean(wi.utilisation):.0%}")
+
+
+def plan(objective: Objective, rate_rps: float, cores: int,
+         service_for: Callable[[int, str, int], ServiceModel], correct_for: Callable[[str], np.ndarray], *,
+         confidence: float = 0.9, draws: int = 30, screen_draws: int = 6, n_windows: int = 100,
+         refine: int = 8, seed: int = 0, **space) -> Plan:
+    """Search the set-ups of :func:`candidates` (``space`` passes its keyword arguments).
+
+    ``service_for(threads, precision, replicas)`` returns the replica's service model (raising a
+    UserError when that configuration is not calibrated, which rejects the candidate with that
+    reason); ``correct_for(precision)`` the evaluation set's correctness vector.
+    """
+    check_rate(rate_rps)
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence={confidence}: must lie strictly between 0 and 1.")
+    setups = candidates(cores, **space)
+    thr = [objective.threshold_s if objective.threshold_s is not None else objective.target]
+    cands, fastest = [], []
+    for i, s in enumerate(setups):
+        c = Candidate(s)
+        cands.append(c)
+        try:
+            svc = service_for(s.threads, s.precision, s.replicas)
+            correct = correct_for(s.precision)
+        except UserError as exc:
+            c.reason = f"cannot be simulated: {exc}"
+            continue
+        fastest.append(svc.min_service_s())
+        _score(c, objective, confidence, simulate(svc, s, thresholds_s=thr, rate_rps=rate_rps, correct=correct,
+                                                   draws=screen_draws, n_windows=max(n_windows // 2, 20),
+                                                   seed=seed + i))
+        c._svc, c._correct = svc, correct
+    if not fastest:
+        raise UserError("no candidate set-up could be simulated: " + cands[0].reason if cands else "no candidates")
+    if objective.threshold_s is not None and objective.threshold_s < min(fastest):
+        raise UserError(f"deadline {objective.threshold_s * 1e3:g} ms is below the fastest possible service time "
+                        f"({min(fastest) * 1e3:.3g} ms for one request on an idle replica); no set-up can meet it.")
+    simulated = [c for c in cands if c.whatif is not None]
+    # Re-simulate the promising ones with the full number of draws, cheapest first.
+    simulated.sort(key=lambda c: (-c.probability, c.setup.cores, _p99(c)))
+    promising = sorted(simulated[:refine], key=lambda c: (c.setup.cores, -c.probability))
+    for c in promising:
+        _score(c, objective, confidence, simulate(c._svc, c.setup, thresholds_s=thr, rate_rps=rate_rps,
+                                                   correct=c._correct, draws=draws, n_windows=n_windows,
+                                                   seed=seed + 7919))
+    order = lambda c: (c.setup.cores, -c.probability, _p99(c))  # noqa: E731
+    meeting = sorted([c for c in promising if c.meets], key=order)
+    rejected = sorted([c for c in cands if not c.meets or c not in promising], key=order)
+    for c in rejected:
+        if c.meets:  # met in screening but not re-simulated: say so instead of claiming a failure
+            c.reason = (f"screened only (P(met) ≈ {c.probability:.2f} from {screen_draws} draws); "
+                        "not among the refined candidates")
+    best = meeting[0] if meeting else None
+    closest = None
+    if best is None and simulated:
+        closest = max(simulated, key=lambda c: (c.probability, -abs(c.value - objective.target), -c.setup.cores))
+    return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest)
+
+
+def _p99(c: Candidate) -> float:
+    return float(np.mean(c.whatif.latency_s["p99"])) if c.whatif is not None else float("inf")
