@@ -317,3 +317,65 @@ def latency_percentiles(latency_s: np.ndarray) -> dict[str, float]:
     """p50/p90/p99/p99.9 of the per-instance latencies pooled over passes (NaN ignored)."""
     lat = np.asarray(latency_s, dtype=float)
     return {f"p{p:g}": float(np.nanpercentile(lat, p)) for p in (50, 90, 99, 99.9)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The report behind `tqsim quality` (DESIGN §7), one dict per configuration of a campaign
+# --------------------------------------------------------------------------------------------------
+
+def campaign_configs(campaign) -> list:
+    """One dataset per configuration of a ``load_campaign`` result, trailing NaN passes dropped."""
+    out = []
+    for i in range(campaign.sizes["config"]):
+        ds = campaign.isel(config=i)
+        n = int(ds["n_passes"].values) if "n_passes" in ds else ds.sizes["pass"]
+        ds = ds.isel({"pass": slice(0, n)})
+        ds.attrs = dict(campaign.attrs, config_id=str(ds["config"].values))
+        out.append(ds)
+    return out
+
+
+def mlperf_block(latency_s: np.ndarray, percentiles=(0.9, 0.99)) -> dict:
+    """What MLPerf LoadGen's early stopping would certify from these per-instance latencies."""
+    from tqsim.empirical.mlperf import early_stopping_estimate, min_queries, normal_approx_queries
+
+    out = {"queries": int(np.isfinite(latency_s).sum()), "confidence": 0.99}
+    for p in percentiles:
+        es = early_stopping_estimate(latency_s, p).as_dict()
+        es["min_queries_no_late"] = min_queries(p, 0)
+        es["rules_fixed_queries"] = math.ceil(normal_approx_queries(p))
+        out[f"p{100 * p:g}"] = es
+    return out
+
+
+def quality_report(campaign, thresholds: Sequence[str | Threshold] | None = None, *, tail_q: float = 0.01,
+                   seed: int = 0, n_boot: int = 2000) -> dict:
+    """The `tqsim quality` JSON object (DESIGN §7) for a campaign, plus MLPerf's figures per config.
+
+    Refuses (UserError) a bad tail quantile, bad thresholds, or any configuration with < 2 passes,
+    before computing anything.
+    """
+    check_tail_q(tail_q)
+    ths = parse_thresholds(thresholds)
+    configs = campaign_configs(campaign)
+    for ds in configs:
+        lat = ds["latency_s"].values
+        check_passes(int((~np.isnan(lat).all(axis=-1)).sum()), f"configuration {ds.attrs['config_id']}")
+    rows = []
+    for ds in configs:
+        lat = ds["latency_s"].transpose("pass", "instance").values
+        rows.append({"config": config_factors(ds), "config_id": ds.attrs["config_id"],
+                     "passes": int(lat.shape[0]), "instances": int(lat.shape[1]),
+                     "latency_s": latency_percentiles(lat),
+                     "quality": quality_block(ds, ths, tail_q=tail_q, seed=seed, n_boot=n_boot),
+                     "mlperf": mlperf_block(lat)})
+    return {"system": campaign.attrs.get("system"), "workload": campaign.attrs.get("workload"), "configs": rows}
+
+
+def quality_curves(campaign, n_points: int = 120) -> list[dict]:
+    """The Q@T-versus-threshold band of every configuration (for ``--plot``)."""
+    out = []
+    for ds in campaign_configs(campaign):
+        curve = qat_curve(ds["latency_s"].transpose("pass", "instance").values, n_points=n_points, **_scoring(ds))
+        out.append({"config_id": ds.attrs["config_id"], **curve})
+    return out

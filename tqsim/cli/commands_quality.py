@@ -1,1 +1,117 @@
 """`tqsim quality`: measured latency and Q@T distributions, tail quality, MLPerf's bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tqsim.cli import app
+from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _load(home, system, workload, files):
+    """The campaign to score: given files/folders, or the workspace's <system>/<workload> folder."""
+    from tqsim.data.io import calibration_files, load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.errors import UserError
+
+    if files:
+        paths = []
+        for f in files:
+            if f.is_dir():
+                found = calibration_files(f)
+                if not found:
+                    raise UserError(f"{f}: holds no calibration files (*.nc); run `tqsim calibrate` first.")
+                paths += found
+            else:
+                paths.append(f)
+        return load_campaign(paths)
+    ws = Workspace.at(home)
+    sys_name = ws.resolve_system(system)
+    wl = ws.resolve_workload(sys_name, workload)
+    return load_campaign(ws.calibration_dir(sys_name, wl))
+
+
+@app.command()
+def quality(
+    threshold: Thresholds = None,
+    tail_q: Annotated[float, typer.Option("--tail-q", help="Tail quantile q of TQ_q (0 < q < 1).")] = 0.01,
+    files: Annotated[Optional[list[Path]], typer.Option(
+        "--files", help="Calibration files or folders to read instead of the workspace (repeatable).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Write the Q@T-versus-threshold bands to this file (.png, .svg or .pdf).")] = None,
+    home: Home = None, system: System = None, workload: WorkloadOpt = None,
+    json_out: Json = False, seed: Seed = 0, debug: Debug = False,
+) -> None:
+    """Q@T distribution over passes, tail quality TQ_q, mean and minimum with 90% intervals, per config.
+
+    Thresholds default to p90 p95 p99 of each configuration's own latency. Also prints what MLPerf
+    LoadGen's early stopping would certify from the same inferences.
+    """
+    from tqsim.errors import UserError
+    from tqsim.quality import check_tail_q, parse_thresholds, quality_curves, quality_report
+
+    check_tail_q(tail_q)
+    ths = parse_thresholds(threshold)
+    if plot is not None:
+        if plot.suffix.lower() not in PLOT_SUFFIXES:
+            raise UserError(f"--plot {plot}: use a .png, .svg or .pdf file name.")
+        if not plot.parent.resolve().is_dir():
+            raise UserError(f"--plot {plot}: folder {plot.parent} does not exist.")
+    campaign = _load(home, system, workload, files)
+    report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)
+    if plot is not None:
+        from tqsim.report.quality_plot import plot_quality_bands
+
+        marks = {c["config_id"]: [t["threshold_s"] for t in c["quality"]["thresholds"]] for c in report["configs"]}
+        plot_quality_bands(quality_curves(campaign), plot, marks=marks,
+                           title=f"{report['workload']} on {report['system']}")
+    if json_out:
+        emit_json(report)
+        return
+    _render(report, plot)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _render(report: dict, plot: Path | None) -> None:
+    from rich.table import Table
+
+    out = console()
+    for c in report["configs"]:
+        q = c["quality"]
+        lat = c["latency_s"]
+        title = (f"{c['config_id']} · {c['passes']} passes · {q['metric']} without deadline {_pct(q['no_deadline'])} % · "
+                 f"latency p50 {fmt_seconds(lat['p50'])}, p99 {fmt_seconds(lat['p99'])}, "
+                 f"p99.9 {fmt_seconds(lat['p99.9'])}")
+        tq = f"TQ_{q['thresholds'][0]['tail_q']:g}" if q["thresholds"] else "TQ"
+        table = Table("τ", "seconds", "mean Q@T [90%]", f"{tq} [90%]", "min [next campaign 90%]", "std", "late",
+                      title=title, title_justify="left")
+        for t in q["thresholds"]:
+            table.add_row(t["threshold"], fmt_seconds(t["threshold_s"]),
+                          f"{_pct(t['mean'])} [{_pct(t['mean_lo'])}, {_pct(t['mean_hi'])}]",
+                          f"{_pct(t['tail'])} [{_pct(t['tail_lo'])}, {_pct(t['tail_hi'])}]",
+                          f"{_pct(t['min'])} [{_pct(t['min_lo'])}, {_pct(t['min_hi'])}]",
+                          f"{_pct(t['std'])}", f"{_pct(t['late_fraction'])} %")
+        out.print(table)
+        ml = c["mlperf"]
+        parts = []
+        for key in ("p90", "p99"):
+            es = ml[key]
+            if es["latency_s"] is None or es["latency_s"] != es["latency_s"]:
+                parts.append(f"{key}: needs ≥ {es['min_queries']:,} queries")
+            else:
+                parts.append(f"{key} ≤ {fmt_seconds(es['latency_s'])} (discards {es['discarded']:,})")
+        out.print(f"  MLPerf early stopping on {ml['queries']:,} inferences: " + "; ".join(parts))
+    if report["configs"] and report["configs"][0]["passes"] < report["configs"][0]["quality"]["passes_for_tail_lo"]:
+        need = report["configs"][0]["quality"]["passes_for_tail_lo"]
+        out.print(f"[dim]Lower bounds of 0 mean the data cannot rule out worse: TQ's needs ≥ {need} passes; the next "
+                  "campaign's minimum falls below every pass seen so far with probability 1/2.[/dim]")
+    if plot is not None:
+        out.print(f"plot: {plot}")

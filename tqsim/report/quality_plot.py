@@ -1,0 +1,32 @@
+"""The ``tqsim quality --plot`` figure: Q@T-versus-threshold bands (min–max over passes, mean line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_quality_bands(curves: list[dict], path: Path, *, marks: dict[str, list[float]] | None = None,
+                       title: str = "") -> Path:
+    """One panel, one band per configuration; dotted verticals at each config's reported thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.fill_between(c["threshold_s"], c["min"], c["max"], color=color, alpha=0.25, linewidth=0)
+        ax.plot(c["threshold_s"], c["mean"], color=color, label=c["config_id"])
+        for tau in (marks or {}).get(c["config_id"], []):
+            ax.axvline(tau, color=color, linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("threshold τ (s)")
+    ax.set_ylabel("Q@T (band: min–max over passes; line: mean)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title or "Quality at deadline")
+    ax.legend(fontsize="small", loc="lower right")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
