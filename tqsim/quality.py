@@ -343,7 +343,7 @@ def mlperf_block(latency_s: np.ndarray, percentiles=(0.9, 0.99)) -> dict:
     for p in percentiles:
         es = early_stopping_estimate(latency_s, p).as_dict()
         es["min_queries_no_late"] = min_queries(p, 0)
-        es["rules_fixed_queries"] = math.ceil(normal_approx_queries(p))
+        es["rules_fixed_queries"] = round(normal_approx_queries(p))
         out[f"p{100 * p:g}"] = es
     return out
 

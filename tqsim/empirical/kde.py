@@ -136,7 +136,7 @@ LatencySampler = LogKDE | PassResampler | PassKDE
 METHODS = {"kde": LogKDE, "passes": PassResampler, "pass_kde": PassKDE}
 
 
-def make_sampler(method: str) -> LatencySampler:
+def make_sampler(method: str, bandwidth: str | float = "silverman") -> LatencySampler:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[method]()
+    return PassResampler() if method == "passes" else METHODS[method](bandwidth)

@@ -56,7 +56,7 @@ class BatchScorer:
             return (v @ self.w_).astype(float) / self.n
         both = np.asarray((self.counts_ @ v.T).T)
         tp, pc = both[:, :self.n_classes_], both[:, self.n_classes_:]
-        denom = tp + pc + self.support_  # 2tp + fp + fn
+        denom = pc + self.support_  # 2tp + fp + fn, with fp = pc - tp and fn = support - tp
         f1 = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0)
         return f1.mean(axis=-1).astype(float)
 
@@ -77,15 +77,16 @@ def qat_from_batches(batch_latency_s: np.ndarray, thresholds_s, scorer: BatchSco
 
 def monte_carlo_qat(latency_s: np.ndarray, batch: np.ndarray, thresholds_s, *, method: str = "kde",
                     n_sim: int = 10_000, seed: int = 0, correct=None, prediction=None, label=None,
-                    metric: str = "accuracy", chunk: int = 256) -> np.ndarray:
+                    metric: str = "accuracy", bandwidth: str | float = "silverman", chunk: int = 256) -> np.ndarray:
     """Predicted Q@T of ``n_sim`` simulated passes (S, k) from measured (pass, instance) latencies.
 
     ``method``: ``kde`` (independent per-batch KDE on log-time), ``passes`` (whole passes resampled)
     or ``pass_kde`` (pass effect + per-batch KDE of residuals). Seeded and vectorised; passes are
-    simulated in chunks small enough to stay in cache.
+    simulated in chunks small enough to stay in cache. ``bandwidth`` (KDE methods): "silverman" or
+    a fixed width in log-seconds (0 = the measured values themselves).
     """
     rng = np.random.default_rng(seed)
-    sampler = make_sampler(method).fit(batch_latencies(latency_s, batch))
+    sampler = make_sampler(method, bandwidth).fit(batch_latencies(latency_s, batch))
     scorer = BatchScorer(batch, correct=correct, prediction=prediction, label=label, metric=metric)
     log_taus = np.log(np.atleast_1d(np.asarray(thresholds_s, dtype=float)))
     out = np.empty((n_sim, log_taus.size))
