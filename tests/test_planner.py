@@ -70,3 +70,99 @@ def test_plan_refuses_deadline_below_fastest_service():
     obj = parse_objective("tail_quality>=0.9@1us")
     with pytest.raises(UserError, match="fastest possible"):
         plan(obj, 100, 1, _service, _correct, draws=2, screen_draws=2, n_windows=20, max_batches=(1,))
+
+
+# --- the commands, on a small synthetic workspace -------------------------------------------------
+
+def make_workspace(home, sizes=(1, 4, 16), threads=(1,), n_inst=120, passes=4, seed=0):
+    """Calibration files with a known law: 70 µs × k^0.6 × lognormal noise × pass effect."""
+    import json as _json
+
+    import xarray as xr
+
+    from tqsim.data.io import write_atomic
+    from tqsim.data.schema import SCHEMA_VERSION
+    from tqsim.data.workspace import Workspace
+    from tqsim.factors import Config
+
+    rng = np.random.default_rng(seed)
+    correct = rng.random(n_inst) < 0.97
+    for th in threads:
+        for k in sizes:
+            cfg = Config(batch_size=k, threads=th)
+            batch = np.arange(n_inst) // k
+            nb = batch[-1] + 1
+            per_batch = 70e-6 * k**0.6 / th**0.3 * np.exp(rng.normal(0, 0.1, (passes, nb)))
+            per_batch *= np.exp(rng.normal(0, 0.03, (passes, 1)))
+            ds = xr.Dataset({"latency_s": (("pass", "instance"), per_batch[:, batch]),
+                             "batch": ("instance", batch), "round": ("pass", np.arange(passes)),
+                             "pass_started_at": ("pass", np.arange(passes) * 1.0),
+                             "correct": ("instance", correct)})
+            ds.attrs.update(workload="toy", system="box", fingerprint=_json.dumps({}), quality_metric="accuracy",
+                            tqsim_version="0", created_at="now", units="s", schema_version=SCHEMA_VERSION,
+                            **{f: (int(v) if isinstance(v, bool) else v) for f, v in cfg.as_dict().items()})
+            write_atomic(ds, Workspace.at(home).config_path("box", "toy", cfg.id))
+    return home
+
+
+def test_whatif_command_json_and_sweep(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tqsim.cli import app
+
+    make_workspace(tmp_path)
+    res = CliRunner().invoke(app, ["whatif", "--home", str(tmp_path), "--rate", "1000,4000", "--replicas", "1,2",
+                                   "--max-batch", "8", "--max-wait", "0.5ms", "--threshold", "2ms", "--draws", "4",
+                                   "--windows", "20", "--json", "--plot", str(tmp_path / "w.png")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out["results"]) == 4 and out["workload"] == "toy"
+    assert (tmp_path / "w.png").stat().st_size > 1000
+    res = CliRunner().invoke(app, ["whatif", "--home", str(tmp_path), "--rate", "500", "--threshold", "2ms",
+                                   "--draws", "3", "--windows", "10"])
+    assert res.exit_code == 0 and "tail quality" in res.stdout
+
+
+def test_plan_command(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tqsim.cli import app
+
+    make_workspace(tmp_path, threads=(1, 2))
+    res = CliRunner().invoke(app, ["plan", "--home", str(tmp_path), "--objective", "tail_quality>=0.9@2ms",
+                                   "--rate", "3000", "--cores", "2", "--max-batch", "1,8", "--max-wait", "0,1ms",
+                                   "--draws", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["feasible"] and out["best"]["cores"] <= 2
+
+
+def test_bad_input_exits_2(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from tqsim.cli import main
+
+    make_workspace(tmp_path)
+    cases = (["whatif", "--rate", "-5", "--threshold", "2ms"],
+             ["whatif", "--rate", "100", "--threshold", "1us"],
+             ["whatif", "--rate", "100", "--replicas", "0", "--threshold", "2ms"],
+             ["whatif", "--rate", "100", "--max-batch", "0", "--threshold", "2ms"],
+             ["whatif", "--rate", "100", "--threshold", "2ms", "--trace", str(tmp_path / "none.txt")],
+             ["plan", "--objective", "tail_quality>0.9", "--rate", "100", "--cores", "2"],
+             ["plan", "--objective", "p99<=2ms", "--rate", "100", "--cores", "0"],
+             ["plan", "--objective", "p99<=2ms", "--rate", "0", "--cores", "2"])
+    for args in cases:
+        monkeypatch.setattr(sys, "argv", ["tqsim"] + args + ["--home", str(tmp_path)])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, (args, err)
+        assert 0 < len(err.strip().splitlines()) <= 2, err
+    r = subprocess.run([sys.executable, "-m", "tqsim"] + cases[-3] + ["--home", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "grammar" in r.stderr

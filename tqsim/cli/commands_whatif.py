@@ -1,1 +1,130 @@
 """`tqsim whatif`, `tqsim plan`: serving what-ifs and capacity planning (simulation only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tqsim.cli import app
+from tqsim.cli.common import Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+
+Rates = Annotated[str, typer.Option("--rate", help="Arrival rate in requests/s; a comma list sweeps, e.g. 100,200,400.")]
+
+
+def _iv(d: dict, seconds: bool = False) -> str:
+    """``mean (lo–hi)`` compactly: milliseconds for latencies, three decimals for fractions."""
+    if seconds:
+        return f"{d['mean'] * 1e3:.3g} ({d['lo'] * 1e3:.3g}–{d['hi'] * 1e3:.3g})"
+    return f"{d['mean']:.3f} ({d['lo']:.3f}–{d['hi']:.3f})"
+
+
+@app.command()
+def whatif(
+    rate: Rates = "300",
+    replicas: Annotated[str, typer.Option("--replicas", help="Replicas; a comma list sweeps.")] = "1",
+    threads: Annotated[int, typer.Option("--threads", help="Threads per replica.")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the batcher forms.")] = 1,
+    max_wait: Annotated[str, typer.Option("--max-wait", help="How long the oldest request may wait for a batch "
+                                                             "to fill, e.g. 2ms (0: take what is queued).")] = "0",
+    threshold: Annotated[Optional[list[str]], typer.Option(
+        "--threshold", "-t", help="Deadline from arrival, e.g. 20ms. Repeatable.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Replica precision (default fp32).")] = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", help="Replay arrivals: one timestamp (s) a line.")] = None,
+    draws: Annotated[int, typer.Option("--draws", help="Draws of the service model (each a whole run).")] = 40,
+    windows: Annotated[int, typer.Option("--windows", help="Windows (passes of the evaluation set) per draw.")] = 100,
+    tail_q: Annotated[float, typer.Option("--tail-q", help="Tail quality = this quantile of window Q@T.")] = 0.01,
+    no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration "
+                                                                      "(forward time only).")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write tail quality and p99 against load (PNG).")] = None,
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = None, debug: Debug = False,
+) -> None:
+    """Simulate serving under load: end-to-end latency, deadline misses and tail quality, with 90% intervals."""
+    from tqsim.whatif.inputs import whatif_sweep
+
+    out = whatif_sweep(home=home, system=system, workload=workload, rates=rate, replicas=replicas, threads=threads,
+                       max_batch=max_batch, max_wait=max_wait, thresholds=threshold or [], precision=precision,
+                       trace=trace, draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
+                       seed=seed or 0)
+    if plot is not None:
+        from tqsim.whatif.plot import plot_sweep
+
+        plot_sweep(out, plot)
+    if json_out:
+        emit_json(out)
+        return
+    from rich.table import Table
+
+    several = len({r["threshold_s"] for r in out["results"]}) > 1
+    cols = ["rate/s", "repl"] + (["deadline"] if several else []) + [
+        "p50 ms", "p99 ms (90%)", "miss", "tail quality (90%)", "util"]
+    table = Table(*cols, title=f"what-if: {out['workload']} on {out['system']}")
+    for r in out["results"]:
+        lat = r["latency_s"]
+        row = [f"{r['rate_rps']:.0f}", str(r["replicas"])] + ([fmt_seconds(r["threshold_s"])] if several else [])
+        table.add_row(*row, f"{lat['p50']['mean'] * 1e3:.3g}", _iv(lat["p99"], True),
+                      f"{r['miss_rate']['mean']:.1%}", _iv(r["tail_quality"]),
+                      " ".join(f"{u:.0%}" for u in r["utilisation"]))
+    c = console()
+    first = out["results"][0]
+    c.print(f"threads {first['threads']}, batch ≤ {first['max_batch']}, max wait {fmt_seconds(first['max_wait_s'])}"
+            f", {first['precision']}, deadline {fmt_seconds(first['threshold_s'])}; tail quality = "
+            f"{first['tail_q']:g}-quantile of Q@T over windows of the evaluation set; (lo–hi) = 90% interval.")
+    c.print(table)
+    for note in out["notes"]:
+        c.print(f"note: {note}", style="yellow")
+    if plot is not None:
+        c.print(f"plot written to {plot}")
+
+
+@app.command()
+def plan(
+    objective: Annotated[str, typer.Option("--objective", help="e.g. tail_quality>=0.95@20ms, p99<=15ms, "
+                                                               "miss_rate<=0.01@20ms.")],
+    rate: Annotated[float, typer.Option("--rate", help="Arrival rate to plan for (requests/s).")],
+    cores: Annotated[int, typer.Option("--cores", help="Core budget: replicas × threads ≤ cores.")],
+    confidence: Annotated[float, typer.Option("--confidence", help="Required probability of meeting it.")] = 0.9,
+    max_batch: Annotated[Optional[str], typer.Option("--max-batch", help="Batch limits to try (default 1,2,4,8,16,32).")] = None,
+    max_wait: Annotated[Optional[str], typer.Option("--max-wait", help="Waits to try (default 0,0.5ms,1ms,2ms,5ms).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Precisions to try (default: calibrated).")] = None,
+    draws: Annotated[int, typer.Option("--draws", help="Draws for the refined candidates.")] = 30,
+    no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration.")] = False,
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = None, debug: Debug = False,
+) -> None:
+    """The cheapest serving set-up (fewest cores) that meets an objective with probability ≥ confidence."""
+    from tqsim.whatif.inputs import plan_from_workspace
+
+    result, notes = plan_from_workspace(objective, rate, cores, home=home, system=system, workload=workload,
+                                        confidence=confidence, max_batches=max_batch, max_waits=max_wait,
+                                        precisions=precision, draws=draws, overheads=not no_overheads,
+                                        seed=seed or 0)
+    if json_out:
+        emit_json(dict(result.as_dict(), notes=notes))
+        return
+    c = console()
+    head = f"objective {result.objective.text} at {rate:g} requests/s on {cores} cores, confidence {confidence:g}"
+    if result.best:
+        b = result.best
+        c.print(f"[bold green]plan:[/] {b.setup.label()} — {b.setup.cores} core(s), P(met) = {b.probability:.2f}, "
+                f"p99 {_iv(b.whatif.result()['latency_s']['p99'], True)} ms   ({head})")
+        for r in result.runners_up:
+            c.print(f"  runner-up: {r.setup.label()} — P(met) = {r.probability:.2f}")
+    else:
+        cl = result.closest
+        c.print(f"[bold red]infeasible:[/] no set-up meets {head}.")
+        if cl is not None:
+            c.print(f"  closest: {cl.setup.label()} — {cl.reason}")
+    from rich.table import Table
+
+    table = Table("set-up", "cores", "why rejected", title="rejected candidates (cheapest first)")
+    for r in result.rejected[:15]:
+        table.add_row(r.setup.label(), str(r.setup.cores), r.reason)
+    if result.rejected:
+        c.print(table)
+        if len(result.rejected) > 15:
+            c.print(f"… and {len(result.rejected) - 15} more (--json lists all).")
+    for note in notes:
+        c.print(f"note: {note}", style="yellow")

@@ -56,6 +56,7 @@ class Plan:
     runners_up: list[Candidate]
     rejected: list[Candidate]
     closest: Candidate | None
+    screened: list[Candidate] = dataclasses.field(default_factory=list)  # met the objective in screening only
 
     @property
     def feasible(self) -> bool:
@@ -67,7 +68,8 @@ class Plan:
                 "best": self.best.as_dict() if self.best else None,
                 "runners_up": [c.as_dict() for c in self.runners_up],
                 "closest": self.closest.as_dict() if self.closest else None,
-                "rejected": [c.as_dict() for c in self.rejected]}
+                "rejected": [c.as_dict() for c in self.rejected],
+                "screened_only": [c.as_dict() for c in self.screened]}
 
 
 def candidates(cores: int, *, replicas: Sequence[int] | None = None, threads: Sequence[int] | None = None,
@@ -140,18 +142,15 @@ def plan(objective: Objective, rate_rps: float, cores: int,
         _score(c, objective, confidence, simulate(c._svc, c.setup, thresholds_s=thr, rate_rps=rate_rps,
                                                    correct=c._correct, draws=draws, n_windows=n_windows,
                                                    seed=seed + 7919))
-    order = lambda c: (c.setup.cores, -c.probability, _p99(c))  # noqa: E731
+    order = lambda c: (c.setup.cores, -np.nan_to_num(c.probability, nan=-1.0), _p99(c))  # noqa: E731
     meeting = sorted([c for c in promising if c.meets], key=order)
-    rejected = sorted([c for c in cands if not c.meets or c not in promising], key=order)
-    for c in rejected:
-        if c.meets:  # met in screening but not re-simulated: say so instead of claiming a failure
-            c.reason = (f"screened only (P(met) ≈ {c.probability:.2f} from {screen_draws} draws); "
-                        "not among the refined candidates")
+    rejected = sorted([c for c in cands if not c.meets], key=order)
+    screened = sorted([c for c in cands if c.meets and c not in promising], key=order)  # met, few draws
     best = meeting[0] if meeting else None
     closest = None
     if best is None and simulated:
         closest = max(simulated, key=lambda c: (c.probability, -abs(c.value - objective.target), -c.setup.cores))
-    return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest)
+    return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest, screened)
 
 
 def _p99(c: Candidate) -> float:

@@ -61,6 +61,16 @@ class ServiceModel:
         return float(np.min(self.sample(np.ones(256, dtype=np.int64), rng))) + self.response_s
 
 
+def _groups(ks: np.ndarray):
+    """(k, indices of ks equal to k) for every distinct k, in one sort instead of one scan per k."""
+    flat = ks.ravel()
+    order = np.argsort(flat, kind="stable")
+    counts = np.bincount(flat)
+    ends = np.cumsum(counts)
+    for k in np.flatnonzero(counts):
+        yield int(k), order[ends[k] - counts[k]:ends[k]]
+
+
 class ConstantService(ServiceModel):
     """Deterministic service: ``base_s + per_item_s * (k - 1)``. M/D/1 in the tests."""
 
@@ -164,14 +174,15 @@ class EmpiricalService(ServiceModel):
     def _quantile(self, k: int, u: np.ndarray) -> np.ndarray:
         r = self.residual[k]
         pos = np.clip(u * r.size - 0.5, 0, r.size - 1)
-        return self.level_s[k] * np.interp(pos, np.arange(r.size), r)
+        lo = pos.astype(np.int64)
+        hi = np.minimum(lo + 1, r.size - 1)
+        return self.level_s[k] * (r[lo] + (pos - lo) * (r[hi] - r[lo]))
 
     def sample(self, batch_sizes, rng):
-        ks = np.asarray(batch_sizes, dtype=np.int64)
-        out = np.empty(ks.shape, dtype=float)
-        for k in np.unique(ks):
-            sel = ks == k
-            n = int(sel.sum())
+        ks = np.asarray(batch_sizes, dtype=np.int64).ravel()
+        out = np.empty(ks.size, dtype=float)
+        for k, sel in _groups(ks):
+            n = sel.size
             if k in self.level_s:
                 r = self.residual[k]
                 out[sel] = self.level_s[k] * r[rng.integers(0, r.size, n)]
@@ -185,7 +196,7 @@ class EmpiricalService(ServiceModel):
             k1, k2 = int(self.sizes[i - 1]), int(self.sizes[i])
             w = (np.log(k) - np.log(k1)) / (np.log(k2) - np.log(k1))
             out[sel] = np.exp((1 - w) * np.log(self._quantile(k1, u)) + w * np.log(self._quantile(k2, u)))
-        return out * self._level_mult
+        return (out * self._level_mult).reshape(np.shape(batch_sizes))
 
 
 class ForecastService(ServiceModel):
@@ -208,13 +219,12 @@ class ForecastService(ServiceModel):
         return new
 
     def sample(self, batch_sizes, rng):
-        ks = np.asarray(batch_sizes, dtype=np.int64)
-        out = np.empty(ks.shape, dtype=float)
-        for k in np.unique(ks):
-            sel = ks == k
-            out[sel] = np.asarray(self.fn(int(k), self.threads, int(sel.sum()),
+        ks = np.asarray(batch_sizes, dtype=np.int64).ravel()
+        out = np.empty(ks.size, dtype=float)
+        for k, sel in _groups(ks):
+            out[sel] = np.asarray(self.fn(int(k), self.threads, sel.size,
                                           np.random.default_rng(self._seed)), dtype=float)
-        return out
+        return out.reshape(np.shape(batch_sizes))
 
 
 @dataclasses.dataclass

@@ -1,0 +1,173 @@
+"""What a what-if reads from the workspace: service models per (threads, precision) and correctness.
+
+Service models are :class:`EmpiricalService` (calibrated forward times, no fit needed) wrapped in
+the serving overheads of ``serving.json`` when it exists. A Bayesian forecast plugs in through
+``forecast=`` — a callable ``draw_batch_latency(batch_size, threads, n, rng)`` — and is then used
+for every (threads, precision), which lets the planner consider thread counts never calibrated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tqsim.errors import UserError
+from tqsim.whatif.service import (EmpiricalService, ForecastService, ServiceModel, WithOverheads,
+                                  load_overheads)
+
+
+@dataclasses.dataclass
+class WorkspaceInputs:
+    """Lazily built, cached service models and correctness vectors of one ``<system>/<workload>``."""
+
+    folder: Path
+    system: str
+    workload: str
+    overheads: bool = True
+    forecast: Callable | None = None
+    notes: list = dataclasses.field(default_factory=list)
+    _cache: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def open(cls, home, system: str | None, workload: str | None, **kw) -> "WorkspaceInputs":
+        from tqsim.data.workspace import Workspace
+
+        ws = Workspace.at(home)
+        system = ws.resolve_system(system)
+        workload = ws.resolve_workload(system, workload)
+        return cls(ws.calibration_dir(system, workload), system, workload, **kw)
+
+    def _attrs(self) -> list[dict]:
+        if "attrs" not in self._cache:
+            import xarray as xr
+
+            from tqsim.data.io import calibration_files, ENGINE
+
+            out = []
+            for p in calibration_files(self.folder):
+                with xr.open_dataset(p, engine=ENGINE) as ds:
+                    out.append(dict(ds.attrs, path=p))
+            self._cache["attrs"] = out
+        return self._cache["attrs"]
+
+    def precisions(self) -> list[str]:
+        return sorted({str(a["precision"]) for a in self._attrs()})
+
+    def threads(self) -> list[int]:
+        return sorted({int(a["threads"]) for a in self._attrs()})
+
+    def batch_sizes(self, threads: int, precision: str) -> list[int]:
+        return sorted({int(a["batch_size"]) for a in self._attrs()
+                       if int(a["threads"]) == threads and str(a["precision"]) == precision})
+
+    def service(self, threads: int, precision: str = "fp32", replicas: int = 1) -> ServiceModel:
+        key = (threads, precision, replicas)
+        if key in self._cache:
+            return self._cache[key]
+        if self.forecast is not None:
+            base: ServiceModel = ForecastService(self.forecast, threads, precision)
+        else:
+            base = EmpiricalService.from_calibration_dir(self.folder, threads, precision)
+        svc = base
+        if self.overheads:
+            oh, note = load_overheads(self.folder, replicas, threads)
+            if oh is not None:
+                svc = WithOverheads(base, oh)
+            if note not in self.notes:
+                self.notes.append(note)
+        self._cache[key] = svc
+        return svc
+
+    def correct(self, precision: str = "fp32") -> np.ndarray:
+        """Per-instance correctness measured at this precision (the quality-relevant factor)."""
+        key = ("correct", precision)
+        if key not in self._cache:
+            from tqsim.data.io import read_calibration
+            from tqsim.data.schema import instance_correct
+
+            paths = [a["path"] for a in self._attrs() if str(a["precision"]) == precision]
+            if not paths:
+                raise UserError(f"precision {precision} was never calibrated, so its quality is unknown; "
+                                f"calibrate it: `tqsim calibrate --grid precision={precision}`.")
+            self._cache[key] = instance_correct(read_calibration(paths[0])).values.astype(bool)
+        return self._cache[key]
+
+
+def _list(values, what: str, cast=float) -> list:
+    out = []
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        for part in str(v).split(","):
+            if part.strip():
+                try:
+                    out.append(cast(part))
+                except ValueError:
+                    raise UserError(f"{what} '{part}' is not a number; give e.g. 300 or 100,200,400.") from None
+    if not out:
+        raise UserError(f"give at least one {what}.")
+    return out
+
+
+def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replicas=(1,), threads: int = 1,
+                 max_batch: int = 1, max_wait="0", thresholds=("20ms",), precision: str | None = None,
+                 trace=None, draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
+                 forecast=None, seed: int = 0) -> dict:
+    """The ``tqsim whatif`` computation: one DESIGN §7 result per (rate, replicas, threshold)."""
+    from tqsim.whatif.objective import parse_duration
+    from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
+
+    rate_list = _list(rates, "rate") if trace is None else [None]
+    rep_list = _list(replicas, "replicas", int)
+    thr = [parse_duration(t, "threshold") for t in (thresholds or [])]
+    if not thr:
+        raise UserError("give a deadline with --threshold, e.g. --threshold 20ms.")
+    if not 0 < tail_q < 1:
+        raise UserError(f"tail-q={tail_q}: must lie strictly between 0 and 1.")
+    wait = parse_duration(max_wait, "max-wait")
+    for r in rate_list:
+        if r is not None and not r > 0:
+            raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
+    src = WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast)
+    precision = precision or ("fp32" if "fp32" in src.precisions() else src.precisions()[0])
+    arrivals = read_trace(trace) if trace is not None else None
+    correct = src.correct(precision)
+    results = []
+    for reps in rep_list:
+        setup = ServingSetup(int(reps), int(threads), int(max_batch), wait, precision)
+        svc = src.service(threads, precision, reps)
+        fastest = svc.min_service_s()
+        if min(thr) < fastest:
+            raise UserError(f"threshold {min(thr) * 1e3:g} ms is below the fastest possible service time "
+                            f"({fastest * 1e3:.3g} ms for one request on an idle replica): every request misses.")
+        for i, rate in enumerate(rate_list):
+            wi = simulate(svc, setup, thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals, correct=correct,
+                          n_windows=windows, draws=draws, tail_q=tail_q, seed=seed + 1000 * i + reps)
+            results.extend(wi.results())
+    calibrated = src.batch_sizes(threads, precision)
+    notes = list(src.notes)
+    if calibrated and max_batch > max(calibrated):
+        notes.append(f"batch sizes above {max(calibrated)} were never calibrated; their service time is "
+                     "extrapolated log-linearly (calibrate them for a trustworthy answer).")
+    return {"system": src.system, "workload": src.workload, "interval": 0.9, "notes": notes,
+            "service_model": "forecast" if forecast is not None else "empirical", "results": results}
+
+
+def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, system=None, workload=None,
+                        confidence: float = 0.9, max_batches=None, max_waits=None, precisions=None,
+                        draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
+                        seed: int = 0):
+    """The ``tqsim plan`` computation; returns (:class:`~tqsim.whatif.planner.Plan`, notes)."""
+    from tqsim.whatif.objective import parse_duration, parse_objective
+    from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
+
+    obj = parse_objective(objective)
+    src = WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast)
+    space = {"max_batches": _list(max_batches, "max-batch", int) if max_batches else MAX_BATCHES,
+             "max_waits_s": [parse_duration(w, "max-wait") for w in _list(max_waits, "max-wait", str)]
+             if max_waits else MAX_WAITS_S,
+             "precisions": _list(precisions, "precision", str) if precisions else src.precisions()}
+    result = plan(obj, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.correct,
+                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, **space)
+    return result, src.notes

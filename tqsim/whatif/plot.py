@@ -1,0 +1,42 @@
+"""Curves of a what-if sweep: tail quality and p99 against load, one line per replica count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_sweep(out: dict, path: Path) -> Path:
+    """Write a two-panel PNG from the ``whatif`` JSON object; bands are the 90% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
+    groups: dict = {}
+    for r in out["results"]:
+        groups.setdefault((r["replicas"], r["threshold_s"]), []).append(r)
+    for (reps, thr), rows in sorted(groups.items()):
+        rows.sort(key=lambda r: r["rate_rps"])
+        x = [r["rate_rps"] for r in rows]
+        label = f"{reps} replica(s), deadline {thr * 1e3:g} ms"
+        tq = [r["tail_quality"] for r in rows]
+        line, = ax_q.plot(x, [t["mean"] for t in tq], marker="o", label=label)
+        ax_q.fill_between(x, [t["lo"] for t in tq], [t["hi"] for t in tq], alpha=0.2, color=line.get_color())
+        p99 = [r["latency_s"]["p99"] for r in rows]
+        ax_l.plot(x, [p["mean"] * 1e3 for p in p99], marker="o", color=line.get_color(), label=f"{reps} replica(s)")
+        ax_l.fill_between(x, [p["lo"] * 1e3 for p in p99], [p["hi"] * 1e3 for p in p99], alpha=0.2,
+                          color=line.get_color())
+        ax_l.axhline(thr * 1e3, ls=":", color=line.get_color(), lw=1)
+    ax_q.set(xlabel="arrival rate (requests/s)", ylabel="tail quality", title="tail quality vs load")
+    ax_l.set(xlabel="arrival rate (requests/s)", ylabel="p99 end-to-end latency (ms)", title="p99 vs load",
+             yscale="log")
+    ax_q.legend(fontsize=8)
+    ax_l.legend(fontsize=8)
+    fig.suptitle(f"{out['workload']} on {out['system']} (bands: 90% intervals)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
