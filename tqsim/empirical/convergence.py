@@ -110,3 +110,34 @@ def jsd_floor(predicted_qat: np.ndarray, n_heldout: int, *, n_rep: int = 500, se
     np.add.at(counts, (np.repeat(np.arange(n_rep), n_heldout), idx.ravel()), 1)
     d = jensen_shannon_distance(counts, p[None, :])
     return {"mean": float(d.mean()), "p05": float(np.quantile(d, 0.05)), "p95": float(np.quantile(d, 0.95))}
+
+
+def qat_rjsd(batch_latency_s: np.ndarray, batch: np.ndarray, *, correct=None, prediction=None, label=None,
+             metric: str = "accuracy", percentiles=(90, 95, 99), window: int = WINDOW,
+             bin_width: float = BIN_WIDTH) -> np.ndarray:
+    """rJSD after each measured pass of one configuration, Q@T taken at its current p90/p95/p99.
+
+    The thresholds are fixed from all passes measured so far, then every pass is scored in
+    measurement order and fed to a tracker; the largest change over the thresholds counts.
+    """
+    from tqsim.empirical.montecarlo import BatchScorer, qat_from_batches
+
+    lat = np.asarray(batch_latency_s, dtype=float)
+    batch = np.asarray(batch)
+    b_of = np.cumsum(np.r_[0, np.diff(batch) != 0])  # batch number of each instance
+    taus = np.percentile(lat[:, b_of], percentiles)  # per-instance latencies, as Threshold.resolve
+    scorer = BatchScorer(batch, correct=correct, prediction=prediction, label=label, metric=metric)
+    return rjsd_series(qat_from_batches(lat, taus, scorer), window, bin_width)
+
+
+def converged_record(record, epsilon: float = EPSILON, window: int = WINDOW) -> bool:
+    """Stop rule for adaptive calibration (`tqsim calibrate --until-converged`) on a harness ConfigRecord.
+
+    True once at least ``window`` passes exist and the latest rJSD is below ε.
+    """
+    lat = record.batch_latency_s()
+    if lat.shape[0] < window:
+        return False
+    r = qat_rjsd(lat, record.batch_of_instance, prediction=record.prediction, label=record.label,
+                 metric=record.metric, window=window)
+    return bool(r[-1] < epsilon)
