@@ -132,3 +132,31 @@ def test_floor_shrinks_with_more_heldout_passes():
     f30, f300 = jsd_floor(pred, 30), jsd_floor(pred, 300)
     assert 0 < f300["mean"] < f30["mean"] < 1
     assert f30["p05"] <= f30["mean"] <= f30["p95"]
+
+
+def test_no_heavy_imports():
+    import subprocess
+    import sys
+
+    code = ("import sys, tqsim.quality, tqsim.empirical; "
+            "bad = [m for m in ('torch', 'onnxruntime', 'pymc') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_tail_quality_benchmark_on_synthetic_data():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tail_quality.py"
+    spec = importlib.util.spec_from_file_location("tail_quality_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    n_pass, n_inst = 45, 64
+    batch = np.arange(n_inst) // 4
+    lat_b = np.exp(-8 + rng.normal(0, 0.1, (n_pass, 1)) + rng.normal(0, 0.1, (n_pass, batch[-1] + 1)))
+    res = bench.evaluate(lat_b[:, batch], batch, {"correct": rng.random(n_inst) < 0.9, "metric": "accuracy"},
+                         ks=(10,), heldout=30, n_sim=600)
+    assert len(res["rows"]) == 3 * 3 and all(0 <= r["jsd"] <= 1 and 0 <= r["floor"] <= 1 for r in res["rows"])
+    assert res["mlperf"]["p90_single_stream_min"] == 64
+    assert "markdown" not in bench.markdown({"toy": {"c": res}})
