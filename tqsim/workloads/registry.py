@@ -66,7 +66,12 @@ def get_workload(spec: str) -> Workload:
         raise UserError(f"the factory {spec} returned {_describe(workload)}, not a tqsim Workload; "
                         "return tqsim.workloads.Workload(name=..., task=..., model=..., inputs=..., labels=...).")
     workload.name = safe_name(workload_name_of(spec))
-    return check_workload(workload, spec)
+    check_workload(workload, spec)
+    if not workload.digest and hasattr(workload.model, "state_dict"):
+        from tqsim.workloads.training import state_digest
+
+        workload.digest = state_digest(workload.model)  # so a calibration notices retrained weights
+    return workload
 
 
 def check_workload(w: Workload, spec: str) -> Workload:

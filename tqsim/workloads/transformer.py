@@ -92,7 +92,8 @@ def digits_transformer() -> Workload:
     model, digest = trained(
         "digits-transformer", lambda: InkTransformer(**arch), RECIPE,
         lambda m: fit(m, lambda idx: collate_tokens(train_seqs, idx), y_tr, seed=RECIPE["seed"], **opt))
-    return Workload(name="digits-transformer", task="classify digits from variable-length ink-token sequences",
-                    model=model, inputs=test_seqs, labels=y_te.copy(), metric="accuracy",
+    return Workload(name="digits-transformer",
+                    task="classify digits from variable-length ink-token sequences (transformer)", model=model,
+                    inputs=test_seqs, labels=y_te.copy(), metric="accuracy",
                     collate=collate_tokens, instance_size=np.array([len(s) for s in test_seqs]),
                     digest=digest, float_inputs=())
