@@ -128,6 +128,15 @@ class Run:
         return self.busy_s / max(span, 1e-12)
 
 
+def capacity_rps(service: ServiceModel, setup: ServingSetup, n: int = 4000) -> float:
+    """Largest sustainable rate: replicas × the best k / mean service time of a batch of k ≤ max_batch."""
+    rng = np.random.default_rng(0)
+    ks = np.arange(1, setup.max_batch + 1)
+    mean = service.sample(np.repeat(ks, n), rng).reshape(ks.size, n).mean(axis=1)
+    mean = mean + service.extra_batch_s(ks.size * n, rng).mean()
+    return float(setup.replicas * np.max(ks / mean))
+
+
 def poisson_arrivals(rate_rps: float, n: int, rng: np.random.Generator) -> np.ndarray:
     check_rate(rate_rps)
     return np.cumsum(rng.exponential(1.0 / rate_rps, n))

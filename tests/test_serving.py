@@ -1,0 +1,77 @@
+"""The real serving loop (batcher + worker threads) and the serving calibration, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tqsim.measure.serving import (BatchingServer, calibrate_serving, fit_overheads, have_loadgen,  # noqa: E402
+                                   run_load)
+from tqsim.whatif.service import ConstantService, load_overheads  # noqa: E402
+from tqsim.workloads.base import Workload  # noqa: E402
+
+
+def tiny_workload(n=64) -> Workload:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(n, 16)
+    with torch.no_grad():
+        labels = model(x).argmax(-1).numpy()
+    labels[:4] = (labels[:4] + 1) % 4  # a few wrong answers
+    return Workload(name="toy", task="test", model=model, inputs=x, labels=labels)
+
+
+def _check_run(run, max_batch):
+    assert run.arrival_s.size > 50
+    assert (np.diff(run.arrival_s) >= 0).all()
+    assert (run.close_s >= run.arrival_s - 1e-9).all() and (run.done_s > run.close_s).all()
+    assert run.batch_size.max() <= max_batch and run.batch_size.sum() == run.arrival_s.size
+    assert (run.batch_forward_s > 0).all() and (run.batch_busy_s >= run.batch_forward_s).all()
+    assert 0.8 < run.correct.mean() <= 1.0
+    s = run.summary(0.05, 16)
+    assert s["latency_s"]["p50"] <= s["latency_s"]["p99"]
+
+
+def test_poisson_fallback_driver_batches():
+    server = BatchingServer(tiny_workload(), replicas=2, max_batch=4, max_wait_s=1e-3)
+    run = run_load(server, 400, 0.6, use_loadgen=False)
+    assert run.driver == "poisson-fallback"
+    _check_run(run, 4)
+    late = run.batch_timer_late_s[np.isfinite(run.batch_timer_late_s)]
+    assert late.size > 0 and np.median(late) < 5e-3
+    assert set(np.unique(run.batch_replica)) <= {0, 1}
+
+
+@pytest.mark.skipif(not have_loadgen(), reason="mlcommons-loadgen not installed")
+def test_loadgen_server_scenario_drives_it():
+    server = BatchingServer(tiny_workload(), replicas=1, max_batch=8, max_wait_s=0.5e-3)
+    run = run_load(server, 300, 1.0, seed=1)
+    assert run.driver == "loadgen-server"
+    _check_run(run, 8)
+    assert 150 < run.arrival_s.size < 700
+    assert "p99" in run.loadgen
+
+
+def test_fit_overheads_and_calibrate_serving(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_planner import make_workspace
+
+    make_workspace(tmp_path, sizes=(1, 2, 4), n_inst=64)
+    server = BatchingServer(tiny_workload(), replicas=1, max_batch=4, max_wait_s=0.5e-3)
+    run = run_load(server, 300, 0.5, use_loadgen=False)
+    oh = fit_overheads([run], ConstantService(50e-6))
+    assert oh.scale > 0 and oh.per_batch_s >= 0 and oh.per_request_s >= 0 and 0 <= oh.pause_prob <= 1
+    path = calibrate_serving("toy", home=tmp_path, system="box", max_batch=4, rates_rps=[200, 400],
+                             duration_s=0.4, use_loadgen=False, workload=tiny_workload())
+    data = json.loads(path.read_text())
+    assert "r1-th1" in data["setups"] and len(data["setups"]["r1-th1"]["observed"]) == 2
+    got, note = load_overheads(path.parent, 1, 1)
+    assert got is not None and "r1-th1" in note
+    got2, note2 = load_overheads(path.parent, 2, 1)
+    assert got2 is not None and "no r2-th1" in note2
