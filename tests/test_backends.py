@@ -92,6 +92,15 @@ def test_a_precision_the_model_cannot_run_is_refused_before_timing():
         prepare(w, Config(precision="fp16"))
 
 
+def test_numpy_inputs_become_tensors_of_the_precision():
+    torch.manual_seed(0)
+    w = Workload(name="np", task="t", model=torch.nn.Linear(3, 2).eval(), inputs=np.random.rand(5, 3),
+                 labels=np.zeros(5, dtype=int))
+    runner = prepare(w, Config(batch_size=2))
+    assert [a[0].dtype for a in runner.batches] == [torch.float32] * 3
+    assert run_all(runner).shape == (5,)
+
+
 def test_threads_are_set_and_verified(mlp, monkeypatch):
     prepare(mlp, Config(threads=2))
     assert torch.get_num_threads() == 2

@@ -70,7 +70,7 @@ def _closed(args: tuple) -> Any:
     raise RuntimeError("this runner was closed; prepare() a new one")
 
 
-def check_supported(config: Config, workload: Workload | None = None) -> None:
+def check_supported(config: Config) -> None:
     """Refuse, naming the fix, a configuration this system or backend cannot run. Cheap: no model.
 
     Threads above the core count are allowed (oversubscription is a legitimate experiment) but
@@ -106,7 +106,7 @@ def check_supported(config: Config, workload: Workload | None = None) -> None:
 
 def prepare(workload: Workload, config: Config) -> Runner:
     """Build the runner for ``config``: set threads, cast, move, collate every batch, compile/export."""
-    check_supported(config, workload)
+    check_supported(config)
     _set_threads(config.threads)
     index = np.arange(workload.n_instances)
     batch_of_instance = index // config.batch_size
@@ -124,8 +124,10 @@ def _set_threads(threads: int) -> None:
 
 
 def _collate(workload: Workload, idx: np.ndarray) -> tuple:
+    """The forward arguments of one batch, NumPy arrays as tensors (user workloads often hold NumPy)."""
     args = workload.collate(workload.inputs, idx)
-    return tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
 
 
 def _prepare_torch(workload: Workload, config: Config, groups: list[np.ndarray],
@@ -158,8 +160,8 @@ def _prepare_torch(workload: Workload, config: Config, groups: list[np.ndarray],
                 if _shapes(b) not in seen:
                     seen.add(_shapes(b))
                     fn(*b)
-        if config.device == "cuda":
-            torch.cuda.synchronize()
+    if config.device == "cuda":
+        torch.cuda.synchronize()  # pending copies and compilation must not land in the first timed call
 
     def call(args: tuple) -> Any:
         with torch.inference_mode():
