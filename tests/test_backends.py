@@ -160,6 +160,17 @@ def test_onnxruntime_matches_torch(name):
     runner.close()
 
 
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime not installed (pip install 'tqsim[onnx]')")
+def test_a_model_onnx_cannot_export_is_refused_naming_the_fix():
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    w = Workload(name="dd", task="t", model=DataDependent(), inputs=torch.rand(6, 3), labels=np.zeros(6, dtype=int))
+    with pytest.raises(UserError, match="exporting dd to ONNX failed.*use backend=torch"):
+        prepare(w, Config(batch_size=2, backend="onnxruntime"))
+
+
 @pytest.mark.slow
 def test_compile_compiles_every_shape_before_timing(mlp):
     import torch._dynamo.utils as dynamo_utils

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -202,6 +203,9 @@ def _onnx_model(workload: Workload, example: tuple) -> bytes:
     if key not in _ONNX_CACHE:
         auto = torch.export.Dim.AUTO
         dynamic = tuple({d: auto for d in range(a.dim())} if isinstance(a, torch.Tensor) else None for a in example)
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
+        onnx_log.setLevel(logging.ERROR)  # the exporter's chatter (missing torchvision ops) is not the user's concern
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
                 warnings.simplefilter("ignore")
@@ -211,6 +215,8 @@ def _onnx_model(workload: Workload, example: tuple) -> bytes:
             raise UserError(f"exporting {workload.name} to ONNX failed ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
                             "use backend=torch for this workload.") from exc
+        finally:
+            onnx_log.setLevel(level)
         _ONNX_CACHE[key] = program.model_proto.SerializeToString()
     return _ONNX_CACHE[key]
 
