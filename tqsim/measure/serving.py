@@ -353,7 +353,8 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
     ``scale`` = median ratio of in-server forward times to the calibrated median at the same batch
     size; per-batch and per-request costs = a least-squares line through the median (busy - forward)
     per batch size; ``timer_late_s`` = quantiles of the measured lateness; pauses = batches whose
-    busy time exceeds 20× the median busy time of their size and 2 ms.
+    overhead (busy - forward) exceeds 20× its median and 2 ms; ``shape`` = the in-server spread of
+    forward times around their median (see :class:`~tqsim.whatif.service.ServingOverheads`).
     """
     from tqsim.whatif.service import ServingOverheads
 
@@ -365,6 +366,10 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
     cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
     ratio = fwd / np.array([cal[int(s)] for s in k])
     scale = float(np.median(ratio))
+    # The spread of in-server forward times around their own median per batch size, pooled.
+    med_fwd = {int(s): float(np.median(fwd[k == s])) for s in sizes}
+    rel = fwd / np.array([med_fwd[int(s)] for s in k])
+    shape = np.quantile(rel, np.linspace(0.0005, 0.9995, 1000)).tolist()
     over = busy - fwd
     med_k = np.array([np.median(over[k == s]) for s in sizes])
     w = np.array([np.sum(k == s) for s in sizes], dtype=float)
@@ -376,19 +381,20 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
         slope, icpt = 0.0, float(med_k[0] - 0.0)
     per_request = slope
     per_batch = max(icpt, 0.0)
-    med_busy = {int(s): float(np.median(busy[k == s])) for s in sizes}
-    typical = np.array([med_busy[int(s)] for s in k])
-    pause = (busy > 20 * typical) & (busy > 2e-3)
+    # Pauses of the serving stack itself (not forward outliers, which ``shape`` holds): overheads
+    # far beyond their typical size.
+    typical = np.array([max(float(np.median(over[k == s])), 0.0) for s in k])
+    pause = (over > 20 * typical) & (over > 2e-3)
     late = late[np.isfinite(late)]
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
-                            pause_s=(busy[pause] - typical[pause]).tolist())
+                            pause_s=(over[pause] - typical[pause]).tolist(), shape=shape)
 
 
 def calibrate_serving(workload_spec: str, home=None, system: str | None = None, *, replicas: int = 1,
                       threads: int = 1, max_batch: int = 8, max_wait_s: float = 0.5e-3, precision: str = "fp32",
-                      rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.15, 0.4),
+                      rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.1, 0.25),
                       duration_s: float = 8.0, seed: int = 0, use_loadgen: bool | None = None,
                       workload: Any = None) -> Path:
     """Measure the serving stack's overheads for one set-up and store them; return the file's path.

@@ -1,0 +1,119 @@
+"""`tqsim whatif` forecasts against real loaded runs driven by MLPerf LoadGen's Server scenario.
+
+For each serving set-up: (1) the forward-time calibration is taken from the workspace (made with
+`tqsim calibrate --grid batch_size=1,2,4,8,16 --passes 20`, run here first if missing); (2) a short
+serving calibration at light and moderate load (`calibrate_serving`); (3) load levels are set as
+fractions of the capacity *predicted* from (1)+(2); at each level a real run is measured and a
+forecast is made from (1)+(2) only — the measured run is used for nothing but its length (the
+number of windows, so the forecast's tail-quality quantile is over as many windows as observed).
+
+Prints a Markdown table (paste into benchmarks/RESULTS.md) and writes the raw figures to JSON.
+Measured latency is the SUT's own (LoadGen's callback → completion); LoadGen's p99, which adds its
+issue delay, is printed beside it.
+
+    python benchmarks/whatif_accuracy.py --home /tmp/wsd [--workload digits-cnn] [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
+    ("A: 1 replica, batch≤8, wait 0.5 ms", 1, 1, 8, 0.5e-3),
+    ("B: 2 replicas, batch≤4, wait 0", 2, 1, 4, 0.0),
+]
+LOADS = (0.3, 0.5, 0.7, 0.85, 1.0)  # fractions of the predicted capacity
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--home", default="/tmp/tqsim-whatif-accuracy")
+    ap.add_argument("--workload", default="digits-cnn")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
+    ap.add_argument("--threshold", default="10ms")
+    ap.add_argument("--out", default="benchmarks/whatif_accuracy.json")
+    args = ap.parse_args()
+
+    from tqsim.data.workspace import Workspace
+    from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
+    from tqsim.whatif.inputs import WorkspaceInputs
+    from tqsim.whatif.objective import parse_duration
+    from tqsim.whatif.simulator import ServingSetup, capacity_rps, simulate
+    from tqsim.workloads.registry import get_workload
+
+    thr = parse_duration(args.threshold)
+    ws = Workspace.at(args.home)
+    if not ws.systems():
+        print("forward-time calibration missing: running tqsim calibrate (~2 min)", file=sys.stderr)
+        subprocess.run(["tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home",
+                        args.home, "--workload", args.workload], check=True, stdout=subprocess.DEVNULL)
+    workload = get_workload(args.workload)
+    n_inst = workload.n_instances
+    rows, t_start = [], time.perf_counter()
+    for label, reps, th, mb, mw in SETUPS:
+        calibrate_serving(args.workload, home=args.home, replicas=reps, threads=th, max_batch=mb, max_wait_s=mw,
+                          duration_s=6.0, workload=workload)
+        src = WorkspaceInputs.open(args.home, None, args.workload)
+        svc = src.service(th, "fp32", reps)
+        setup = ServingSetup(reps, th, mb, mw)
+        cap = capacity_rps(svc, setup)
+        server = BatchingServer(workload, reps, th, mb, mw)
+        for i, frac in enumerate(LOADS):
+            rate = round(frac * cap, 1)
+            run = run_load(server, rate, args.duration, seed=100 + i)
+            obs = run.summary(thr, n_inst)
+            wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
+                          n_windows=max(obs["windows"], 5), draws=30, seed=i)
+            pred = wi.result()
+            p99 = pred["latency_s"]["p99"]
+            tq = pred["tail_quality"]
+            rows.append({"setup": label, "load": frac, "rate_rps": rate, "capacity_pred_rps": cap,
+                         "observed": obs, "predicted": pred,
+                         "p99_rel_error": (p99["mean"] - obs["latency_s"]["p99"]) / obs["latency_s"]["p99"],
+                         "p99_inside": p99["lo"] <= obs["latency_s"]["p99"] <= p99["hi"],
+                         "tq_abs_error": tq["mean"] - obs["tail_quality"],
+                         "tq_inside": tq["lo"] - 1e-9 <= obs["tail_quality"] <= tq["hi"] + 1e-9})
+            r = rows[-1]
+            print(f"{label} load {frac:.2f} ({rate:.0f}/s): p99 obs {obs['latency_s']['p99'] * 1e3:.2f} ms "
+                  f"pred {p99['mean'] * 1e3:.2f} [{p99['lo'] * 1e3:.2f}, {p99['hi'] * 1e3:.2f}]  "
+                  f"TQ obs {obs['tail_quality']:.3f} pred {tq['mean']:.3f} [{tq['lo']:.3f}, {tq['hi']:.3f}]",
+                  file=sys.stderr)
+    Path(args.out).write_text(json.dumps({"threshold_s": thr, "workload": args.workload, "rows": rows,
+                                          "elapsed_s": time.perf_counter() - t_start}, indent=1, default=float))
+    print(f"| set-up | load (pred. capacity) | rate/s | util obs / pred | p99 obs (LoadGen) | p99 pred [90%] | "
+          f"err | in | TQ@{args.threshold} obs | TQ pred [90%] | in |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        o, p = r["observed"], r["predicted"]
+        p99 = p["latency_s"]["p99"]
+        tq = p["tail_quality"]
+        print(f"| {r['setup']} | {r['load']:.2f} | {r['rate_rps']:.0f} | {np.mean(o['utilisation']):.2f} / "
+              f"{np.mean(p['utilisation']):.2f} | {o['latency_s']['p99'] * 1e3:.2f} "
+              f"({o['loadgen'].get('p99', float('nan')) * 1e3:.2f}) ms | {p99['mean'] * 1e3:.2f} "
+              f"[{p99['lo'] * 1e3:.2f}, {p99['hi'] * 1e3:.2f}] ms | {r['p99_rel_error']:+.0%} | "
+              f"{'yes' if r['p99_inside'] else 'no'} | {o['tail_quality']:.3f} | {tq['mean']:.3f} "
+              f"[{tq['lo']:.3f}, {tq['hi']:.3f}] | {'yes' if r['tq_inside'] else 'no'} |")
+    below = [r for r in rows if np.mean(r["observed"]["utilisation"]) < 0.7]
+    print(f"\np99 within 15% below 70% utilisation: {sum(abs(r['p99_rel_error']) <= 0.15 for r in below)}/{len(below)}; "
+          f"p99 inside 90% interval: {sum(r['p99_inside'] for r in rows)}/{len(rows)}; "
+          f"tail quality inside: {sum(r['tq_inside'] for r in rows)}/{len(rows)}")
+    for label, *_ in SETUPS:
+        mine = [r for r in rows if r["setup"] == label]
+        light = mine[0]["observed"]["latency_s"]["p99"]
+        obs_sat = next((r["load"] for r in mine if r["observed"]["latency_s"]["p99"] > 10 * light), None)
+        light_p = mine[0]["predicted"]["latency_s"]["p99"]["mean"]
+        pred_sat = next((r["load"] for r in mine if r["predicted"]["latency_s"]["p99"]["mean"] > 10 * light_p), None)
+        print(f"{label}: saturation (p99 > 10× the lightest level's) observed at load {obs_sat}, predicted at "
+              f"{pred_sat}")
+    print(f"elapsed {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
