@@ -17,6 +17,7 @@ issue delay, is printed beside it.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -29,7 +30,7 @@ SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
     ("A: 1 replica, batch≤8, wait 0.5 ms", 1, 1, 8, 0.5e-3),
     ("B: 2 replicas, batch≤4, wait 0", 2, 1, 4, 0.0),
 ]
-LOADS = (0.3, 0.5, 0.7, 0.85, 1.0)  # fractions of the predicted capacity
+LOADS = (0.3, 0.5, 0.7, 0.85, 1.0)  # fractions of the predicted saturation rate (replicas 95% busy)
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
     from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
     from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.whatif.objective import parse_duration
-    from tqsim.whatif.simulator import ServingSetup, capacity_rps, simulate
+    from tqsim.whatif.simulator import ServingSetup, saturation_rps, simulate
     from tqsim.workloads.registry import get_workload
 
     thr = parse_duration(args.threshold)
@@ -63,7 +64,7 @@ def main() -> None:
         src = WorkspaceInputs.open(args.home, None, args.workload)
         svc = src.service(th, "fp32", reps)
         setup = ServingSetup(reps, th, mb, mw)
-        cap = capacity_rps(svc, setup)
+        cap = saturation_rps(svc, setup)
         server = BatchingServer(workload, reps, th, mb, mw)
         for i, frac in enumerate(LOADS):
             rate = round(frac * cap, 1)
@@ -112,7 +113,8 @@ def main() -> None:
         pred_sat = next((r["load"] for r in mine if r["predicted"]["latency_s"]["p99"]["mean"] > 10 * light_p), None)
         print(f"{label}: saturation (p99 > 10× the lightest level's) observed at load {obs_sat}, predicted at "
               f"{pred_sat}")
-    print(f"elapsed {time.perf_counter() - t_start:.0f} s")
+    print(f"elapsed {time.perf_counter() - t_start:.0f} s; load average at the end {os.getloadavg()} on "
+          f"{os.cpu_count()} cores (other work on the machine shows up in every measured figure)")
 
 
 if __name__ == "__main__":

@@ -355,12 +355,19 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
     per batch size; ``timer_late_s`` = quantiles of the measured lateness; pauses = batches whose
     overhead (busy - forward) exceeds 20× its median and 2 ms; ``shape`` = the in-server spread of
     forward times around their median (see :class:`~tqsim.whatif.service.ServingOverheads`).
+
+    ``inflation_s`` (g): in one Python process the driver's callbacks and the replicas share the
+    GIL, so a batch of the same size takes longer the more requests arrive per second. With runs
+    at two or more rates, g is fitted from the ratio of median busy times at equal batch sizes,
+    ``busy(k, λ) ∝ 1 + g λ``; every other term is then fitted on busy / (1 + g λ).
     """
     from tqsim.whatif.service import ServingOverheads
 
+    g = _fit_inflation(runs)
     k = np.concatenate([r.batch_size for r in runs])
-    fwd = np.concatenate([r.batch_forward_s for r in runs])
-    busy = np.concatenate([r.batch_busy_s for r in runs])
+    infl = np.concatenate([np.full(r.batch_size.size, 1 + g * r.rate_rps) for r in runs])
+    fwd = np.concatenate([r.batch_forward_s for r in runs]) / infl
+    busy = np.concatenate([r.batch_busy_s for r in runs]) / infl
     late = np.concatenate([r.batch_timer_late_s for r in runs])
     sizes = np.unique(k)
     cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
@@ -389,7 +396,31 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
-                            pause_s=(over[pause] - typical[pause]).tolist(), shape=shape)
+                            pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g)
+
+
+def _fit_inflation(runs: Sequence[ServingRun], min_batches: int = 20) -> float:
+    """g of ``busy ∝ 1 + g λ`` from pairs of runs at different rates (median over batch sizes); ≥ 0."""
+    est, weight = [], []
+    for i, lo in enumerate(runs):
+        for hi in runs[i + 1:]:
+            a, b = (lo, hi) if lo.rate_rps < hi.rate_rps else (hi, lo)
+            if b.rate_rps <= a.rate_rps * 1.2:
+                continue
+            for s in np.intersect1d(a.batch_size, b.batch_size):
+                ma, mb = a.batch_size == s, b.batch_size == s
+                if ma.sum() < min_batches or mb.sum() < min_batches:
+                    continue
+                ratio = float(np.median(b.batch_busy_s[mb]) / np.median(a.batch_busy_s[ma]))
+                den = b.rate_rps - ratio * a.rate_rps
+                if den > 0:
+                    est.append((ratio - 1) / den)
+                    weight.append(min(ma.sum(), mb.sum()))
+    if not est:
+        return 0.0
+    order = np.argsort(est)
+    cw = np.cumsum(np.asarray(weight, float)[order])
+    return max(float(np.asarray(est)[order][np.searchsorted(cw, cw[-1] / 2)]), 0.0)  # weighted median
 
 
 def calibrate_serving(workload_spec: str, home=None, system: str | None = None, *, replicas: int = 1,

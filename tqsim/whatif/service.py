@@ -241,6 +241,10 @@ class ServingOverheads:
     moves with batch size, threads and precision, the serving runs how in-server calls spread. A
     tight timing loop and a loaded server spread differently (measured here: the loop's p99 was
     8× its median on a busy machine, the server's 5×), so the shape comes from where it is served.
+
+    ``inflation_s`` (g) stretches every batch by ``1 + g λ`` at arrival rate λ: in one Python
+    process the request driver and the replicas contend for the GIL, more so the more requests
+    arrive (:meth:`WithOverheads.at_rate`).
     """
 
     scale: float = 1.0
@@ -251,6 +255,7 @@ class ServingOverheads:
     pause_prob: float = 0.0
     pause_s: list = dataclasses.field(default_factory=list)
     shape: list = dataclasses.field(default_factory=list)
+    inflation_s: float = 0.0  # g: service × (1 + g × arrival rate), contention with the request driver
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -272,6 +277,13 @@ class WithOverheads(ServiceModel):
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
         self._shape = np.sort(np.asarray(overheads.shape, dtype=float))
+        self._factor = 1.0
+
+    def at_rate(self, rate_rps: float) -> "WithOverheads":
+        """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
+        new = copy.copy(self)
+        new._factor = 1.0 + float(self.oh.inflation_s) * float(rate_rps)
+        return new
 
     def draw(self, rng):
         new = copy.copy(self)
@@ -284,7 +296,7 @@ class WithOverheads(ServiceModel):
         if self._shape.size:  # keep the model's median per batch size, take the served spread
             for _, idx in _groups(np.asarray(batch_sizes, dtype=np.int64).ravel()):
                 fwd[idx] = np.median(fwd[idx]) * self._shape[rng.integers(0, self._shape.size, idx.size)]
-        return self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s + self.oh.per_request_s * k
+        return self._factor * (self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s + self.oh.per_request_s * k)
 
     def pass_effects(self, n, rng):
         e = np.asarray(self.base.pass_effects(n, rng), dtype=float)

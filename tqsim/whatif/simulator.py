@@ -137,6 +137,26 @@ def capacity_rps(service: ServiceModel, setup: ServingSetup, n: int = 4000) -> f
     return float(setup.replicas * np.max(ks / mean))
 
 
+def saturation_rps(service: ServiceModel, setup: ServingSetup, n: int = 40000, busy: float = 0.95,
+                   seed: int = 0) -> float:
+    """The arrival rate at which simulated replicas are ``busy`` (fraction) of the time: the knee.
+
+    Unlike :func:`capacity_rps` it counts the batches the batcher actually forms at that load.
+    """
+    hi = capacity_rps(service, setup) * 1.2
+    lo = 0.0
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        rng = np.random.default_rng(seed)
+        svc = service.at_rate(mid) if hasattr(service, "at_rate") else service
+        run = simulate_run(svc, setup, poisson_arrivals(mid, n, rng), rng, window=n)
+        if float(np.mean(run.utilisation)) >= busy:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2
+
+
 def poisson_arrivals(rate_rps: float, n: int, rng: np.random.Generator) -> np.ndarray:
     check_rate(rate_rps)
     return np.cumsum(rng.exponential(1.0 / rate_rps, n))
@@ -277,6 +297,8 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
     meanq = np.empty((draws, thresholds.size))
     util = np.empty((draws, setup.replicas))
     mb = np.empty(draws)
+    if hasattr(service, "at_rate"):  # load-dependent service (driver contention), see ServingOverheads
+        service = service.at_rate(rate)
     for d in range(draws):
         rng = np.random.default_rng([seed, d])
         svc = service.draw(rng)
