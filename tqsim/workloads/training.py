@@ -29,8 +29,12 @@ def cache_dir() -> Path:
 
 
 def recipe_hash(name: str, model: torch.nn.Module, recipe: dict[str, Any]) -> str:
-    text = json.dumps({"name": name, "recipe": recipe, "version": RECIPE_VERSION,
-                       "source": inspect.getsource(type(model))}, sort_keys=True, default=str)
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):  # defined interactively: fall back to the architecture's printout
+        source = repr(model)
+    text = json.dumps({"name": name, "recipe": recipe, "version": RECIPE_VERSION, "source": source},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
