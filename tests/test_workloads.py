@@ -115,7 +115,8 @@ def test_user_workload_from_a_module(tmp_path, monkeypatch):
             raise ValueError("no data here")
         NOT_A_FUNCTION = 3
     """))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)  # a module in the current folder imports without installing it
     w = get_workload("tiny_wl:build")
     assert w.name == "tiny_wl-build" and w.n_instances == 3
     cases = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ def check_workload(w: Workload, spec: str) -> Workload:
 def _load_module(where: str, spec: str):
     is_file = where.endswith(".py") or "/" in where or "\\" in where
     if not is_file:
+        if os.getcwd() not in sys.path:  # like uvicorn/gunicorn: modules beside you import without install
+            sys.path.insert(0, os.getcwd())
         try:
             return importlib.import_module(where)
         except ModuleNotFoundError as exc:
