@@ -30,7 +30,11 @@ def main() -> None:
 
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False, prog_name="tqsim")
+        code = app(standalone_mode=False, prog_name="tqsim")
+        if code == 130:  # typer turns KeyboardInterrupt into a returned exit code in this mode
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         if debug:
             raise

@@ -1,0 +1,1 @@
+"""Plots and exporters (HTML/Markdown/JSON) fed from one report object."""
