@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--workload", default="digits-cnn")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     ap.add_argument("--threshold", default="10ms")
-    ap.add_argument("--out", default="benchmarks/whatif_accuracy.json")
+    ap.add_argument("--out", default="/tmp/tqsim-whatif-accuracy.json")
     args = ap.parse_args()
 
     from tqsim.data.workspace import Workspace
