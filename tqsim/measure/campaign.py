@@ -192,6 +192,7 @@ def summarise(records: Iterable[ConfigRecord]) -> list[dict]:
             "quality": no_deadline_quality(prediction=rec.prediction, label=rec.label, metric=rec.metric),
             "metric": rec.metric,
             "outliers": int(flag_outliers(flat).sum()), "calls": int(flat.size),
+            "inferences": int(rec.n_passes * rec.batch_of_instance.size),
         })
     return rows
 
