@@ -167,3 +167,23 @@ def test_trace_replay(tmp_path):
     (tmp_path / "bad.txt").write_text("0\n0.5\n0.1\n")
     with pytest.raises(UserError, match="sorted"):
         read_trace(tmp_path / "bad.txt")
+
+
+def test_empirical_draws_are_centred_on_the_calibrated_level():
+    rng = np.random.default_rng(1)
+    lat = 1e-3 * np.exp(rng.normal(0, 0.05, (30, 100)))
+    lat[::5] *= 3.0  # right-skewed pass effects: a few slow passes
+    svc = EmpiricalService({1: lat})
+    mult = [svc.draw(np.random.default_rng(i))._level_mult for i in range(200)]
+    assert np.exp(np.mean(np.log(mult))) == pytest.approx(1.0, abs=0.02)
+
+
+def test_overheads_shape_keeps_the_median_and_inflation_stretches():
+    base = ConstantService(1e-3, 0.5e-3)
+    oh = ServingOverheads(scale=2.0, per_batch_s=1e-4, shape=[0.9, 1.0, 1.0, 1.1, 5.0], inflation_s=1e-4)
+    svc = WithOverheads(base, oh)
+    s = svc.sample(np.full(10000, 3), np.random.default_rng(0))
+    assert np.median(s) == pytest.approx(2.0 * 2e-3 + 1e-4)
+    assert s.max() == pytest.approx(2.0 * 2e-3 * 5 + 1e-4)
+    fast = svc.at_rate(1000).sample(np.full(10, 1), np.random.default_rng(0))
+    assert np.median(fast) == pytest.approx(1.1 * (2.0 * 1e-3 + 1e-4))  # 1 + g λ = 1.1

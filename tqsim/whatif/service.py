@@ -165,7 +165,8 @@ class EmpiricalService(ServiceModel):
     def draw(self, rng):
         new = copy.copy(self)
         boot = rng.choice(self.log_pass_effect, size=self.log_pass_effect.size)
-        new._level_mult = float(np.exp(np.mean(boot)))
+        # Centred: the draws spread around the calibrated level instead of shifting it (skewed effects).
+        new._level_mult = float(np.exp(np.mean(boot) - np.mean(self.log_pass_effect)))
         return new
 
     def pass_effects(self, n, rng):
