@@ -1,0 +1,253 @@
+"""What the latency model is, apart from how it is sampled (Bambi's split): a plain, printable spec.
+
+The spec holds the terms, the residual family, the feature scaling and the priors (scaled to the
+data), and turns a campaign into the flat arrays the backend needs (:func:`build_design`). It never
+imports PyMC. Definitions and choices: docs/method-bayesian.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from tqsim.errors import UserError
+from tqsim.factors import DEFAULTS, FACTORS, QUALITY_FACTORS, Config
+
+FAMILIES = ("student", "mixture")
+CATEGORICAL = ("precision", "backend", "device", "compile")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """The hierarchical model of log batch latency (see ``__str__`` for the formula)."""
+
+    family: str = "mixture"
+    terms: list[str] = dataclasses.field(default_factory=list)       # columns of the config design matrix
+    centre: dict[str, float] = dataclasses.field(default_factory=dict)  # of log batch size, log threads
+    scale: dict[str, float] = dataclasses.field(default_factory=dict)
+    levels: dict[str, list] = dataclasses.field(default_factory=dict)   # categorical: levels seen, [0] = reference
+    batch_range: tuple[int, int] = (1, 1)
+    thread_range: tuple[int, int] = (1, 1)
+    size_term: bool = False
+    size_centre: float = 0.0
+    size_scale: float = 1.0
+    batches_per_pass: int = 24          # subsample: first, last partial, and this many others per pass
+    round_model: str = "ar1"
+    priors: dict[str, Any] = dataclasses.field(default_factory=dict)
+    subsample_seed: int = 0
+
+    # ---- presentation ------------------------------------------------------------------------
+    def __str__(self) -> str:
+        mean = " + ".join(["β0"] + [f"β[{t}]" for t in self.terms])
+        resid = ("StudentT(ν, 0, σ_c),  log σ_c = s0 + s·[Lz, Tz]" if self.family == "student" else
+                 "(1-w_c)·N(0, σ_c) + w_c·N(δ, σ_slow),  δ > 0 (ordered),  logit w_c = a0 + a·[Lz, Tz],"
+                 "  log σ_c = s0 + s·[Lz, Tz]")
+        lines = [
+            "log batch latency[c, pass, batch] =",
+            f"    μ_c = {mean} + u_c            u_c ~ N(0, σ_cfg)   (config effect, centred)",
+            "  + r[round(pass)]                   r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
+            "  + γ_first·[batch = 0] + γ_first_bs·Lz·[batch = 0]",
+            "  + γ_partial·log(m / batch_size)·[last batch holds m < batch_size]",
+        ]
+        if self.size_term:
+            lines.append("  + γ_size·mean standardised instance size of the batch")
+        lines.append(f"  + ε,  ε ~ {resid}")
+        lines.append(f"Lz = (log batch_size - {self.centre.get('L', 0):.3g}) / {self.scale.get('L', 1):.3g}, "
+                     f"Tz = (log threads - {self.centre.get('T', 0):.3g}) / {self.scale.get('T', 1):.3g}")
+        lines.append(f"categorical levels (first = reference): {self.levels}")
+        lines.append(f"subsample: first, last partial and {self.batches_per_pass} random batches per pass")
+        lines.append(f"priors: {self.priors}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        d = json.loads(text)
+        d["batch_range"] = tuple(d["batch_range"])
+        d["thread_range"] = tuple(d["thread_range"])
+        return cls(**d)
+
+    # ---- features ----------------------------------------------------------------------------
+    def features(self, configs: list[Config]) -> np.ndarray:
+        """Design matrix ``[config, term]`` of the configuration mean."""
+        L = np.array([math.log(c.batch_size) for c in configs])
+        T = np.array([math.log(c.threads) for c in configs])
+        Lz = (L - self.centre["L"]) / self.scale["L"]
+        Tz = (T - self.centre["T"]) / self.scale["T"]
+        cols = []
+        for term in self.terms:
+            if term == "Lz":
+                cols.append(Lz)
+            elif term == "Tz":
+                cols.append(Tz)
+            elif term == "Lz^2":
+                cols.append(Lz ** 2)
+            elif term == "Lz:Tz":
+                cols.append(Lz * Tz)
+            else:
+                factor, _, level = term.partition("=")
+                cols.append(np.array([str(getattr(c, factor)) == level for c in configs], dtype=float))
+        return np.stack(cols, axis=1) if cols else np.zeros((len(configs), 0))
+
+    def scaled(self, configs: list[Config]) -> np.ndarray:
+        """``[config, 2]``: (Lz, Tz), the inputs of the residual scale and the slow-mode weight."""
+        L = np.array([math.log(c.batch_size) for c in configs])
+        T = np.array([math.log(c.threads) for c in configs])
+        return np.stack([(L - self.centre["L"]) / self.scale["L"], (T - self.centre["T"]) / self.scale["T"]], 1)
+
+    def check_forecastable(self, config: Config) -> list[str]:
+        """Refuse levels never calibrated; return warnings for extrapolation in batch size or threads."""
+        for factor in CATEGORICAL:
+            level = str(getattr(config, factor))
+            seen = [str(v) for v in self.levels.get(factor, [])]
+            if level not in seen:
+                kind = "quality-relevant " if factor in QUALITY_FACTORS else ""
+                raise UserError(f"{factor}={level} was never calibrated (calibrated: {', '.join(seen)}); "
+                                f"this {kind}level cannot be forecast — calibrate a configuration with "
+                                f"--grid {factor}={level} first.")
+        warnings = []
+        lo, hi = self.batch_range
+        if not lo <= config.batch_size <= hi:
+            warnings.append(f"batch_size={config.batch_size} is outside the calibrated range {lo}–{hi}; "
+                            "the forecast extrapolates.")
+        lo, hi = self.thread_range
+        if not lo <= config.threads <= hi:
+            warnings.append(f"threads={config.threads} is outside the calibrated range {lo}–{hi}; "
+                            "the forecast extrapolates.")
+        return warnings
+
+
+def campaign_configs(campaign: xr.Dataset) -> list[Config]:
+    out = []
+    for i in range(campaign.sizes["config"]):
+        values = {f: campaign[f].values[i].item() for f in FACTORS if f in campaign.coords}
+        values["compile"] = bool(values.get("compile", False))
+        out.append(Config.from_mapping(values))
+    return out
+
+
+def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: int = 24, seed: int = 0) -> ModelSpec:
+    """A spec whose terms and priors fit this campaign (terms the design cannot identify are left out)."""
+    if family not in FAMILIES:
+        raise UserError(f"unknown family '{family}'; choose one of: auto, {', '.join(FAMILIES)}.")
+    configs = campaign_configs(campaign)
+    if len(configs) < 2:
+        raise UserError(f"a fit needs at least two calibrated configurations, found {len(configs)}; "
+                        "calibrate more with `tqsim calibrate --grid batch_size=1,8,32`.")
+    L = np.array([math.log(c.batch_size) for c in configs])
+    T = np.array([math.log(c.threads) for c in configs])
+    n_bs, n_th = len(set(L)), len(set(T))
+    centre = {"L": float(L.mean()), "T": float(T.mean())}
+    scale = {"L": float(L.std()) or 1.0, "T": float(T.std()) or 1.0}
+    terms = []
+    if n_bs >= 2:
+        terms.append("Lz")
+    if n_bs >= 3:
+        terms.append("Lz^2")
+    if n_th >= 2:
+        terms.append("Tz")
+    if n_bs >= 2 and n_th >= 2:
+        terms.append("Lz:Tz")
+    levels: dict[str, list] = {}
+    for factor in CATEGORICAL:
+        seen = sorted({str(getattr(c, factor)) for c in configs})
+        ref = str(DEFAULTS[factor]) if str(DEFAULTS[factor]) in seen else seen[0]
+        levels[factor] = [ref] + [s for s in seen if s != ref]
+        terms += [f"{factor}={s}" for s in levels[factor][1:]]
+    size_term = "instance_size" in campaign
+    sizes = campaign["instance_size"].values.reshape(-1) if size_term else np.zeros(1)
+    sizes = sizes[np.isfinite(sizes)]
+    y_med = float(np.nanmedian(np.log(campaign["latency_s"].values)))
+    priors = {
+        "intercept": {"mu": round(y_med, 4), "sigma": 2.0},
+        "slopes": {"sigma": 1.0},
+        "config_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
+        "round_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
+        "round_phi": {"beta_a": 2.0, "beta_b": 2.0},
+        "position": {"sigma": 1.0},
+        "log_sigma": {"mu": math.log(0.05), "sigma": 1.5},
+        "slow_shift": {"lognormal_mu": math.log(0.5), "lognormal_sigma": 1.0},
+        "slow_sd": {"halfnormal_sigma": 1.0},
+        "slow_logit": {"mu": -3.0, "sigma": 2.0},
+        "nu": {"gamma_alpha": 2.0, "gamma_beta": 0.1},
+    }
+    return ModelSpec(
+        family=family, terms=terms, centre=centre, scale=scale, levels=levels,
+        batch_range=(int(min(c.batch_size for c in configs)), int(max(c.batch_size for c in configs))),
+        thread_range=(int(min(c.threads for c in configs)), int(max(c.threads for c in configs))),
+        size_term=bool(size_term and sizes.size and sizes.std() > 0),
+        size_centre=float(sizes.mean()) if sizes.size else 0.0, size_scale=float(sizes.std() or 1.0),
+        batches_per_pass=batches_per_pass, priors=priors, subsample_seed=seed,
+    )
+
+
+@dataclasses.dataclass
+class Design:
+    """The flat arrays a backend needs: one row per observed (subsampled) batch."""
+
+    y: np.ndarray             # log seconds
+    cfg: np.ndarray           # config index
+    rnd: np.ndarray           # round index (0..R-1, in round order)
+    first: np.ndarray         # 1.0 on the first batch of a pass
+    partial: np.ndarray       # log(m / batch_size) on a last partial batch, else 0
+    size: np.ndarray          # mean standardised instance size of the batch (0 without sizes)
+    X: np.ndarray             # [config, term]
+    Z: np.ndarray             # [config, 2] (Lz, Tz)
+    rounds: np.ndarray        # the round labels, in order
+    configs: list[Config]
+    n_batches_total: int      # before subsampling
+
+
+def batch_layout(n_instances: int, batch_size: int) -> np.ndarray:
+    """Batch index of each instance: fixed order, last batch partial (DESIGN §4)."""
+    return np.arange(n_instances) // int(batch_size)
+
+
+def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
+    configs = campaign_configs(campaign)
+    rng = np.random.default_rng(spec.subsample_seed)
+    rounds = np.unique(campaign["round"].values[np.isfinite(campaign["round"].values)]).astype(np.int64)
+    round_index = {int(r): i for i, r in enumerate(rounds)}
+    lat = campaign["latency_s"].values  # [config, pass, instance]
+    has_size = spec.size_term and "instance_size" in campaign
+    cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "partial", "size")}
+    total = 0
+    for c, cfg in enumerate(configs):
+        batch = campaign["batch"].values[c].astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+        counts = np.diff(np.r_[starts, batch.size])
+        nb = starts.size
+        part = np.where(counts < cfg.batch_size, np.log(counts / cfg.batch_size), 0.0)
+        if has_size:
+            z = (campaign["instance_size"].values[c] - spec.size_centre) / spec.size_scale
+            bsize = np.bincount(np.repeat(np.arange(nb), counts), weights=z, minlength=nb) / counts
+        else:
+            bsize = np.zeros(nb)
+        for p in range(lat.shape[1]):
+            row = lat[c, p, starts]
+            if not np.isfinite(row).all():
+                continue
+            total += nb
+            keep = {0, nb - 1} if part[-1] < 0 else {0}
+            others = np.setdiff1d(np.arange(nb), list(keep))
+            if others.size > spec.batches_per_pass:
+                others = rng.choice(others, spec.batches_per_pass, replace=False)
+            idx = np.sort(np.r_[list(keep), others]).astype(np.int64)
+            cols["y"].append(np.log(row[idx]))
+            cols["cfg"].append(np.full(idx.size, c))
+            cols["rnd"].append(np.full(idx.size, round_index[int(campaign["round"].values[c, p])]))
+            cols["first"].append((idx == 0).astype(float))
+            cols["partial"].append(part[idx])
+            cols["size"].append(bsize[idx])
+    arrays = {k: np.concatenate(v) for k, v in cols.items()}
+    return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
+                  first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
+                  X=spec.features(configs), Z=spec.scaled(configs), rounds=rounds, configs=configs,
+                  n_batches_total=total)
