@@ -147,6 +147,10 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
             results.extend(wi.results())
     calibrated = src.batch_sizes(threads, precision)
     notes = list(src.notes)
+    sat = sorted({(r["rate_rps"], r["replicas"]) for r in results if r["saturated"]})
+    if sat:
+        notes.append("saturated (replicas ≥ 97% busy, the queue grows without bound; latencies grow with the "
+                     "simulated duration): " + ", ".join(f"{rate:g}/s × {reps} replica(s)" for rate, reps in sat))
     if calibrated and max_batch > max(calibrated):
         notes.append(f"batch sizes above {max(calibrated)} were never calibrated; their service time is "
                      "extrapolated log-linearly (calibrate them for a trustworthy answer).")

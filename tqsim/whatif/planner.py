@@ -96,7 +96,8 @@ def _score(cand: Candidate, obj: Objective, confidence: float, wi: WhatIf) -> No
     cand.whatif, cand.probability, cand.value = wi, float(ok.mean()), float(np.mean(obj.per_draw(wi)))
     cand.reason = "" if cand.probability >= confidence else (
         f"P(met) = {cand.probability:.2f} < {confidence:.2f}: {obj.metric} {obj.describe_value(cand.value)} "
-        f"(target {obj.op} {obj.describe_value(obj.target)}); utilisation {np.mean(wi.utilisation):.0%}")
+        f"(target {obj.op} {obj.describe_value(obj.target)}); utilisation {np.mean(wi.utilisation):.0%}"
+        + (" — saturated" if wi.saturated else ""))
 
 
 def plan(objective: Objective, rate_rps: float, cores: int,

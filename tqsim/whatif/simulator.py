@@ -255,8 +255,15 @@ class WhatIf:
             "no_deadline_quality": self.no_deadline_quality,
             "utilisation": [float(u) for u in np.mean(self.utilisation, axis=0)],
             "mean_batch_size": float(np.mean(self.mean_batch)),
+            "saturated": self.saturated,
             "draws": int(self.miss_rate.shape[0]), "requests_per_draw": self.requests, "windows": self.windows,
         }
+
+    @property
+    def saturated(self) -> bool:
+        """Replicas (nearly) always busy: the queue grows for as long as the run lasts, so latency
+        figures then depend on the simulated duration, not on a steady state."""
+        return bool(np.mean(self.utilisation) >= 0.97)
 
     def results(self) -> list[dict]:
         return [self.result(i) for i in range(len(self.thresholds_s))]
