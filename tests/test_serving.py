@@ -75,3 +75,19 @@ def test_fit_overheads_and_calibrate_serving(tmp_path):
     assert got is not None and "r1-th1" in note
     got2, note2 = load_overheads(path.parent, 2, 1)
     assert got2 is not None and "no r2-th1" in note2
+
+
+def test_inflation_fit_recovers_a_known_contention_term():
+    from tqsim.measure.serving import ServingRun, _fit_inflation
+
+    rng = np.random.default_rng(0)
+
+    def run(rate, g=2e-4, n=3000):
+        k = rng.integers(1, 4, n)
+        busy = (100e-6 + 50e-6 * k) * np.exp(rng.normal(0, 0.1, n)) * (1 + g * rate)
+        z = np.zeros(1)
+        return ServingRun(rate, 1, 1, 4, 0.0, "test", z, z, z, z.astype(int), z.astype(bool), k, np.zeros(n),
+                          busy * 0.7, busy, np.full(n, np.nan), np.zeros(n, int), 1.0)
+
+    assert _fit_inflation([run(500), run(2000)]) == pytest.approx(2e-4, rel=0.15)
+    assert _fit_inflation([run(500, g=0.0), run(2000, g=0.0)]) == pytest.approx(0.0, abs=2e-5)
