@@ -39,9 +39,13 @@ def build_model(spec: ModelSpec, design: Design):
         # config means: every config has hundreds of batches, so the data inform each mean well ->
         # centred parameterisation, written on the mean itself (m_c ~ N(β0 + X·β, σ_cfg)) so that the
         # data pin m_c directly and β is a regression on 24-odd well-known means (docs/method-bayesian.md).
-        config_sd = pm.Gamma("config_sd", pr["config_sd"]["gamma_alpha"], pr["config_sd"]["gamma_beta"])
+        config_sd = pm.LogNormal("config_sd", pr["config_sd"]["lognormal_mu"], pr["config_sd"]["lognormal_sigma"])
         smooth = beta0 + pt.dot(X, beta)
-        mean_c = pm.Normal("config_mean", smooth, config_sd, dims="config")
+        if spec.config_parameterisation == "centred":
+            mean_c = pm.Normal("config_mean", smooth, config_sd, dims="config")
+        else:  # few configs beyond the smooth terms: σ_cfg is weakly identified -> non-centred
+            z_c = pm.Normal("config_z", 0.0, 1.0, dims="config")
+            mean_c = pm.Deterministic("config_mean", smooth + config_sd * z_c, dims="config")
         pm.Deterministic("config_effect", mean_c - smooth, dims="config")
         # shared machine effect: stationary AR(1) over rounds, centred (each round holds every config),
         # constrained to sum to zero over the calibration's rounds so that it does not trade off with
@@ -112,6 +116,9 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     }
     if spec.size_term:
         start["size_effect"] = 0.0
+    if spec.config_parameterisation != "centred":
+        start.pop("config_mean")
+        start["config_z"] = np.zeros(C)
     rb = resid[body]
     if spec.family == "student":
         mad = float(np.median(np.abs(rb - np.median(rb)))) * 1.4826
@@ -131,7 +138,7 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
         sds = np.array([max(mad, 1e-3), 0.3])
         fast, slow, w = 0, 1, 0.03
     start.update({
-        "beta0": float(coef[0] + means[fast]), "config_mean": med_c + float(means[fast]), "log_sigma0": math.log(max(float(sds[fast]), 1e-3)),
+        "beta0": float(coef[0] + means[fast]), "log_sigma0": math.log(max(float(sds[fast]), 1e-3)),
         "slow_shift": float(means[slow] - means[fast]), "slow_sd": float(max(sds[slow], 1e-3)),
         "slow_logit0": math.log(w / (1 - w)), "slow_logit_slope": np.zeros(2),
     })

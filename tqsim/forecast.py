@@ -1,0 +1,182 @@
+"""Posterior + configuration -> predictive latency, Q@T and tail quality (DESIGN §5, §7 ``predict``).
+
+For each posterior draw, simulate a run of ``n_passes`` passes made at another time: draw the run's
+machine-effect path from the fitted AR(1) (plus the uncertainty of the calibration's average
+machine state), draw every batch's latency with its position effect and residual (mixture or
+Student-t), give every instance its batch's latency (the batch layout follows from the instance
+count and the batch size, last batch partial), mark late instances, score Q@T with the correctness
+vector of the configuration's quality-relevant levels. Every reported quantity is a per-draw
+statistic summarised by its posterior mean and a 90 % credible interval over draws.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from tqsim.errors import UserError
+from tqsim.factors import Config
+from tqsim.models.spec import batch_layout
+from tqsim.models.store import FittedModel, quality_level_id
+from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
+                           tail_quality)
+
+PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
+INTERVAL = 0.9
+
+
+@dataclass
+class Forecast:
+    """Simulated runs of one configuration: ``latency_s[draw, pass, instance]`` and the summaries."""
+
+    config: Config
+    latency_s: np.ndarray
+    qat: np.ndarray                    # [draw, pass, k]
+    thresholds_s: np.ndarray           # [k]
+    threshold_labels: list[str]
+    calibrated: bool
+    warnings: list[str] = field(default_factory=list)
+    diagnostics_ok: bool = True
+    tail_q: float = 0.01
+    result: dict = field(default_factory=dict)
+
+
+def _summary(x: np.ndarray, level: float = INTERVAL) -> dict[str, float]:
+    a = (1 - level) / 2
+    return {"mean": float(np.mean(x)), "lo": float(np.quantile(x, a)), "hi": float(np.quantile(x, 1 - a))}
+
+
+def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_draws: int = 200,
+                     seed: int = 0, n_instances: int | None = None) -> tuple[np.ndarray, bool]:
+    """Predictive instance latencies ``[draw, pass, instance]`` (seconds) and whether ``config`` was calibrated."""
+    spec = fm.spec
+    rng = np.random.default_rng(seed)
+    post = fm.posterior_draws(n_draws)
+    D = post["beta0"].shape[0]
+    n = int(n_instances or fm.n_instances)
+    bs = int(config.batch_size)
+    batch = batch_layout(n, bs)
+    nb = int(batch[-1]) + 1
+    ids = [c["id"] for c in fm.configs]
+    calibrated = config.id in ids
+    Z = spec.scaled([config])[0]
+    if calibrated:
+        mean = post["config_mean"][:, ids.index(config.id)]
+    else:
+        X = spec.features([config])[0]
+        mean = post["beta0"] + post["beta"] @ X + rng.normal(0.0, 1.0, D) * post["config_sd"]
+    # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
+    # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
+    sd, phi = post["round_sd"], post["round_phi"]
+    R = max(int(fm.diagnostics.get("n_rounds", 1)), 1)
+    sd_mean = sd * np.sqrt(np.clip((1 + phi) / np.clip(1 - phi, 1e-3, None), 0, None) / R)
+    path = np.empty((D, n_passes))
+    path[:, 0] = rng.normal(0.0, 1.0, D) * sd
+    innov = sd * np.sqrt(np.clip(1 - phi ** 2, 0, None))
+    for t in range(1, n_passes):
+        path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
+    path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
+    log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
+    log_t[:, :, 0] += (post["first_batch"] + post["first_batch_bs"] * Z[0])[:, None]
+    last = n - (nb - 1) * bs
+    if last < bs:
+        log_t[:, :, -1] += (post["partial_batch"] * math.log(last / bs))[:, None]
+    sigma = np.exp(post["log_sigma0"] + post["log_sigma_slope"] @ Z)[:, None, None]
+    shape = (D, n_passes, nb)
+    if spec.family == "student":
+        nu = post["nu"][:, None, None]
+        resid = sigma * rng.standard_t(np.broadcast_to(nu, shape))
+    else:
+        w = 1.0 / (1.0 + np.exp(-(post["slow_logit0"] + post["slow_logit_slope"] @ Z)))[:, None, None]
+        slow = rng.random(shape) < w
+        resid = np.where(slow, post["slow_shift"][:, None, None] + post["slow_sd"][:, None, None]
+                         * rng.standard_normal(shape), sigma * rng.standard_normal(shape))
+    return np.exp(log_t + resid)[:, :, batch], calibrated
+
+
+def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
+             n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
+             force: bool = False) -> Forecast:
+    """Forecast ``config`` from a fitted model; the result's ``.result`` is DESIGN §7's ``predict`` object.
+
+    Thresholds: absolute seconds, or ``pXX`` = that percentile of the forecast latency (posterior
+    mean). Refuses a quality-relevant level never calibrated, and a fit whose diagnostics failed
+    unless ``force``; warns outside the calibrated batch-size/thread range.
+    """
+    warns = fm.spec.check_forecastable(config)
+    level = quality_level_id(config.as_dict())
+    if level not in fm.quality_levels:
+        raise UserError(f"quality-relevant levels {level} were never calibrated (calibrated: "
+                        f"{', '.join(sorted(fm.quality_levels))}); calibrate a configuration with them first.")
+    if not fm.diagnostics_ok:
+        d = fm.diagnostics
+        what = (f"r-hat max {d.get('rhat_max')}, ESS min {d.get('ess_bulk_min')}, "
+                f"{d.get('divergences')} divergences")
+        if not force:
+            raise UserError(f"the fit failed its diagnostics ({what}); refit with more draws "
+                            "(`tqsim fit --draws 1000 --tune 1000`) or forecast anyway with --force.")
+        warns.append(f"FORECAST FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}); do not trust the intervals.")
+    lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed)
+    D = lat.shape[0]
+    flat = lat.reshape(D, -1)
+    pct = {name: np.percentile(flat, p, axis=1) for name, p in PERCENTILES}
+    parsed = parse_thresholds(thresholds)
+    taus, labels = [], []
+    for th in parsed:
+        if th.seconds is not None:
+            taus.append(th.seconds)
+        else:
+            taus.append(float(np.mean(np.percentile(flat, th.percentile, axis=1))))
+        labels.append(th.text)
+    taus_arr = np.asarray(taus, float)
+    scoring = fm.quality_levels[level]
+    kw = {"correct": scoring["correct"]} if fm.quality_metric == "accuracy" else {
+        "prediction": scoring.get("prediction"), "label": scoring.get("label")}
+    qat = quality_at_deadline(lat, taus_arr, metric=fm.quality_metric, **kw)  # [draw, pass, k]
+    mean_q = qat.mean(axis=1)
+    tail = tail_quality(np.moveaxis(qat, 1, -1), tail_q)  # [draw, k]
+    min_q = qat.min(axis=1)
+    rows = []
+    for k, tau in enumerate(taus_arr):
+        m, t, mn = _summary(mean_q[:, k]), _summary(tail[:, k]), _summary(min_q[:, k])
+        rows.append({"threshold": labels[k], "threshold_s": float(tau), "mean": m["mean"], "mean_lo": m["lo"],
+                     "mean_hi": m["hi"], "tail": t["mean"], "tail_q": tail_q, "tail_lo": t["lo"], "tail_hi": t["hi"],
+                     "min": mn["mean"], "min_lo": mn["lo"], "min_hi": mn["hi"]})
+    result = {
+        "system": fm.system, "workload": fm.workload, "config": config.as_dict(), "config_id": config.id,
+        "calibrated": bool(calibrated), "interval": INTERVAL,
+        "latency_s": {name: _summary(v) for name, v in pct.items()},
+        "quality": {"metric": fm.quality_metric, "no_deadline": no_deadline_quality(metric=fm.quality_metric, **kw),
+                    "thresholds": rows},
+        "passes_per_run": int(n_passes), "draws": int(D), "family": fm.spec.family,
+        "diagnostics_ok": bool(fm.diagnostics_ok), "warnings": list(warns),
+    }
+    return Forecast(config=config, latency_s=lat, qat=qat, thresholds_s=taus_arr, threshold_labels=labels,
+                    calibrated=calibrated, warnings=warns, diagnostics_ok=fm.diagnostics_ok, tail_q=tail_q,
+                    result=result)
+
+
+def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:
+    """Fill factors left unset from the calibration when it used a single level; otherwise ask by name."""
+    from tqsim.factors import FACTORS, parse_level
+
+    values = {}
+    for f, v in assignments.items():
+        values[f] = parse_level(f, v)
+    missing = []
+    for f in FACTORS:
+        if f in values:
+            continue
+        seen = sorted({str(c[f]) for c in fm.configs})
+        if len(seen) == 1:
+            values[f] = fm.configs[0][f]
+        else:
+            missing.append(f"{f} (calibrated: {', '.join(seen)})")
+    if missing:
+        raise UserError("the calibration used several levels of " + "; ".join(missing)
+                        + "; choose with --set FACTOR=VALUE.")
+    return Config.from_mapping(values)

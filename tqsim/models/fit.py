@@ -1,0 +1,160 @@
+"""Fit the latency model to a campaign: choose the family by PSIS-LOO, sample, check diagnostics."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from tqsim.data.schema import instance_correct
+from tqsim.errors import UserError
+from tqsim.factors import QUALITY_FACTORS
+from tqsim.models.spec import FAMILIES, build_design, campaign_configs, make_spec
+from tqsim.models.store import FittedModel, now, quality_level_id
+
+RHAT_MAX = 1.01
+ESS_MIN = 100
+
+
+def default_sampler() -> str:
+    try:
+        import nutpie  # noqa: F401
+    except ImportError:
+        return "nuts"
+    return "nutpie"
+
+
+def diagnostics_of(idata, sampler: str) -> dict:
+    import arviz as az
+
+    post = idata.posterior
+    names = [v for v in post.data_vars if v not in ("round_free",)]
+    if sampler == "advi":
+        return {"sampler": "advi", "rhat_max": None, "ess_bulk_min": None, "ess_tail_min": None, "divergences": 0,
+                "ok": True, "note": "ADVI gives no convergence diagnostics and tends to narrow hierarchical "
+                                    "scales; use it for quick looks, not final intervals."}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rhat = az.rhat(post, var_names=names)
+        ess_b = az.ess(post, var_names=names, method="bulk")
+        ess_t = az.ess(post, var_names=names, method="tail")
+    def extreme(ds, fn):
+        vals = [float(fn(ds[v].values)) for v in ds.data_vars if np.isfinite(ds[v].values).any()]
+        return fn(np.array(vals)) if vals else float("nan")
+    rhat_max = float(extreme(rhat, np.nanmax))
+    ess_bulk_min = float(extreme(ess_b, np.nanmin))
+    ess_tail_min = float(extreme(ess_t, np.nanmin))
+    div = int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0
+    ok = bool(rhat_max <= RHAT_MAX and div == 0 and ess_bulk_min >= ESS_MIN)
+    return {"sampler": sampler, "rhat_max": rhat_max, "ess_bulk_min": ess_bulk_min, "ess_tail_min": ess_tail_min,
+            "divergences": div, "ok": ok, "chains": int(post.sizes["chain"]), "draws": int(post.sizes["draw"]),
+            "thresholds": {"rhat_max": RHAT_MAX, "ess_bulk_min": ESS_MIN, "divergences": 0}}
+
+
+def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
+    levels: dict[str, dict] = {}
+    for i in range(campaign.sizes["config"]):
+        values = {f: campaign[f].values[i].item() for f in QUALITY_FACTORS}
+        key = quality_level_id(values)
+        if key in levels:
+            continue
+        one = campaign.isel(config=i)
+        d = {"correct": instance_correct(one).values.astype(bool)}
+        if "prediction" in one and "label" in one:
+            d["prediction"] = one["prediction"].values
+            d["label"] = one["label"].values
+        levels[key] = d
+    return levels
+
+
+def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | None = None, draws: int = 500,
+                 tune: int = 500, chains: int = 2, seed: int = 0, batches_per_pass: int = 24,
+                 loo_batches_per_pass: int = 8, progress: bool = False,
+                 log: Callable[[str], None] | None = None) -> FittedModel:
+    """Fit the hierarchical latency model to a campaign (``tqsim.data.io.load_campaign``'s output).
+
+    ``family``: ``student``, ``mixture`` or ``auto``. ``auto`` fits both families on a smaller
+    subsample (``loo_batches_per_pass`` per pass, short chains), compares them by PSIS-LOO and then
+    fits the winner on the full subsample; the LOO table is recorded in the diagnostics.
+    """
+    import arviz as az
+
+    from tqsim.models import pymc_backend as backend
+
+    log = log or (lambda msg: None)
+    sampler = sampler or default_sampler()
+    if sampler not in ("nutpie", "nuts", "advi"):
+        raise UserError(f"unknown sampler '{sampler}'; choose one of: nutpie, nuts, advi.")
+    if family not in ("auto",) + FAMILIES:
+        raise UserError(f"unknown family '{family}'; choose one of: auto, {', '.join(FAMILIES)}.")
+    t_start = time.perf_counter()
+    loo_table = None
+    chosen = family
+    if family == "auto":
+        if sampler == "advi":
+            chosen = "mixture"
+            log("ADVI: LOO needs posterior draws of both families; using the mixture family")
+        else:
+            results = {}
+            for fam in FAMILIES:
+                spec = make_spec(campaign, fam, loo_batches_per_pass, seed)
+                design = build_design(campaign, spec)
+                model = backend.build_model(spec, design)
+                log(f"LOO: fitting the {fam} family on {design.y.size} batches")
+                idata, secs = backend.sample(model, backend.initial_point(spec, design, seed), sampler=sampler,
+                                             draws=max(draws // 2, 150), tune=max(tune // 2, 150), chains=chains,
+                                             seed=seed, progress=progress, log=log)
+                ll = backend.log_likelihood(model, idata)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    idata.add_groups(log_likelihood=ll if isinstance(ll, xr.Dataset) else ll.log_likelihood)
+                results[fam] = idata
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cmp = az.compare(results, ic="loo")
+            chosen = str(cmp.index[0])
+            loo_table = {str(k): {c: (float(v) if isinstance(v, (int, float, np.number)) else str(v))
+                                  for c, v in row.items() if c in ("rank", "elpd_loo", "p_loo", "elpd_diff", "dse",
+                                                                   "weight", "se", "warning")}
+                         for k, row in cmp.iterrows()}
+            log(f"PSIS-LOO prefers the {chosen} family: " + ", ".join(
+                f"{k} elpd {v['elpd_loo']:.1f}" for k, v in loo_table.items()))
+    spec = make_spec(campaign, chosen, batches_per_pass, seed)
+    design = build_design(campaign, spec)
+    model = backend.build_model(spec, design)
+    log(f"fitting the {chosen} family on {design.y.size} of {design.n_batches_total} batches "
+        f"({len(design.configs)} configs, {design.rounds.size} rounds) with {sampler}")
+    idata, secs = backend.sample(model, backend.initial_point(spec, design, seed), sampler=sampler, draws=draws,
+                                 tune=tune, chains=chains, seed=seed, progress=progress, log=log)
+    diag = diagnostics_of(idata, sampler)
+    diag.update({"family": chosen, "family_choice": "psis-loo" if loo_table else f"fixed ({family})",
+                 "loo": loo_table, "sample_seconds": round(secs, 2),
+                 "total_seconds": round(time.perf_counter() - t_start, 2),
+                 "n_obs": int(design.y.size), "n_batches_total": int(design.n_batches_total),
+                 "n_configs": len(design.configs), "n_rounds": int(design.rounds.size)})
+    _attach_data(idata, design)
+    configs = [dict(c.as_dict(), id=c.id) for c in campaign_configs(campaign)]
+    return FittedModel(idata=idata, spec=spec, diagnostics=diag, system=str(campaign.attrs.get("system", "")),
+                       workload=str(campaign.attrs.get("workload", "")),
+                       quality_metric=str(campaign.attrs.get("quality_metric", "accuracy")),
+                       n_instances=int(campaign.sizes["instance"]), quality_levels=_quality_levels(campaign),
+                       configs=configs, created_at=now())
+
+
+def _attach_data(idata, design) -> None:
+    """observed_data and constant_data groups (nutpie's InferenceData lacks them)."""
+    obs = xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.y.size)})
+    const = xr.Dataset({"cfg": ("obs", design.cfg), "rnd": ("obs", design.rnd), "first": ("obs", design.first),
+                        "partial": ("obs", design.partial), "size": ("obs", design.size),
+                        "X": (("config", "term"), design.X), "Z": (("config", "scale_input"), design.Z)},
+                       coords={"obs": np.arange(design.y.size), "config": [c.id for c in design.configs]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, ds in (("observed_data", obs), ("constant_data", const)):
+            if name in idata.groups():
+                delattr(idata, name)
+                idata._groups = [g for g in idata._groups if g != name]
+            idata.add_groups({name: ds})

@@ -1,0 +1,183 @@
+"""Save and load a fitted model: ``models/<system>/<workload>.nc``, an ArviZ InferenceData file.
+
+Groups: ``posterior``, ``sample_stats``, ``observed_data`` (the subsampled log batch latencies),
+``constant_data`` (the design), and ``tqsim`` (what the fit saw: per-config factors, the
+correctness vector of every quality-relevant level, the instance count; attrs: the spec,
+diagnostics, the family choice and its LOO table, schema and tqsim versions, created_at).
+ArviZ's own summaries and plots work on the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import tqsim
+from tqsim.errors import UserError
+from tqsim.models.spec import ModelSpec
+
+MODEL_SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class FittedModel:
+    """A fit: posterior draws, the spec, diagnostics and what the fit saw (learned state ends in ``_``)."""
+
+    idata: Any                          # arviz.InferenceData
+    spec: ModelSpec
+    diagnostics: dict
+    system: str
+    workload: str
+    quality_metric: str
+    n_instances: int
+    quality_levels: dict[str, dict]     # level id -> {"correct": array, "prediction"?, "label"?}
+    configs: list[dict]                 # factors of each calibrated config
+    created_at: str = ""
+    tqsim_version: str = tqsim.__version__
+
+    @property
+    def diagnostics_ok(self) -> bool:
+        return bool(self.diagnostics.get("ok", False))
+
+    def posterior_draws(self, max_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """Posterior as flat arrays ``[draw, ...]`` (chains stacked), thinned evenly to ``max_draws``."""
+        post = self.idata.posterior
+        n = post.sizes["chain"] * post.sizes["draw"]
+        idx = np.arange(n)
+        if max_draws and n > max_draws:
+            idx = np.linspace(0, n - 1, max_draws).round().astype(int)
+        out = {}
+        for name, da in post.data_vars.items():
+            v = da.values.reshape((n,) + da.shape[2:])
+            out[name] = v[idx]
+        return out
+
+
+def quality_level_id(values: dict) -> str:
+    from tqsim.factors import QUALITY_FACTORS
+
+    return "-".join(str(values[f]) for f in QUALITY_FACTORS)
+
+
+def to_inference_data(fm: FittedModel):
+    import arviz as az
+
+    idata = fm.idata
+    levels = sorted(fm.quality_levels)
+    extra = xr.Dataset(coords={"quality_level": levels, "instance": np.arange(fm.n_instances),
+                               "fit_config": [c["id"] for c in fm.configs]})
+    extra["correct"] = (("quality_level", "instance"),
+                        np.stack([np.asarray(fm.quality_levels[k]["correct"], bool) for k in levels]))
+    for key in ("prediction", "label"):
+        if all(key in fm.quality_levels[k] for k in levels):
+            extra[key] = (("quality_level", "instance"), np.stack([np.asarray(fm.quality_levels[k][key])
+                                                                   for k in levels]))
+    for f in ("batch_size", "threads", "precision", "backend", "device", "compile"):
+        vals = [c[f] for c in fm.configs]
+        extra[f] = ("fit_config", np.asarray([int(v) for v in vals]) if f == "compile" else np.asarray(vals))
+    extra.attrs.update({
+        "spec": fm.spec.to_json(), "diagnostics": json.dumps(fm.diagnostics, default=_json_default),
+        "system": fm.system, "workload": fm.workload, "quality_metric": fm.quality_metric,
+        "n_instances": int(fm.n_instances), "model_schema_version": MODEL_SCHEMA_VERSION,
+        "tqsim_version": fm.tqsim_version, "created_at": fm.created_at,
+        "chosen_family": fm.spec.family,
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keep = {g: getattr(idata, g) for g in ("posterior", "sample_stats", "observed_data", "constant_data")
+                if hasattr(idata, g)}
+        keep["posterior"] = keep["posterior"].drop_vars([v for v in ("round_free",) if v in keep["posterior"]])
+        out = az.InferenceData(**keep)
+        out.add_groups({"tqsim": extra})
+        for g in out.groups():
+            ds = getattr(out, g)
+            ds.attrs.update({"tqsim_version": fm.tqsim_version, "created_at": fm.created_at,
+                             "workload": fm.workload, "system": fm.system})
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def save(fm: FittedModel, path: str | os.PathLike) -> Path:
+    """Write atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            to_inference_data(fm).to_netcdf(str(tmp), engine="h5netcdf")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path: str | os.PathLike, workload: str | None = None, system: str | None = None) -> FittedModel:
+    """Read a fitted model; refuse one from another workload/system or an older model schema."""
+    import arviz as az
+
+    path = Path(path)
+    if not path.exists():
+        what = f" for workload '{workload}'" if workload else ""
+        raise UserError(f"no fitted model{what} at {path}; run `tqsim fit` first.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = az.from_netcdf(str(path), engine="h5netcdf")
+            idata.load() if hasattr(idata, "load") else None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
+        raise UserError(f"{path}: not a readable tqsim model file ({exc.__class__.__name__}); "
+                        "re-run `tqsim fit`.") from None
+    if "tqsim" not in idata.groups():
+        raise UserError(f"{path}: not a tqsim model file (no 'tqsim' group); re-run `tqsim fit`.")
+    extra = idata["tqsim"]
+    attrs = extra.attrs
+    version = int(attrs.get("model_schema_version", 0))
+    if version != MODEL_SCHEMA_VERSION:
+        raise UserError(f"{path}: model schema version {version}, this tqsim reads {MODEL_SCHEMA_VERSION}; "
+                        "re-run `tqsim fit` to refit.")
+    if workload is not None and attrs["workload"] != workload:
+        raise UserError(f"{path}: is a model of workload '{attrs['workload']}', not '{workload}'; "
+                        f"run `tqsim fit --workload {workload}`.")
+    if system is not None and attrs["system"] != system:
+        raise UserError(f"{path}: is a model of system '{attrs['system']}', not '{system}'; "
+                        f"run `tqsim fit --system {system}`.")
+    levels = {}
+    for i, lvl in enumerate(extra["quality_level"].values.tolist()):
+        d = {"correct": extra["correct"].values[i].astype(bool)}
+        for key in ("prediction", "label"):
+            if key in extra:
+                d[key] = extra[key].values[i]
+        levels[str(lvl)] = d
+    configs = []
+    for j, cid in enumerate(extra["fit_config"].values.tolist()):
+        c = {"id": str(cid)}
+        for f in ("batch_size", "threads", "precision", "backend", "device", "compile"):
+            v = extra[f].values[j]
+            c[f] = bool(v) if f == "compile" else (int(v) if f in ("batch_size", "threads") else str(v))
+        configs.append(c)
+    return FittedModel(idata=idata, spec=ModelSpec.from_json(attrs["spec"]), diagnostics=json.loads(attrs["diagnostics"]),
+                       system=str(attrs["system"]), workload=str(attrs["workload"]),
+                       quality_metric=str(attrs["quality_metric"]), n_instances=int(attrs["n_instances"]),
+                       quality_levels=levels, configs=configs, created_at=str(attrs["created_at"]),
+                       tqsim_version=str(attrs["tqsim_version"]))
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
