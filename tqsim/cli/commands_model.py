@@ -1,1 +1,152 @@
-"""`tqsim fit`, `tqsim predict`, `tqsim validate`: Bayesian forecasts and their scores."""
+"""`tqsim fit`, `tqsim predict`, `tqsim validate`: parse, call one library function, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tqsim.cli import app
+from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
+
+
+def _where(home, system, workload):
+    from tqsim.data.workspace import Workspace
+
+    ws = Workspace.at(home)
+    sys_name = ws.resolve_system(system)
+    wl = ws.resolve_workload(sys_name, workload)
+    return ws, sys_name, wl
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+@app.command()
+def fit(
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = 0, debug: Debug = False,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="nutpie (default when installed), nuts, or "
+                                                   "advi (quick, biased scales).")] = None,
+    draws: Annotated[int, typer.Option("--draws", help="Posterior draws per chain.")] = 500,
+    tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 500,
+    chains: Annotated[int, typer.Option("--chains", help="Chains.")] = 2,
+    family: Annotated[str, typer.Option("--family", help="Residual family: auto (PSIS-LOO), student, mixture.")] = "auto",
+    batches_per_pass: Annotated[int, typer.Option("--batches-per-pass", help="Random batches kept per pass "
+                                                  "(plus the first and last).")] = 24,
+) -> None:
+    """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
+    from tqsim.data.io import load_campaign
+    from tqsim.models import fit_campaign, save
+
+    ws, sys_name, wl = _where(home, system, workload)
+    campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
+    err = console(stderr=True)
+    say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
+    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
+                      batches_per_pass=batches_per_pass, progress=not json_out, log=say)
+    path = save(fm, ws.model_path(sys_name, wl))
+    d = fm.diagnostics
+    out = {"system": sys_name, "workload": wl, "model": str(path), "family": d["family"], "diagnostics": d}
+    if json_out:
+        emit_json(out)
+        return
+    c = console()
+    c.print(f"fitted {d['n_configs']} configurations ({d['n_obs']} of {d['n_batches_total']} batches) "
+            f"with {d['sampler']} in {d['total_seconds']:.1f} s; family: {d['family']} ({d['family_choice']})")
+    if d.get("rhat_max") is not None:
+        c.print(f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}")
+    if not d["ok"]:
+        c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
+                "without --force.")
+    c.print(f"wrote {path}")
+
+
+def _load(home, system, workload):
+    from tqsim.models import load
+
+    ws, sys_name, wl = _where(home, system, workload)
+    return load(ws.model_path(sys_name, wl), workload=wl, system=sys_name)
+
+
+@app.command()
+def predict(
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = 0, debug: Debug = False, thresholds: Thresholds = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="FACTOR=VALUE; repeatable.")] = None,
+    tail_q: Annotated[float, typer.Option("--tail-q", help="Quantile of Q@T over passes for tail quality.")] = 0.01,
+    passes: Annotated[int, typer.Option("--passes", help="Passes per simulated run.")] = 100,
+    draws: Annotated[int, typer.Option("--draws", help="Posterior draws used.")] = 200,
+    force: Annotated[bool, typer.Option("--force", help="Forecast from a fit whose diagnostics failed.")] = False,
+) -> None:
+    """Forecast latency, Q@T and tail quality of a configuration (run or not), with 90% intervals."""
+    from tqsim.factors import parse_assignment
+    from tqsim.forecast import forecast, resolve_config
+
+    fm = _load(home, system, workload)
+    values = {}
+    for text in set_ or []:
+        factor, levels = parse_assignment(text)
+        values[factor] = levels[0]
+    config = resolve_config(fm, values)
+    fc = forecast(fm, config, thresholds, n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed, force=force)
+    r = fc.result
+    if json_out:
+        emit_json(r)
+        return
+    from rich.table import Table
+
+    err = console(stderr=True)
+    for w in fc.warnings:
+        err.print(f"[bold yellow]warning:[/bold yellow] {w}")
+    c = console()
+    c.print(f"{r['workload']} on {r['system']}: {config.id} ({'calibrated' if r['calibrated'] else 'never run'}); "
+            f"runs of {passes} passes, 90% intervals")
+    t = Table("latency", "mean", "90% interval")
+    for k, v in r["latency_s"].items():
+        t.add_row(k, fmt_seconds(v["mean"]), f"{fmt_seconds(v['lo'])} – {fmt_seconds(v['hi'])}")
+    c.print(t)
+    t = Table("threshold", "mean Q@T", f"tail (q={tail_q:g})", "min Q@T")
+    for row in r["quality"]["thresholds"]:
+        t.add_row(f"{row['threshold']} = {fmt_seconds(row['threshold_s'])}",
+                  f"{_pct(row['mean'])} [{_pct(row['mean_lo'])}, {_pct(row['mean_hi'])}]",
+                  f"{_pct(row['tail'])} [{_pct(row['tail_lo'])}, {_pct(row['tail_hi'])}]",
+                  f"{_pct(row['min'])} [{_pct(row['min_lo'])}, {_pct(row['min_hi'])}]")
+    c.print(t)
+    c.print(f"{r['quality']['metric']} without a deadline: {_pct(r['quality']['no_deadline'])}")
+
+
+@app.command()
+def validate(
+    heldout: Annotated[Path, typer.Option("--heldout", help="Folder of held-out configuration files.")],
+    home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
+    seed: Seed = 0, debug: Debug = False,
+    draws: Annotated[int, typer.Option("--draws", help="Posterior draws used.")] = 200,
+    force: Annotated[bool, typer.Option("--force", help="Validate a fit whose diagnostics failed.")] = False,
+) -> None:
+    """Score forecasts against held-out real runs (errors, interval coverage, rJSD, W1, CRPS)."""
+    from tqsim.validate import validate as run_validate
+
+    fm = _load(home, system, workload)
+    res = run_validate(fm, heldout, n_draws=draws, seed=seed, force=force)
+    if json_out:
+        emit_json(res)
+        return
+    from rich.table import Table
+
+    c = console()
+    t = Table("config", "p50 err", "p90 err", "p99 err", "inside", "rJSD (floor)", "W1/median", "CRPS/median",
+              "TQ err (T90/95/99)")
+    for row in res["configs"]:
+        lat = row["latency_s"]
+        inside = "".join("✓" if lat[k]["inside"] else "✗" for k in ("p50", "p90", "p99"))
+        t.add_row(row["config_id"], *[f"{100 * lat[k]['rel_error']:+.1f}%" for k in ("p50", "p90", "p99")], inside,
+                  f"{row['rjsd']:.3f} ({row['rjsd_floor']:.3f})", f"{row['w1_rel']:.3f}", f"{row['crps_rel']:.3f}",
+                  " ".join(f"{100 * tq['abs_error']:.1f}" for tq in row["tail_quality"]))
+    c.print(t)
+    s = res["summary"]
+    c.print(f"median |rel error| p99 {100 * s['median_rel_error_p99']:.1f}%, worst {100 * s['max_rel_error_p99']:.1f}%;"
+            f" 90% interval coverage {100 * s['coverage']:.0f}%; median tail-quality error "
+            f"{100 * s['median_abs_error_tail_quality']:.2f} pp")
