@@ -187,3 +187,23 @@ def test_overheads_shape_keeps_the_median_and_inflation_stretches():
     assert s.max() == pytest.approx(2.0 * 2e-3 * 5 + 1e-4)
     fast = svc.at_rate(1000).sample(np.full(10, 1), np.random.default_rng(0))
     assert np.median(fast) == pytest.approx(1.1 * (2.0 * 1e-3 + 1e-4))  # 1 + g λ = 1.1
+
+
+def test_capacity_and_saturation_rate():
+    from tqsim.whatif.simulator import capacity_rps, saturation_rps
+
+    setup = ServingSetup(replicas=2, max_batch=4)
+    svc = ConstantService(1e-3, 0.25e-3)  # a batch of 4 takes 1.75 ms: 2 × 4 / 1.75 ms = 4571/s
+    assert capacity_rps(svc, setup) == pytest.approx(2 * 4 / 1.75e-3, rel=1e-6)
+    sat = saturation_rps(svc, setup, n=20000)
+    assert 0.5 * 4571 < sat < 4571  # 95 % busy comes before full batches can no longer keep up
+    assert saturation_rps(ConstantService(1e-3), ServingSetup(), n=20000) == pytest.approx(950, rel=0.05)
+
+
+def test_saturated_flag_needs_full_batches():
+    svc = ConstantService(1e-3, 0.1e-3)
+    kw = dict(thresholds_s=[5e-3], correct=np.ones(100, bool), draws=2, n_windows=20)
+    assert simulate(svc, ServingSetup(), rate_rps=2000, **kw).saturated
+    assert not simulate(svc, ServingSetup(), rate_rps=500, **kw).saturated
+    # 1.5 × the unbatched capacity, but batches of 4 keep up (4 / 1.3 ms = 3077/s): busy, not saturated
+    assert not simulate(svc, ServingSetup(max_batch=4), rate_rps=1500, **kw).saturated

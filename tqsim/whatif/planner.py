@@ -131,7 +131,8 @@ def plan(objective: Objective, rate_rps: float, cores: int,
                                                    seed=seed + i))
         c._svc, c._correct = svc, correct
     if not fastest:
-        raise UserError("no candidate set-up could be simulated: " + cands[0].reason if cands else "no candidates")
+        first = cands[0].reason.removeprefix("cannot be simulated: ") if cands else "no candidates in the space"
+        raise UserError(f"no candidate set-up can be simulated: {first}")
     if objective.threshold_s is not None and objective.threshold_s < min(fastest):
         raise UserError(f"deadline {objective.threshold_s * 1e3:g} ms is below the fastest possible service time "
                         f"({min(fastest) * 1e3:.3g} ms for one request on an idle replica); no set-up can meet it.")

@@ -139,9 +139,11 @@ def capacity_rps(service: ServiceModel, setup: ServingSetup, n: int = 4000) -> f
 
 def saturation_rps(service: ServiceModel, setup: ServingSetup, n: int = 40000, busy: float = 0.95,
                    seed: int = 0) -> float:
-    """The arrival rate at which simulated replicas are ``busy`` (fraction) of the time: the knee.
+    """The arrival rate at which simulated replicas are ``busy`` (fraction) of the time.
 
-    Unlike :func:`capacity_rps` it counts the batches the batcher actually forms at that load.
+    Unlike :func:`capacity_rps` it counts the batches the batcher actually forms at that load. A
+    batching server stays stable above it (batches grow) up to :func:`capacity_rps`, but latency
+    climbs steeply there: it is where queueing starts to dominate, a conservative knee.
     """
     hi = capacity_rps(service, setup) * 1.2
     lo = 0.0
@@ -261,9 +263,10 @@ class WhatIf:
 
     @property
     def saturated(self) -> bool:
-        """Replicas (nearly) always busy: the queue grows for as long as the run lasts, so latency
-        figures then depend on the simulated duration, not on a steady state."""
-        return bool(np.mean(self.utilisation) >= 0.97)
+        """Replicas (nearly) always busy *with full batches*: the queue grows for as long as the run
+        lasts, so latency figures depend on the simulated duration, not on a steady state. (Busy alone
+        is not enough: a batching server stays stable while its batches can still grow.)"""
+        return bool(np.mean(self.utilisation) >= 0.97 and np.mean(self.mean_batch) >= 0.95 * self.setup.max_batch)
 
     def results(self) -> list[dict]:
         return [self.result(i) for i in range(len(self.thresholds_s))]
