@@ -23,6 +23,7 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as _dt
 import json
 import math
@@ -227,3 +228,30 @@ def write_campaign(datasets: Sequence[xr.Dataset], home: str | Path, *, folder: 
                         for f in Config.__dataclass_fields__})
         write_atomic(ds, target / f"{cfg.id}.nc")
     return target
+
+
+@functools.lru_cache(maxsize=8)
+def example_fit(sampler: str = "advi", family: str = "mixture", seed: int = 0, passes: int = 8,
+                batch_sizes: tuple[int, ...] = (1, 4, 16, 64), threads: tuple[int, ...] = (1, 2),
+                draws: int = 150, tune: int = 150, batches_per_pass: int = 12):
+    """A fitted model of a simulated campaign, cached per process so several test modules share it.
+
+    Returns ``(home, fitted_model, law)``; ``home`` is a temporary workspace holding the calibration
+    (``calibration/simbox/sim``) and the model file, and ``home/heldout`` holds batch 8 and 32
+    measured at another time.
+    """
+    import tempfile
+
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models import fit_campaign, save
+
+    law = Law()
+    home = Path(tempfile.mkdtemp(prefix="tqsim-example-"))
+    folder = write_campaign(simulate_campaign(grid(batch_sizes, threads), passes=passes, seed=seed, law=law), home)
+    write_campaign(simulate_campaign([Config(8, 1), Config(32, 2)], passes=10, seed=seed + 1000, law=law,
+                                     first_round=1000), home, folder=home / "heldout")
+    fm = fit_campaign(load_campaign(folder), family=family, sampler=sampler, draws=draws, tune=tune, seed=seed,
+                      batches_per_pass=batches_per_pass)
+    save(fm, Workspace.at(home).model_path("simbox", "sim"))
+    return home, fm, law

@@ -162,7 +162,7 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
                                                  jitter_rvs=set())
             log(f"compiled the model in {time.perf_counter() - t0:.1f} s; sampling {chains} chains with nutpie")
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=min(chains, 2), seed=seed,
-                                  progress_bar=progress, save_warmup=False)
+                                  progress_bar=progress, save_warmup=False, target_accept=0.9)
         elif sampler == "nuts":
             with model:
                 idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
