@@ -1,0 +1,98 @@
+"""Forecasts: invariants on a quick fit, and ground truth on a real one."""
+
+import numpy as np
+import pytest
+
+from tqsim.errors import UserError
+from tqsim.factors import Config
+from tqsim.forecast import forecast, resolve_config
+from tqsim.testing import example_fit
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return example_fit()
+
+
+def test_predict_object_has_design_keys_and_invariants(quick):
+    _, fm, _ = quick
+    fc = forecast(fm, Config(batch_size=8, threads=2), n_passes=20, n_draws=50)
+    r = fc.result
+    for key in ("system", "workload", "config", "calibrated", "interval", "latency_s", "quality"):
+        assert key in r
+    assert r["calibrated"] is False and r["interval"] == 0.9
+    lat = r["latency_s"]
+    assert 0 < lat["p50"]["mean"] <= lat["p90"]["mean"] <= lat["p99"]["mean"] <= lat["p99.9"]["mean"]
+    for v in lat.values():
+        assert v["lo"] <= v["mean"] <= v["hi"]
+    rows = r["quality"]["thresholds"]
+    assert [row["threshold"] for row in rows] == ["p90", "p95", "p99"]
+    for row in rows:
+        assert 0 <= row["min"] <= row["tail"] <= row["mean"] <= r["quality"]["no_deadline"] <= 1
+        for k in ("mean_lo", "mean_hi", "tail_lo", "tail_hi", "min_lo", "min_hi", "threshold_s", "tail_q"):
+            assert k in row
+    assert fc.latency_s.shape == (50, 20, 540)
+
+
+def test_batch_layout_and_position_in_simulation(quick):
+    _, fm, _ = quick
+    fc = forecast(fm, Config(batch_size=64, threads=1), ["1s"], n_passes=4, n_draws=10)
+    lat = fc.latency_s
+    assert np.allclose(lat[..., :64], lat[..., :1])          # one latency per batch
+    assert np.allclose(lat[..., 512:], lat[..., 539:540])    # last partial batch of 28
+    assert fc.result["quality"]["thresholds"][0]["mean"] == pytest.approx(fc.result["quality"]["no_deadline"])
+
+
+def test_refusals_and_warnings(quick):
+    _, fm, _ = quick
+    with pytest.raises(UserError, match="precision=fp16"):
+        forecast(fm, Config(precision="fp16"))
+    fc = forecast(fm, Config(batch_size=256), n_passes=5, n_draws=10)
+    assert any("outside the calibrated range" in w for w in fc.warnings)
+    bad = type(fm)(**{**fm.__dict__, "diagnostics": dict(fm.diagnostics, ok=False, rhat_max=1.3)})
+    with pytest.raises(UserError, match="--force"):
+        forecast(bad, Config(batch_size=8))
+    fc = forecast(bad, Config(batch_size=8), n_passes=5, n_draws=10, force=True)
+    assert fc.result["diagnostics_ok"] is False and "FAILED" in fc.result["warnings"][-1]
+
+
+def test_resolve_config_fills_single_levels_and_asks_for_others(quick):
+    _, fm, _ = quick
+    assert resolve_config(fm, {"batch_size": "8", "threads": 2}) == Config(batch_size=8, threads=2)
+    with pytest.raises(UserError, match="threads"):
+        resolve_config(fm, {"batch_size": 8})
+    with pytest.raises(UserError, match="unknown factor"):
+        resolve_config(fm, {"bogus": 1, "threads": 1, "batch_size": 1})
+
+
+def test_true_p99_inside_interval_for_unseen_config():
+    _, fm, law = example_fit(sampler="nutpie", passes=10, draws=300, tune=300, batches_per_pass=16)
+    for cfg in (Config(8, 2), Config(32, 1)):
+        fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True)
+        truth = law.truth(cfg, 540, fc.thresholds_s, n_runs=60, passes_per_run=20)
+        lat = fc.result["latency_s"]["p99"]
+        assert lat["lo"] <= truth["p99"] <= lat["hi"]
+        row = fc.result["quality"]["thresholds"][0]
+        assert row["mean_lo"] - 0.005 <= truth["mean_q"][0] <= row["mean_hi"] + 0.005
+
+
+@pytest.mark.slow
+def test_coverage_near_nominal_over_seeds():
+    """Over seeds and unseen configs, the 90% interval of p99 holds the true per-run p99 ~90% of the time."""
+    from tqsim.data.io import load_campaign
+    from tqsim.models import fit_campaign
+    from tqsim.testing import Law, grid, simulate_campaign, write_campaign
+    import tempfile
+
+    hits = []
+    law = Law()
+    for seed in range(4):
+        home = tempfile.mkdtemp()
+        camp = load_campaign(write_campaign(simulate_campaign(grid(), passes=10, seed=seed, law=law), home))
+        fm = fit_campaign(camp, family="mixture", draws=300, tune=300, seed=seed, batches_per_pass=16)
+        for cfg in (Config(8, 1), Config(32, 2), Config(2, 2)):
+            fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True, seed=seed)
+            truth = law.truth(cfg, 540, [], n_runs=20, passes_per_run=20, seed=seed)
+            lo, hi = fc.result["latency_s"]["p99"]["lo"], fc.result["latency_s"]["p99"]["hi"]
+            hits += [lo <= x <= hi for x in truth["per_run"]["p99"]]
+    assert 0.75 <= np.mean(hits) <= 0.99

@@ -1,0 +1,97 @@
+"""The Bayesian engine on the simulated system: spec, design, fit, save/load, ground truth."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tqsim.data.io import load_campaign
+from tqsim.errors import UserError
+from tqsim.factors import Config
+from tqsim.models import load, make_spec, save
+from tqsim.models.spec import build_design
+from tqsim.testing import example_fit, grid, simulate_campaign, write_campaign
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    home = tmp_path_factory.mktemp("sim")
+    return load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16), (1, 2)), passes=5, seed=0), home))
+
+
+def test_spec_is_printable_and_round_trips(campaign):
+    spec = make_spec(campaign, "mixture", batches_per_pass=6)
+    text = str(spec)
+    assert "AR(1)" in text and "Lz" in text and "N(δ" in text
+    assert spec.terms[:4] == ["Lz", "Lz^2", "Tz", "Lz:Tz"]
+    assert type(spec).from_json(spec.to_json()) == spec
+
+
+def test_design_subsamples_but_keeps_first_and_last_partial(campaign):
+    spec = make_spec(campaign, "student", batches_per_pass=6)
+    d = build_design(campaign, spec)
+    # per pass: bs1 540 batches -> 1 + 6; bs4 135 (full last) -> 1 + 6; bs16 34 (partial) -> 2 + 6
+    assert d.y.size == 5 * 2 * (7 + 7 + 8)
+    assert d.first.sum() == 5 * 6
+    assert (d.partial < 0).sum() == 5 * 2
+    assert d.n_batches_total == 5 * 2 * (540 + 135 + 34)
+    assert set(d.rnd.tolist()) == set(range(5))
+
+
+def test_fit_needs_two_configurations(tmp_path):
+    one = load_campaign(write_campaign(simulate_campaign([Config()], passes=3, seed=0), tmp_path))
+    with pytest.raises(UserError, match="at least two"):
+        make_spec(one)
+
+
+def test_uncalibrated_quality_level_refused_and_extrapolation_warned(campaign):
+    spec = make_spec(campaign)
+    with pytest.raises(UserError, match="precision=bf16"):
+        spec.check_forecastable(Config(precision="bf16"))
+    assert spec.check_forecastable(Config(batch_size=8, threads=2)) == []
+    assert "outside the calibrated range" in spec.check_forecastable(Config(batch_size=128))[0]
+
+
+def test_advi_fit_saves_and_loads_with_provenance(tmp_path):
+    home, fm, _ = example_fit()
+    path = save(fm, tmp_path / "m.nc")
+    back = load(path, workload="sim")
+    assert back.spec == fm.spec
+    assert back.diagnostics["family"] == "mixture"
+    assert set(back.quality_levels) == {"fp32-torch-cpu"}
+    assert back.n_instances == 540 and len(back.configs) == 8
+    for group in ("posterior", "observed_data", "constant_data"):
+        assert group in back.idata.groups()
+    assert back.idata.tqsim.attrs["tqsim_version"]
+    w = back.posterior_draws()
+    assert w["config_mean"].shape[1] == 8
+
+
+def test_load_refuses_other_workload_missing_file_and_old_schema(tmp_path):
+    home, fm, _ = example_fit()
+    path = save(fm, tmp_path / "m.nc")
+    with pytest.raises(UserError, match="not 'other'"):
+        load(path, workload="other")
+    with pytest.raises(UserError, match="tqsim fit"):
+        load(tmp_path / "missing.nc")
+    import arviz as az
+    idata = az.from_netcdf(str(path))
+    idata.tqsim.attrs["model_schema_version"] = 0
+    idata.to_netcdf(str(tmp_path / "old.nc"))
+    with pytest.raises(UserError, match="schema version 0"):
+        load(tmp_path / "old.nc")
+
+
+def test_nutpie_ground_truth_recovered():
+    """24 draws of nothing: a real fit (nutpie) on the simulated law recovers its parameters."""
+    _, fm, law = example_fit(sampler="nutpie", passes=10, draws=300, tune=300, batches_per_pass=16)
+    d = fm.diagnostics
+    assert d["rhat_max"] < 1.05 and d["divergences"] <= 5
+    post = fm.posterior_draws()
+    true_means = np.array([law.config_mean(Config(**{k: c[k] for k in ("batch_size", "threads")}))
+                           for c in fm.configs])
+    est = post["config_mean"].mean(axis=0)
+    assert np.max(np.abs(est - true_means)) < 0.03
+    assert abs(post["first_batch"].mean() + post["first_batch_bs"].mean() * 0 - law.first_batch) < 0.15
+    assert abs(post["slow_shift"].mean() - law.slow_shift) < 0.1
+    assert abs(math.log(post["round_sd"].mean()) - math.log(law.round_sd)) < math.log(2.5)
