@@ -166,3 +166,26 @@ def test_bad_input_exits_2(tmp_path, monkeypatch, capsys):
     r = subprocess.run([sys.executable, "-m", "tqsim"] + cases[-3] + ["--home", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "grammar" in r.stderr
+
+
+def test_whatif_with_the_fitted_model_as_service(tmp_path):
+    """--service forecast: forward times from the posterior predictive (tqsim.testing's example fit)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tqsim.cli import app
+    from tqsim.testing import example_fit
+
+    home, _, _ = example_fit()
+    res = CliRunner().invoke(app, ["whatif", "--home", str(home), "--service", "forecast", "--rate", "300",
+                                   "--max-batch", "8", "--max-wait", "1ms", "--threshold", "50ms", "--draws", "4",
+                                   "--windows", "10", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["service_model"] == "forecast"
+    r = out["results"][0]
+    assert 0 < r["latency_s"]["p50"]["mean"] <= r["latency_s"]["p99"]["mean"] < 1.0
+    res = CliRunner().invoke(app, ["whatif", "--home", str(tmp_path), "--service", "forecast", "--rate", "1",
+                                   "--threshold", "1ms"])
+    assert res.exit_code != 0

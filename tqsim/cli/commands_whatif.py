@@ -10,6 +10,9 @@ import typer
 from tqsim.cli import app
 from tqsim.cli.common import Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
 
+ServiceOpt = Annotated[str, typer.Option(
+    "--service", help="Forward times from: empirical (the calibration, no fit needed) or forecast (the fitted "
+                      "Bayesian model: batch sizes and threads never calibrated).")]
 Rates = Annotated[str, typer.Option("--rate", help="Arrival rate in requests/s; a comma list sweeps, e.g. 100,200,400.")]
 
 
@@ -38,6 +41,7 @@ def whatif(
     no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration "
                                                                       "(forward time only).")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write tail quality and p99 against load (PNG).")] = None,
+    service: ServiceOpt = "empirical",
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
@@ -47,7 +51,7 @@ def whatif(
     out = whatif_sweep(home=home, system=system, workload=workload, rates=rate, replicas=replicas, threads=threads,
                        max_batch=max_batch, max_wait=max_wait, thresholds=threshold or [], precision=precision,
                        trace=trace, draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
-                       seed=seed or 0)
+                       service=service, seed=seed or 0)
     if plot is not None:
         from tqsim.whatif.plot import plot_sweep
 
@@ -91,6 +95,7 @@ def plan(
     precision: Annotated[Optional[str], typer.Option("--precision", help="Precisions to try (default: calibrated).")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Draws for the refined candidates.")] = 30,
     no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration.")] = False,
+    service: ServiceOpt = "empirical",
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
@@ -100,7 +105,7 @@ def plan(
     result, notes = plan_from_workspace(objective, rate, cores, home=home, system=system, workload=workload,
                                         confidence=confidence, max_batches=max_batch, max_waits=max_wait,
                                         precisions=precision, draws=draws, overheads=not no_overheads,
-                                        seed=seed or 0)
+                                        service=service, seed=seed or 0)
     if json_out:
         emit_json(dict(result.as_dict(), notes=notes))
         return

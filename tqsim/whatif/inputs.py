@@ -28,6 +28,7 @@ class WorkspaceInputs:
     workload: str
     overheads: bool = True
     forecast: Callable | None = None
+    model_path: Path | None = None  # a fitted model: service times from its posterior predictive
     notes: list = dataclasses.field(default_factory=list)
     _cache: dict = dataclasses.field(default_factory=dict)
 
@@ -38,6 +39,11 @@ class WorkspaceInputs:
         ws = Workspace.at(home)
         system = ws.resolve_system(system)
         workload = ws.resolve_workload(system, workload)
+        if kw.pop("service", "empirical") == "forecast":
+            path = ws.model_path(system, workload)
+            if not path.exists():
+                raise UserError(f"no fitted model at {path}; run `tqsim fit` first, or use --service empirical.")
+            kw["model_path"] = path
         return cls(ws.calibration_dir(system, workload), system, workload, **kw)
 
     def _attrs(self) -> list[dict]:
@@ -67,8 +73,14 @@ class WorkspaceInputs:
         key = (threads, precision, replicas)
         if key in self._cache:
             return self._cache[key]
-        if self.forecast is not None:
-            base: ServiceModel = ForecastService(self.forecast, threads, precision)
+        if self.forecast is None and self.model_path is not None:
+            self.forecast = {}
+        if isinstance(self.forecast, dict):  # one callable per precision, from the fitted model
+            if precision not in self.forecast:
+                self.forecast[precision] = posterior_latency_fn(self._fitted(), precision)
+            base: ServiceModel = ForecastService(self.forecast[precision], threads, precision)
+        elif self.forecast is not None:
+            base = ForecastService(self.forecast, threads, precision)
         else:
             base = EmpiricalService.from_calibration_dir(self.folder, threads, precision)
         svc = base
@@ -80,6 +92,13 @@ class WorkspaceInputs:
                 self.notes.append(note)
         self._cache[key] = svc
         return svc
+
+    def _fitted(self):
+        if "fitted" not in self._cache:
+            from tqsim.models.store import load
+
+            self._cache["fitted"] = load(self.model_path)
+        return self._cache["fitted"]
 
     def correct(self, precision: str = "fp32") -> np.ndarray:
         """Per-instance correctness measured at this precision (the quality-relevant factor)."""
@@ -96,6 +115,44 @@ class WorkspaceInputs:
         return self._cache[key]
 
 
+def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_passes: int = 6):
+    """``draw_batch_latency(batch_size, threads, n, rng)`` from a fitted model (:mod:`tqsim.forecast`).
+
+    Per (batch size, threads) it simulates ``n_passes`` passes for ``n_draws`` posterior draws once
+    (cached), keeps full batches after the first of each pass, and answers a call by picking one
+    posterior draw with ``rng.integers`` and resampling that draw's batch latencies. Within a draw the
+    passes are pooled, so the machine effect varies per batch rather than per window (a simplification).
+    Times above 100× their draw's median are capped (counted in ``draw_batch_latency.capped``).
+    """
+    from tqsim.factors import Config
+    from tqsim.forecast import simulate_latency
+    from tqsim.models.spec import batch_layout
+
+    pools: dict = {}
+
+    def draw_batch_latency(batch_size: int, threads: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        key = (batch_size, threads)
+        if key not in pools:
+            lat, _ = simulate_latency(fitted, Config(batch_size=batch_size, threads=threads, precision=precision),
+                                      n_passes=n_passes, n_draws=n_draws, seed=batch_size * 1000 + threads)
+            batch = batch_layout(lat.shape[-1], batch_size)
+            first = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+            sizes = np.diff(np.r_[first, batch.size])
+            keep = first[1:][sizes[1:] == batch_size] if first.size > 2 else first
+            pool = lat[:, :, keep].reshape(lat.shape[0], -1)
+            # A heavy-tailed residual can draw absurd times (hours, from a quick ADVI fit): one such
+            # batch would block a simulated replica for the whole run. Cap at 100× the draw's median.
+            cap = 100 * np.median(pool, axis=1, keepdims=True)
+            draw_batch_latency.capped += int((pool > cap).sum())
+            pools[key] = np.minimum(pool, cap)
+        pool = pools[key]
+        d = int(rng.integers(pool.shape[0]))
+        return pool[d, rng.integers(0, pool.shape[1], n)]
+
+    draw_batch_latency.capped = 0
+    return draw_batch_latency
+
+
 def _list(values, what: str, cast=float) -> list:
     out = []
     for v in values if isinstance(values, (list, tuple)) else [values]:
@@ -110,10 +167,16 @@ def _list(values, what: str, cast=float) -> list:
     return out
 
 
+def _open(home, system, workload, overheads, forecast, service) -> WorkspaceInputs:
+    if service not in ("empirical", "forecast"):
+        raise UserError(f"--service {service}: choose empirical (calibrated times, no fit) or forecast (fitted model).")
+    return WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast, service=service)
+
+
 def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replicas=(1,), threads: int = 1,
                  max_batch: int = 1, max_wait="0", thresholds=("20ms",), precision: str | None = None,
                  trace=None, draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
-                 forecast=None, seed: int = 0) -> dict:
+                 forecast=None, service: str = "empirical", seed: int = 0) -> dict:
     """The ``tqsim whatif`` computation: one DESIGN §7 result per (rate, replicas, threshold)."""
     from tqsim.whatif.objective import parse_duration
     from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
@@ -129,7 +192,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
     for r in rate_list:
         if r is not None and not r > 0:
             raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
-    src = WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast)
+    src = _open(home, system, workload, overheads, forecast, service)
     precision = precision or ("fp32" if "fp32" in src.precisions() else src.precisions()[0])
     arrivals = read_trace(trace) if trace is not None else None
     correct = src.correct(precision)
@@ -147,27 +210,31 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
             results.extend(wi.results())
     calibrated = src.batch_sizes(threads, precision)
     notes = list(src.notes)
+    capped = sum(getattr(f, "capped", 0) for f in (src.forecast or {}).values()) if isinstance(src.forecast, dict) else 0
+    if capped:
+        notes.append(f"{capped} posterior-predictive batch times above 100× their draw's median were capped; "
+                     "check the fit (`tqsim fit` diagnostics) before trusting tails.")
     sat = sorted({(r["rate_rps"], r["replicas"]) for r in results if r["saturated"]})
     if sat:
         notes.append("saturated (replicas ≥ 97% busy, the queue grows without bound; latencies grow with the "
                      "simulated duration): " + ", ".join(f"{rate:g}/s × {reps} replica(s)" for rate, reps in sat))
-    if calibrated and max_batch > max(calibrated):
+    if src.forecast is None and calibrated and max_batch > max(calibrated):
         notes.append(f"batch sizes above {max(calibrated)} were never calibrated; their service time is "
                      "extrapolated log-linearly (calibrate them for a trustworthy answer).")
     return {"system": src.system, "workload": src.workload, "interval": 0.9, "notes": notes,
-            "service_model": "forecast" if forecast is not None else "empirical", "results": results}
+            "service_model": "empirical" if src.forecast is None else "forecast", "results": results}
 
 
 def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, system=None, workload=None,
                         confidence: float = 0.9, max_batches=None, max_waits=None, precisions=None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
-                        seed: int = 0):
+                        service: str = "empirical", seed: int = 0):
     """The ``tqsim plan`` computation; returns (:class:`~tqsim.whatif.planner.Plan`, notes)."""
     from tqsim.whatif.objective import parse_duration, parse_objective
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
     obj = parse_objective(objective)
-    src = WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast)
+    src = _open(home, system, workload, overheads, forecast, service)
     space = {"max_batches": _list(max_batches, "max-batch", int) if max_batches else MAX_BATCHES,
              "max_waits_s": [parse_duration(w, "max-wait") for w in _list(max_waits, "max-wait", str)]
              if max_waits else MAX_WAITS_S,
