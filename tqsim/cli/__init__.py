@@ -47,14 +47,12 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
         sys.exit(code)
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        if hasattr(exc, "exit_code") and hasattr(exc, "show"):  # usage errors of typer's bundled click
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
         if debug:
             raise
         typer.secho(f"internal error: {exc.__class__.__name__}: {exc} (re-run with --debug for the traceback)",
