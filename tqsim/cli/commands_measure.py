@@ -64,10 +64,22 @@ def calibrate(
         "--until-converged", help="Stop each configuration once its Q@T estimate converged (rJSD < --rjsd).")] = False,
     rjsd: Annotated[float, typer.Option("--rjsd", help="Convergence threshold ε for --until-converged.")] = 0.05,
     max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Cap on passes with --until-converged.")] = None,
+    serving: Annotated[Optional[str], typer.Option(
+        "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
+                          "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (needs the forward-time calibration first).")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
     """Measure configurations of a workload on this system into the workspace (resumes by default)."""
+    if serving is not None:
+        from tqsim.measure.run import calibrate_serving_setup
+
+        path = calibrate_serving_setup(serving, home=home, system=system, workload=workload, seed=seed)
+        if json_out:
+            emit_json({"serving_calibration": str(path)})
+        else:
+            console().print(f"serving overheads stored in {path}")
+        return
     from tqsim.measure.run import calibrate as run_calibration
 
     with warnings.catch_warnings(record=True) as caught:

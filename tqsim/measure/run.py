@@ -81,3 +81,34 @@ def _convergence_rule(eps: float):
     from tqsim.empirical.convergence import converged_record
 
     return lambda rec: converged_record(rec, eps)
+
+
+SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": str, "precision": str,
+                "duration": str}
+
+
+def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
+                            seed: int | None = None):
+    """``tqsim calibrate --serving 'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'``: short real serving
+    runs at light and moderate load whose overheads the what-if simulator adds to forward time."""
+    from tqsim.measure.serving import calibrate_serving
+    from tqsim.whatif.objective import parse_duration
+
+    values: dict = {}
+    for part in filter(None, (p.strip() for p in setup.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SERVING_KEYS:
+            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
+        try:
+            values[key] = SERVING_KEYS[key](value.strip())
+        except ValueError:
+            raise UserError(f"--serving {key}={value}: expected a whole number.") from None
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    return calibrate_serving(
+        workload or ws.resolve_workload(system, None), ws.home, system, replicas=values.get("replicas", 1),
+        threads=values.get("threads", 1), max_batch=values.get("max_batch", 8),
+        max_wait_s=parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
+        precision=values.get("precision", "fp32"),
+        duration_s=parse_duration(values.get("duration", "8s"), "duration"), seed=seed or 0)
