@@ -170,8 +170,9 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
                                   init="adapt_diag")
         elif sampler == "advi":
             with model:
-                approx = pm.fit(n=max(20 * tune, 5000), method="advi", random_seed=seed, progressbar=progress,
-                                start=start)
+                approx = pm.fit(n=max(40 * tune, 10000), method="advi", random_seed=seed, progressbar=progress,
+                                start=start, obj_optimizer=pm.adam(learning_rate=0.02),
+                                callbacks=[pm.callbacks.CheckParametersConvergence(tolerance=1e-3, diff="relative")])
                 idata = approx.sample(draws * chains, random_seed=seed)
         else:
             from tqsim.errors import UserError
