@@ -68,7 +68,15 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         mean = post["config_mean"][:, ids.index(config.id)]
     else:
         X = spec.features([config])[0]
-        mean = post["beta0"] + post["beta"] @ X + rng.normal(0.0, 1.0, D) * post["config_sd"]
+        # the deviation of a new config, conditioned on the calibrated configs' deviations (kriging
+        # with the fit's prior correlation); σ_cfg² cancels from the weights
+        cal = [Config.from_mapping({k: v for k, v in c.items() if k != "id"}) for c in fm.configs]
+        K = spec.correlation(cal, cal) + 1e-9 * np.eye(len(cal))
+        k = spec.correlation([config], cal)[0]
+        wts = np.linalg.solve(K, k)
+        cond_sd = np.sqrt(max(spec.correlation([config], [config])[0, 0] - float(k @ wts), 1e-12))
+        dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
+        mean = post["beta0"] + post["beta"] @ X + dev
     # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
     # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
     sd, phi = post["round_sd"], post["round_phi"]

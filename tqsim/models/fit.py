@@ -135,7 +135,7 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
                  "total_seconds": round(time.perf_counter() - t_start, 2),
                  "n_obs": int(design.y.size), "n_batches_total": int(design.n_batches_total),
                  "n_configs": len(design.configs), "n_rounds": int(design.rounds.size)})
-    _attach_data(idata, design)
+    idata = _attach_data(idata, design)
     configs = [dict(c.as_dict(), id=c.id) for c in campaign_configs(campaign)]
     return FittedModel(idata=idata, spec=spec, diagnostics=diag, system=str(campaign.attrs.get("system", "")),
                        workload=str(campaign.attrs.get("workload", "")),
@@ -144,17 +144,18 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
                        configs=configs, created_at=now())
 
 
-def _attach_data(idata, design) -> None:
-    """observed_data and constant_data groups (nutpie's InferenceData lacks them)."""
+def _attach_data(idata, design):
+    """Return InferenceData with observed_data and constant_data (nutpie's lacks them)."""
+    import arviz as az
+
     obs = xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.y.size)})
     const = xr.Dataset({"cfg": ("obs", design.cfg), "rnd": ("obs", design.rnd), "first": ("obs", design.first),
                         "partial": ("obs", design.partial), "size": ("obs", design.size),
                         "X": (("config", "term"), design.X), "Z": (("config", "scale_input"), design.Z)},
                        coords={"obs": np.arange(design.y.size), "config": [c.id for c in design.configs]})
+    groups = {"posterior": idata.posterior, "observed_data": obs, "constant_data": const}
+    if "sample_stats" in idata.groups():
+        groups["sample_stats"] = idata.sample_stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, ds in (("observed_data", obs), ("constant_data", const)):
-            if name in idata.groups():
-                delattr(idata, name)
-                idata._groups = [g for g in idata._groups if g != name]
-            idata.add_groups({name: ds})
+        return az.InferenceData(**groups)

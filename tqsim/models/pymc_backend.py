@@ -23,7 +23,7 @@ def build_model(spec: ModelSpec, design: Design):
     pr = spec.priors
     C, P = design.X.shape
     R = design.rounds.size
-    coords = {"config": [c.id for c in design.configs], "term": list(spec.terms), "round": design.rounds.tolist(),
+    coords = {"config": [c.id for c in design.configs], "config_": [c.id for c in design.configs], "term": list(spec.terms), "round": design.rounds.tolist(),
               "scale_input": ["Lz", "Tz"], "obs": np.arange(design.y.size)}
     with pm.Model(coords=coords) as model:
         X = pm.Data("X", design.X, dims=("config", "term"))
@@ -42,7 +42,9 @@ def build_model(spec: ModelSpec, design: Design):
         config_sd = pm.LogNormal("config_sd", pr["config_sd"]["lognormal_mu"], pr["config_sd"]["lognormal_sigma"])
         smooth = beta0 + pt.dot(X, beta)
         if spec.config_parameterisation == "centred":
-            mean_c = pm.Normal("config_mean", smooth, config_sd, dims="config")
+            K = pm.Data("K", design.K, dims=("config", "config_"))
+            mean_c = pm.MvNormal("config_mean", mu=smooth, cov=config_sd ** 2 * K + 1e-9 * pt.eye(C),
+                                 dims="config")
         else:  # few configs beyond the smooth terms: σ_cfg is weakly identified -> non-centred
             z_c = pm.Normal("config_z", 0.0, 1.0, dims="config")
             mean_c = pm.Deterministic("config_mean", smooth + config_sd * z_c, dims="config")

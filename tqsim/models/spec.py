@@ -44,6 +44,11 @@ class ModelSpec:
     priors: dict[str, Any] = dataclasses.field(default_factory=dict)
     subsample_seed: int = 0
     config_parameterisation: str = "centred"   # "non-centred" when few configs beyond the smooth terms
+    # config deviations from the smooth mean are correlated between nearby configs (squared-exponential
+    # in log batch size and log threads, none across categorical levels) plus an independent share
+    corr_length_L: float = math.log(4.0)
+    corr_length_T: float = math.log(2.0)
+    corr_share: float = 0.8
 
     # ---- presentation ------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -53,7 +58,9 @@ class ModelSpec:
                  "  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
             "log batch latency[c, pass, batch] =",
-            f"    μ_c = {mean} + u_c            u_c ~ N(0, σ_cfg)   (config effect, centred)",
+            f"    μ_c = {mean} + u_c            u ~ MvN(0, σ_cfg²·K)   (config effects, centred; K: "
+            f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
+            f"{1 - self.corr_share:g}·I)",
             "  + r[round(pass)]                   r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
             "  + γ_first·[batch = 0] + γ_first_bs·Lz·[batch = 0]",
             "  + γ_partial·log(m / batch_size)·[last batch holds m < batch_size]",
@@ -105,6 +112,17 @@ class ModelSpec:
         L = np.array([math.log(c.batch_size) for c in configs])
         T = np.array([math.log(c.threads) for c in configs])
         return np.stack([(L - self.centre["L"]) / self.scale["L"], (T - self.centre["T"]) / self.scale["T"]], 1)
+
+    def correlation(self, a: list[Config], b: list[Config]) -> np.ndarray:
+        """Prior correlation ``[len(a), len(b)]`` of configuration deviations (identity share on equal ids)."""
+        La = np.array([math.log(c.batch_size) for c in a])[:, None]
+        Lb = np.array([math.log(c.batch_size) for c in b])[None, :]
+        Ta = np.array([math.log(c.threads) for c in a])[:, None]
+        Tb = np.array([math.log(c.threads) for c in b])[None, :]
+        same = np.array([[all(str(getattr(x, f)) == str(getattr(y, f)) for f in CATEGORICAL) for y in b] for x in a])
+        se = np.exp(-0.5 * (((La - Lb) / self.corr_length_L) ** 2 + ((Ta - Tb) / self.corr_length_T) ** 2))
+        ident = np.array([[x.id == y.id for y in b] for x in a], dtype=float)
+        return self.corr_share * se * same + (1 - self.corr_share) * ident
 
     def check_forecastable(self, config: Config) -> list[str]:
         """Refuse levels never calibrated; return warnings for extrapolation in batch size or threads."""
@@ -204,6 +222,7 @@ class Design:
     partial: np.ndarray       # log(m / batch_size) on a last partial batch, else 0
     size: np.ndarray          # mean standardised instance size of the batch (0 without sizes)
     X: np.ndarray             # [config, term]
+    K: np.ndarray             # [config, config] prior correlation of config deviations
     Z: np.ndarray             # [config, 2] (Lz, Tz)
     rounds: np.ndarray        # the round labels, in order
     configs: list[Config]
@@ -254,5 +273,5 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
                   first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
-                  X=spec.features(configs), Z=spec.scaled(configs), rounds=rounds, configs=configs,
+                  X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs), rounds=rounds, configs=configs,
                   n_batches_total=total)

@@ -140,7 +140,8 @@ def load(path: str | os.PathLike, workload: str | None = None, system: str | Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             idata = az.from_netcdf(str(path), engine="h5netcdf")
-            idata.load() if hasattr(idata, "load") else None
+            for g in idata.groups():
+                getattr(idata, g).load()
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to replace
         raise UserError(f"{path}: not a readable tqsim model file ({exc.__class__.__name__}); "
                         "re-run `tqsim fit`.") from None
