@@ -41,7 +41,9 @@ def build_model(spec: ModelSpec, design: Design):
         # data pin m_c directly and β is a regression on 24-odd well-known means (docs/method-bayesian.md).
         config_sd = pm.LogNormal("config_sd", pr["config_sd"]["lognormal_mu"], pr["config_sd"]["lognormal_sigma"])
         smooth = beta0 + pt.dot(X, beta)
-        if spec.config_parameterisation == "centred":
+        if spec.config_parameterisation == "centred" and spec.corr_share == 0:
+            mean_c = pm.Normal("config_mean", smooth, config_sd, dims="config")
+        elif spec.config_parameterisation == "centred":
             K = pm.Data("K", design.K, dims=("config", "config_"))
             mean_c = pm.MvNormal("config_mean", mu=smooth, cov=config_sd ** 2 * K + 1e-9 * pt.eye(C),
                                  dims="config")
