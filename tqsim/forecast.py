@@ -27,6 +27,7 @@ from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, qua
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 INTERVAL = 0.9
+RESID_CAP = 8.0
 
 
 @dataclass
@@ -103,6 +104,9 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         slow = rng.random(shape) < w
         resid = np.where(slow, post["slow_shift"][:, None, None] + post["slow_sd"][:, None, None]
                          * rng.standard_normal(shape), sigma * rng.standard_normal(shape))
+    # a Student-t with small ν draws absurd log-residuals (exp overflows to inf and poisons the
+    # percentiles); cap at ±RESID_CAP in log space (e^8 ≈ 3000× the typical batch)
+    resid = np.clip(resid, -RESID_CAP, RESID_CAP)
     return np.exp(log_t + resid)[:, :, batch], calibrated
 
 
