@@ -22,6 +22,7 @@ from tqsim.cli import commands_measure  # noqa: E402,F401
 from tqsim.cli import commands_quality  # noqa: E402,F401
 from tqsim.cli import commands_model  # noqa: E402,F401
 from tqsim.cli import commands_whatif  # noqa: E402,F401
+from tqsim.cli import commands_report  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,636 @@
+"""The one report object behind ``tqsim report``: every number the page shows, assembled from the workspace.
+
+:func:`build_report` reads the calibration, the fitted model (when there is one), held-out runs and
+the serving calibration, and computes each section's numbers (``Section.data``, JSON-able) and the
+arrays its figure needs (``Section.series``, never exported). A section whose inputs do not exist is
+kept, marked unavailable, with a message naming the command that produces them. Figures
+(:mod:`tqsim.report.figures`) and the exporters (:mod:`tqsim.report.html`, :mod:`tqsim.report.markdown`,
+:meth:`Report.as_dict` for JSON) only read this object; :func:`write_report` runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import tqsim
+from tqsim.errors import UserError
+
+FORECAST_LEVEL = 0.9
+
+
+@dataclasses.dataclass
+class Figure:
+    """A PNG written beside the page (``file`` relative to the output folder)."""
+
+    key: str
+    file: str
+    title: str
+    caption: str = ""
+
+
+@dataclasses.dataclass
+class Table:
+    """Formatted cells, shared by the HTML and Markdown exporters."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    title: str = ""
+
+
+@dataclasses.dataclass
+class Section:
+    key: str
+    title: str
+    available: bool = True
+    missing: str = ""                  # why not (or what is partly missing) and which command fills it
+    intro: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    data: dict = dataclasses.field(default_factory=dict)       # numbers, exported by --json
+    series: dict = dataclasses.field(default_factory=dict)     # arrays for figures, not exported
+    tables: list[Table] = dataclasses.field(default_factory=list)
+    figures: list[Figure] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "available": self.available, "missing": self.missing or None,
+                "notes": list(self.notes), "figures": [f.file for f in self.figures], **self.data}
+
+
+@dataclasses.dataclass
+class Report:
+    system: str
+    workload: str
+    home: str
+    settings: dict
+    sections: list[Section]
+    created_at: str = ""
+    tqsim_version: str = tqsim.__version__
+    out: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def section(self, key: str) -> Section:
+        return next(s for s in self.sections if s.key == key)
+
+    def as_dict(self) -> dict:
+        """The numbers of the report (DESIGN §7 style: stable keys, seconds as floats)."""
+        return {"system": self.system, "workload": self.workload, "home": self.home, "out": self.out or None,
+                "created_at": self.created_at, "tqsim_version": self.tqsim_version, "settings": self.settings,
+                "warnings": list(self.warnings),
+                "sections": {s.key: s.as_dict() for s in self.sections}}
+
+
+# ------------------------------------------------------------------------------------------------
+# formatting helpers (cells of tables)
+# ------------------------------------------------------------------------------------------------
+
+def fmt_s(s: float | None) -> str:
+    if s is not None and s == float("inf"):
+        return "∞"
+    if s is None or not np.isfinite(s):
+        return "–"
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def fmt_iv(m, lo, hi, f=fmt_pct) -> str:
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
+def _num(x, fmt: str = ".3g") -> str:
+    """A diagnostic value, or "–" when the sampler does not give it (ADVI)."""
+    try:
+        return format(float(x), fmt)
+    except (TypeError, ValueError):
+        return "–"
+
+
+def per_call(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Latency of each forward call (one per batch) from per-instance latencies ``[..., instance]``."""
+    first = np.flatnonzero(np.r_[True, np.diff(np.asarray(batch)) != 0])
+    return np.asarray(latency_s)[..., first]
+
+
+# ------------------------------------------------------------------------------------------------
+# the builder
+# ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Ctx:
+    ws: Any
+    system: str
+    workload: str
+    campaign: Any
+    configs: list              # per-config datasets (tqsim.quality.campaign_configs)
+    thresholds: list
+    tail_q: float
+    seed: int
+    draws: int
+    heat_threshold: Any = None
+    fm: Any = None             # FittedModel usable for forecasts, or None
+    fit_problem: str = ""      # why forecasts are absent / untrusted
+
+
+def build_report(*, home=None, system: str | None = None, workload: str | None = None,
+                 thresholds: Sequence[str] | None = None, tail_q: float = 0.01, heldout: str | Path | None = None,
+                 whatif_rates: str | None = None, whatif_replicas: str = "1", whatif_max_batch: int = 1,
+                 whatif_deadline: str | None = None, draws: int = 100, force: bool = False,
+                 seed: int = 0) -> Report:
+    """Assemble the report of ``<system>/<workload>`` (inputs are checked before anything is computed)."""
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.quality import campaign_configs, check_tail_q, parse_thresholds
+
+    check_tail_q(tail_q)
+    ths = parse_thresholds(thresholds)
+    if draws < 10:
+        raise UserError(f"--draws {draws}: forecast bands need at least 10 posterior draws (default 100).")
+    if heldout is not None and not Path(heldout).exists():
+        raise UserError(f"--heldout {heldout}: no such folder; measure held-out configurations with "
+                        "`tqsim calibrate --home OTHER_DIR` and pass OTHER_DIR/calibration/<system>/<workload>.")
+    if whatif_max_batch < 1:
+        raise UserError(f"--whatif-max-batch {whatif_max_batch}: must be ≥ 1.")
+    ws = Workspace.at(home)
+    sys_name = ws.resolve_system(system)
+    wl = ws.resolve_workload(sys_name, workload)
+    campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
+    from tqsim.quality import parse_threshold
+
+    configs = sorted(campaign_configs(campaign), key=lambda ds: _config_of(ds))  # batch size, then threads, ...
+    ctx = _Ctx(ws, sys_name, wl, campaign, configs, ths, tail_q, seed, draws,
+               heat_threshold=ths[0] if thresholds else parse_threshold("p99"))
+    # heavy-tailed posterior draws can overflow exp(); the sections report that themselves
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit_section = _fit_section(ctx, force)
+        sections = [
+            _overview_section(ctx),
+            _latency_section(ctx),
+            _quality_section(ctx),
+            _heatmap_section(ctx),
+            _validation_section(ctx, heldout, force),
+            _whatif_section(ctx, whatif_rates, whatif_replicas, whatif_max_batch, whatif_deadline),
+            fit_section,
+        ]
+    settings = {"thresholds": [t.label for t in ths], "tail_q": tail_q, "draws": draws, "seed": seed,
+                "heldout": str(heldout) if heldout else None, "force": force, "interval": FORECAST_LEVEL}
+    warns = [ctx.fit_problem] if ctx.fm is not None and ctx.fit_problem else []
+    return Report(system=sys_name, workload=wl, home=str(ws.home), settings=settings, sections=sections,
+                  created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), warnings=warns)
+
+
+def default_out(home, system: str, workload: str) -> Path:
+    from tqsim.data.workspace import Workspace
+
+    return Workspace.at(home).reports_dir() / system / workload
+
+
+def write_report(report: Report, out: str | Path, *, markdown: bool = True) -> Path:
+    """Draw the figures into ``out`` and write ``index.html`` (and ``index.md``); returns the HTML path."""
+    from tqsim.report.figures import draw_figures
+    from tqsim.report.html import to_html
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror}).") from None
+    report.out = str(out.resolve())
+    draw_figures(report, out)
+    path = to_html(report, out)
+    if markdown:
+        from tqsim.report.markdown import to_markdown
+
+        to_markdown(report, out)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# sections
+# ------------------------------------------------------------------------------------------------
+
+def _cmd(ctx: _Ctx, text: str) -> str:
+    return f"`tqsim {text} --home {ctx.ws.home} --system {ctx.system} --workload {ctx.workload}`"
+
+
+def _fit_section(ctx: _Ctx, force: bool) -> Section:
+    """Loads the fit into ``ctx`` (so later sections can forecast) and describes it."""
+    from tqsim.models import load
+
+    sec = Section("model", "Fitted model",
+                  intro="The Bayesian latency model behind every forecast: family, sampler and convergence "
+                        "diagnostics, and the posterior of its scalar parameters (ArviZ forest plot, 90% HDI).")
+    path = ctx.ws.model_path(ctx.system, ctx.workload)
+    if not path.exists():
+        ctx.fit_problem = f"no fitted model at {path}; run {_cmd(ctx, 'fit')}."
+        sec.available, sec.missing = False, ctx.fit_problem
+        return sec
+    try:
+        fm = load(path, workload=ctx.workload, system=ctx.system)
+    except UserError as exc:
+        ctx.fit_problem = f"the fitted model cannot be used: {exc}"
+        sec.available, sec.missing = False, ctx.fit_problem
+        return sec
+    d = fm.diagnostics
+    sec.data = {"path": str(path), "family": fm.spec.family, "diagnostics": d, "created_at": fm.created_at,
+                "configs": [c["id"] for c in fm.configs]}
+    rows = [["file", str(path)], ["created", fm.created_at], ["family", f"{d.get('family')} ({d.get('family_choice')})"],
+            ["sampler", str(d.get("sampler"))],
+            ["configurations / rounds", f"{d.get('n_configs')} / {d.get('n_rounds')}"],
+            ["batches used", f"{d.get('n_obs')} of {d.get('n_batches_total')}"]]
+    if d.get("rhat_max") is not None:
+        rows += [["r-hat max (≤ 1.01)", _num(d["rhat_max"], ".3f")], ["ESS bulk min (≥ 100)", _num(d.get("ess_bulk_min"), ".0f")],
+                 ["ESS tail min", _num(d.get("ess_tail_min"), ".0f")],
+                 ["divergences", str(d.get("divergences"))]]
+    rows.append(["diagnostics", "passed" if fm.diagnostics_ok else "FAILED"])
+    if d.get("note"):
+        rows.append(["note", d["note"]])
+    sec.tables.append(Table(["", "value"], rows))
+    sec.series["fm"] = fm
+    # a fit a newer calibration has outgrown still forecasts, but say so
+    fit_ids = {c["id"] for c in fm.configs}
+    cal_ids = {ds.attrs["config_id"] for ds in ctx.configs}
+    if cal_ids - fit_ids:
+        sec.notes.append(f"calibrated after the fit (not seen by it): {', '.join(sorted(cal_ids - fit_ids))}; "
+                         f"refit with {_cmd(ctx, 'fit')}.")
+    if fm.diagnostics_ok:
+        ctx.fm = fm
+    elif force:
+        ctx.fm = fm
+        ctx.fit_problem = (f"FORECASTS FROM A FIT THAT FAILED ITS DIAGNOSTICS (r-hat max {_num(d.get('rhat_max'))}, "
+                           f"ESS bulk min {_num(d.get('ess_bulk_min'), '.0f')}, {d.get('divergences')} divergences): shown "
+                           "because of --force; do not trust their intervals. Refit with "
+                           "`tqsim fit --draws 1000 --tune 1000`.")
+        sec.notes.append(ctx.fit_problem)
+    else:
+        ctx.fit_problem = (f"the fit at {path} failed its diagnostics (r-hat max {_num(d.get('rhat_max'))}, ESS bulk "
+                           f"min {_num(d.get('ess_bulk_min'), '.0f')}, {d.get('divergences')} divergences), so forecasts are "
+                           "left out; refit with `tqsim fit --draws 1000 --tune 1000`, or pass --force to show them "
+                           "marked untrusted.")
+        sec.notes.append(ctx.fit_problem)
+    return sec
+
+
+def _overview_section(ctx: _Ctx) -> Section:
+    from tqsim.quality import config_factors, latency_percentiles, no_deadline_quality, _scoring
+
+    sec = Section("overview", "Calibration",
+                  intro="What was measured: one row per configuration; latency percentiles pool every instance "
+                        "of every pass (an instance gets its batch's latency).")
+    fp = {}
+    try:
+        fp = json.loads(str(ctx.campaign.attrs.get("fingerprint", "{}")))
+    except (TypeError, ValueError):
+        pass
+    rows, data = [], []
+    for ds in ctx.configs:
+        lat = ds["latency_s"].transpose("pass", "instance").values
+        pct = latency_percentiles(lat)
+        nd = no_deadline_quality(**_scoring(ds))
+        n_pass = int((~np.isnan(lat).all(axis=-1)).sum())
+        data.append({"config_id": ds.attrs["config_id"], "config": config_factors(ds), "passes": n_pass,
+                     "instances": int(lat.shape[1]), "latency_s": pct, "no_deadline": nd})
+        rows.append([ds.attrs["config_id"], str(n_pass), str(lat.shape[1]), fmt_s(pct["p50"]), fmt_s(pct["p99"]),
+                     fmt_s(pct["p99.9"]), fmt_pct(nd)])
+    sec.data = {"configs": data, "fingerprint": fp}
+    sec.tables.append(Table(["configuration", "passes", "instances", "p50", "p99", "p99.9",
+                             f"{ctx.campaign.attrs.get('quality_metric', 'quality')} (no deadline)"], rows))
+    if fp:
+        keep = {k: v for k, v in fp.items() if not isinstance(v, (dict, list))}
+        sec.tables.append(Table(["system fingerprint", "value"], [[k, str(v)] for k, v in keep.items()],
+                                title="System"))
+    return sec
+
+
+def _forecast_calls(ctx: _Ctx, config, n_passes: int, seed: int) -> np.ndarray:
+    """Per-call predictive latencies ``[draw, call]`` of one configuration."""
+    from tqsim.forecast import simulate_latency
+    from tqsim.models.spec import batch_layout
+
+    lat, _ = simulate_latency(ctx.fm, config, n_passes=n_passes, n_draws=ctx.draws, seed=seed)
+    calls = per_call(lat, batch_layout(lat.shape[-1], config.batch_size))
+    return calls.reshape(calls.shape[0], -1)
+
+
+def _config_of(ds):
+    from tqsim.factors import Config
+    from tqsim.quality import config_factors
+
+    return Config.from_mapping(config_factors(ds))
+
+
+def _latency_section(ctx: _Ctx) -> Section:
+    sec = Section("latency", "Latency distributions: observed vs forecast",
+                  intro="Per configuration, the share of forward calls slower than x (the survival function "
+                        "1 − ECDF, log–log, so the tail is visible down to one call in all passes). One call = "
+                        "one batch. The shaded band, when a fit exists, is the forecast's 90% credible band "
+                        "for a run of as many passes made at another time; the dashed line its median.")
+    if ctx.fm is None:
+        sec.missing = f"Forecast bands are absent: {ctx.fit_problem}"
+    curves, data, overflow = [], [], []
+    for i, ds in enumerate(ctx.configs):
+        lat = ds["latency_s"].transpose("pass", "instance").values
+        lat = lat[~np.isnan(lat).all(axis=-1)]
+        calls = np.sort(per_call(lat, ds["batch"].values).ravel())
+        cfg = _config_of(ds)
+        row = {"config_id": ds.attrs["config_id"], "calls": int(calls.size),
+               "observed_s": {f"p{p:g}": float(np.percentile(calls, p)) for p in (50, 99, 99.9)}}
+        curve = {"config_id": ds.attrs["config_id"], "observed": calls}
+        if ctx.fm is not None:
+            try:
+                fc = _forecast_calls(ctx, cfg, lat.shape[0], ctx.seed + i)
+            except UserError as exc:
+                sec.notes.append(f"{ds.attrs['config_id']}: no forecast ({exc})")
+            else:
+                fin = fc[np.isfinite(fc) & (fc > 0)]
+                if fin.size < fc.size:
+                    overflow.append(f"{ds.attrs['config_id']} {(fc.size - fin.size) / fc.size:.2%}")
+                lo_x = max(min(calls[0], float(np.quantile(fin, 0.001))), calls[0] / 100) * 0.9
+                hi_x = min(max(calls[-1], float(np.quantile(fin, 0.9999))), 100 * calls[-1]) * 1.1
+                grid = np.geomspace(lo_x, hi_x, 160)
+                srt = np.sort(fc, axis=1)
+                surv = 1.0 - np.stack([np.searchsorted(s, grid, side="right") for s in srt]) / srt.shape[1]
+                a = (1 - FORECAST_LEVEL) / 2
+                curve.update(grid=grid, lo=np.quantile(surv, a, axis=0), mid=np.quantile(surv, 0.5, axis=0),
+                             hi=np.quantile(surv, 1 - a, axis=0))
+                per_draw = {f"p{p:g}": np.percentile(fc, p, axis=1) for p in (50, 99, 99.9)}
+                row["forecast_s"] = {k: {"mean": float(v.mean()), "lo": float(np.quantile(v, a)),
+                                         "hi": float(np.quantile(v, 1 - a))} for k, v in per_draw.items()}
+        curves.append(curve)
+        data.append(row)
+    wild = [f"{r['config_id']} ({fmt_s(r['forecast_s']['p99']['mean'])} vs {fmt_s(r['observed_s']['p99'])})"
+            for r in data if "forecast_s" in r and not r["forecast_s"]["p99"]["mean"] < 10 * r["observed_s"]["p99"]]
+    if wild:
+        nu = ""
+        if "nu" in ctx.fm.idata.posterior:
+            nu = f" (Student-t ν posterior median {float(ctx.fm.idata.posterior['nu'].median()):.2g})"
+        sec.notes.append("the forecast p99 is more than 10× the observed p99 for " + ", ".join(wild)
+                         + f": the fit's residual tail is implausibly heavy{nu}; refit (`tqsim fit`, more draws or "
+                         "--family mixture) before trusting these forecasts.")
+    if overflow:
+        sec.notes.append("simulated calls that overflowed to 0 or ∞ seconds (an extremely heavy-tailed residual; "
+                         "check the fit): " + ", ".join(overflow) + ".")
+    sec.series["curves"] = curves
+    sec.data = {"unit": "seconds per forward call", "configs": data}
+    cols = ["configuration", "calls", "observed p50", "observed p99", "observed p99.9"]
+    has_fc = any("forecast_s" in r for r in data)
+    if has_fc:
+        cols += ["forecast p99 [90%]", "observed p99 inside"]
+    rows = []
+    for r in data:
+        o = r["observed_s"]
+        cells = [r["config_id"], str(r["calls"]), fmt_s(o["p50"]), fmt_s(o["p99"]), fmt_s(o["p99.9"])]
+        if has_fc:
+            f = r.get("forecast_s", {}).get("p99")
+            cells += [fmt_iv(f["mean"], f["lo"], f["hi"], fmt_s) if f else "–",
+                      ("yes" if f["lo"] <= o["p99"] <= f["hi"] else "no") if f else "–"]
+        rows.append(cells)
+    sec.tables.append(Table(cols, rows, title="Per-call latency"))
+    return sec
+
+
+def _quality_section(ctx: _Ctx) -> Section:
+    from tqsim.quality import quality_curves, quality_report
+
+    sec = Section("quality", "Quality at a deadline (Q@T) versus threshold",
+                  intro=f"Q@T of a pass counts every instance later than the deadline τ as wrong. Band: min–max "
+                        f"of Q@T over the measured passes; line: mean; dotted verticals: the thresholds of the "
+                        f"table. Tail quality TQ_{ctx.tail_q:g} is the {ctx.tail_q:g}-quantile of Q@T over "
+                        "passes; brackets are 90% intervals (bootstrap for the mean, order statistics for "
+                        "the tail, a prediction interval for the worst pass of another campaign).")
+    rep = quality_report(ctx.campaign, ctx.thresholds, tail_q=ctx.tail_q, seed=ctx.seed, n_boot=500)
+    order = {ds.attrs["config_id"]: i for i, ds in enumerate(ctx.configs)}
+    rep["configs"].sort(key=lambda c: order[c["config_id"]])
+    sec.data = {"configs": rep["configs"]}
+    sec.series["curves"] = sorted(quality_curves(ctx.campaign), key=lambda c: order[c["config_id"]])
+    # one panel per level of a factor other than batch size (bands of different thread counts overlap)
+    other = [f for f in _varying(ctx) if f != "batch_size"]
+    if other:
+        from tqsim.quality import config_factors
+
+        sec.series["groups"] = {ds.attrs["config_id"]: f"{other[0]}={config_factors(ds)[other[0]]}"
+                                for ds in ctx.configs}
+    sec.series["marks"] = {c["config_id"]: [t["threshold_s"] for t in c["quality"]["thresholds"]]
+                           for c in rep["configs"]}
+    rows = []
+    for c in rep["configs"]:
+        for t in c["quality"]["thresholds"]:
+            rows.append([c["config_id"], f"{t['threshold']} = {fmt_s(t['threshold_s'])}",
+                         fmt_iv(t["mean"], t["mean_lo"], t["mean_hi"]), fmt_iv(t["tail"], t["tail_lo"], t["tail_hi"]),
+                         fmt_iv(t["min"], t["min_lo"], t["min_hi"]), fmt_pct(t["late_fraction"])])
+    sec.tables.append(Table(["configuration", "threshold τ", "mean Q@T [90%]", f"TQ_{ctx.tail_q:g} [90%]",
+                             "min Q@T [90%]", "late instances"], rows, title="Measured Q@T per threshold"))
+    return sec
+
+
+def _varying(ctx: _Ctx) -> list[str]:
+    from tqsim.factors import FACTORS
+    from tqsim.quality import config_factors
+
+    levels = {f: {config_factors(ds)[f] for ds in ctx.configs} for f in FACTORS}
+    return [f for f in FACTORS if len(levels[f]) > 1]
+
+
+def _heatmap_section(ctx: _Ctx) -> Section:
+    from tqsim.forecast import forecast
+    from tqsim.quality import _scoring, config_factors, quality_at_deadline, tail_quality
+
+    th = ctx.heat_threshold
+    label = th.label
+    which = ("a percentile of each configuration's own latency" if th.percentile is not None
+             else "the same deadline for every configuration")
+    sec = Section("heatmap", "Tail quality over two factors",
+                  intro=f"Top: TQ_{ctx.tail_q:g} at threshold τ = {label} ({which}; set it with the first "
+                        "--threshold). Bottom: p99 latency. Plain cells are measured; hatched cells labelled "
+                        "“forecast” come from the fitted model (posterior median for a run of as many passes as "
+                        "the calibration; 90% intervals in the table); “no data” cells have neither.")
+    vary = _varying(ctx)
+    pair = [f for f in ("batch_size", "threads") if f in vary]
+    pair += [f for f in vary if f not in pair]
+    if len(pair) < 2 and ctx.fm is None:
+        sec.available = False
+        sec.missing = ("needs two factors with at least two calibrated levels each (varied here: "
+                       f"{', '.join(vary) or 'none'}); run `tqsim calibrate --grid batch_size=1,8,32 --grid "
+                       "threads=1,2`, or fit a model (`tqsim fit`) to forecast the missing levels.")
+        return sec
+    fx = pair[0] if pair else "batch_size"
+    fy = pair[1] if len(pair) > 1 else ("threads" if fx != "threads" else "batch_size")
+    facts = [config_factors(ds) for ds in ctx.configs]
+    # the other factors held at the level of most calibrated configurations
+    fixed = {}
+    for f in facts[0]:
+        if f not in (fx, fy):
+            vals = [c[f] for c in facts]
+            fixed[f] = max(set(vals), key=vals.count)
+    xs = sorted({c[fx] for c in facts})
+    ys = sorted({c[fy] for c in facts})
+    if ctx.fm is not None:
+        for f, levels in ((fx, xs), (fy, ys)):
+            if f == "batch_size" and len(levels) >= 1:  # fill powers of two between the calibrated extremes
+                lo, hi = min(levels), max(levels)
+                levels[:] = sorted(set(levels) | {2 ** k for k in range(12) if lo < 2 ** k < hi})
+            if f == "threads" and len(levels) == 1:
+                levels[:] = sorted(set(levels) | {1, 2})
+    n_pass = int(np.median([int((~np.isnan(ds["latency_s"].values).all(axis=-1)).sum()) for ds in ctx.configs]))
+    measured = {}
+    for ds, c in zip(ctx.configs, facts):
+        if any(c[f] != v for f, v in fixed.items()):
+            continue
+        lat = ds["latency_s"].transpose("pass", "instance").values
+        lat = lat[~np.isnan(lat).all(axis=-1)]
+        tau = th.resolve(lat)
+        q = quality_at_deadline(lat, np.array([tau]), **_scoring(ds))[:, 0]
+        measured[(c[fx], c[fy])] = {"tail": float(tail_quality(q, ctx.tail_q)), "threshold_s": float(tau),
+                                    "p99_s": float(np.nanpercentile(lat, 99)), "source": "measured",
+                                    "config_id": ds.attrs["config_id"]}
+    cells, fc_notes = [], set()
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            cell = measured.get((x, y))
+            if cell is None and ctx.fm is not None:
+                from tqsim.factors import Config
+
+                cfg = Config.from_mapping({**fixed, fx: x, fy: y})
+                try:
+                    fc = forecast(ctx.fm, cfg, [th.text], n_passes=n_pass, n_draws=ctx.draws, tail_q=ctx.tail_q,
+                                  seed=ctx.seed + 100 + 10 * i + j, force=True)
+                except UserError as exc:
+                    fc_notes.add(str(exc))
+                else:
+                    # posterior medians: robust to the rare absurd draw of a heavy-tailed residual
+                    a = (1 - FORECAST_LEVEL) / 2
+                    tq = tail_quality(np.moveaxis(fc.qat[:, :, 0], 1, -1), ctx.tail_q)
+                    p99 = np.percentile(fc.latency_s.reshape(fc.latency_s.shape[0], -1), 99, axis=1)
+                    cell = {"tail": float(np.median(tq)), "tail_lo": float(np.quantile(tq, a)),
+                            "tail_hi": float(np.quantile(tq, 1 - a)), "threshold_s": float(fc.thresholds_s[0]),
+                            "p99_s": float(np.median(p99)), "p99_lo_s": float(np.quantile(p99, a)),
+                            "p99_hi_s": float(np.quantile(p99, 1 - a)), "source": "forecast", "config_id": cfg.id}
+                    fc_notes.update(w for w in fc.warnings if "DIAGNOSTICS" not in w)
+            if cell is not None:
+                cells.append({fx: x, fy: y, **cell})
+    sec.notes += sorted(fc_notes)
+    if len(xs) < 2 or len(ys) < 2:
+        sec.notes.append(f"only one level of {fy if len(ys) < 2 else fx} is calibrated; calibrate another "
+                         f"(`tqsim calibrate --grid {fy if len(ys) < 2 else fx}=...`) for a real second axis.")
+    if ctx.fm is None:
+        sec.missing = f"Uncalibrated cells stay blank: {ctx.fit_problem}"
+    sec.data = {"x_factor": fx, "y_factor": fy, "x_levels": xs, "y_levels": ys, "fixed": fixed,
+                "threshold": label, "tail_q": ctx.tail_q, "cells": cells}
+    rows = [[c["config_id"], c["source"], fmt_s(c["threshold_s"]),
+             fmt_iv(c["tail"], c["tail_lo"], c["tail_hi"]) if "tail_lo" in c else fmt_pct(c["tail"]),
+             fmt_iv(c["p99_s"], c["p99_lo_s"], c["p99_hi_s"], fmt_s) if "p99_lo_s" in c else fmt_s(c["p99_s"])]
+            for c in cells]
+    sec.tables.append(Table(["configuration", "source", "τ", f"TQ_{ctx.tail_q:g}", "p99"], rows))
+    return sec
+
+
+def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
+    from tqsim.validate import validate
+
+    sec = Section("validation", "Validation against held-out runs",
+                  intro="Forecasts of configurations measured apart from the calibration (never shown to the "
+                        "fit), against what was observed: p99 latency and tail quality at the held-out run's "
+                        "own T99, with 90% intervals. The dashed diagonal is a perfect forecast.")
+    if heldout is None:
+        sec.available = False
+        sec.missing = ("no held-out runs given: measure a few configurations separately "
+                       "(`tqsim calibrate --home OTHER_DIR --grid batch_size=8`) and pass "
+                       "--heldout OTHER_DIR/calibration/<system>/<workload>.")
+        return sec
+    if ctx.fm is None:
+        sec.available = False
+        sec.missing = f"validation needs a usable fit: {ctx.fit_problem}"
+        return sec
+    res = validate(ctx.fm, heldout, n_draws=ctx.draws, seed=ctx.seed, force=force)
+    sec.data = res
+    rows = []
+    for r in res["configs"]:
+        p = r["latency_s"]["p99"]
+        t = r["tail_quality"][-1]
+        rows.append([r["config_id"], "yes" if r["calibrated"] else "no", fmt_s(p["observed"]),
+                     fmt_iv(p["predicted"], p["lo"], p["hi"], fmt_s), f"{100 * p['rel_error']:+.1f}%",
+                     fmt_pct(t["observed"]), fmt_iv(t["predicted"], t["lo"], t["hi"]),
+                     f"{r['rjsd']:.3f} ({r['rjsd_floor']:.3f})"])
+    sec.tables.append(Table(["held-out configuration", "calibrated", "observed p99", "forecast p99 [90%]",
+                             "p99 error", "observed TQ@T99", "forecast TQ@T99 [90%]", "rJSD (floor)"], rows))
+    s = res["summary"]
+    sec.tables.append(Table(["summary", "value"], [
+        ["median |rel. error| of p99", fmt_pct(s["median_rel_error_p99"])],
+        ["worst |rel. error| of p99", fmt_pct(s["max_rel_error_p99"])],
+        ["coverage of the 90% intervals", f"{fmt_pct(s['coverage'])} of {s['n_intervals']}"],
+        ["median |error| of tail quality", fmt_pct(s["median_abs_error_tail_quality"])],
+        ["median rJSD (floor for these passes)", f"{s['median_rjsd']:.3f} ({s['median_rjsd_floor']:.3f})"]]))
+    return sec
+
+
+def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Section:
+    from tqsim.whatif.service import SERVING_FILE
+
+    sec = Section("whatif", "What-if: serving under load",
+                  intro="Simulated serving (Poisson arrivals, dynamic batcher, FIFO replicas) from the "
+                        "calibrated forward times plus the serving calibration's overheads: tail quality over "
+                        "windows of the evaluation set and p99 end-to-end latency against the arrival rate, "
+                        "with 90% intervals. Explore further with `tqsim whatif` and `tqsim plan`.")
+    serving = ctx.ws.calibration_dir(ctx.system, ctx.workload) / SERVING_FILE
+    if rates is None and not serving.exists():
+        sec.available = False
+        sec.missing = (f"no serving calibration ({SERVING_FILE}): run `tqsim calibrate --serving` (or pass "
+                       "--whatif-rate 100,200,400 to simulate from forward times only, which under-predicts "
+                       "latency under load).")
+        return sec
+    from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
+    from tqsim.whatif.objective import parse_duration
+
+    src = WorkspaceInputs.open(ctx.ws.home, ctx.system, ctx.workload)
+    precision = "fp32" if "fp32" in src.precisions() else src.precisions()[0]
+    threads = src.threads()[0]
+    reps = [int(r) for r in str(replicas).split(",") if r.strip()]
+    if not reps or min(reps) < 1:
+        raise UserError(f"--whatif-replicas {replicas}: give positive integers, e.g. 1 or 1,2.")
+    svc = src.service(threads, precision, reps[0])
+    rng = np.random.default_rng(ctx.seed)
+    one = svc.draw(rng)
+    k = np.full(2000, min(max_batch, max(src.batch_sizes(threads, precision) or [1])), dtype=int)
+    mean_s = float(np.mean(one.sample(k, rng)) + np.mean(one.extra_batch_s(k.size, rng)))
+    if rates is None:
+        capacity = reps[0] * k[0] / mean_s
+        rates = ",".join(f"{capacity * f:.3g}" for f in (0.2, 0.4, 0.6, 0.8, 0.9))
+        sec.notes.append(f"rates chosen at 20–90% of an estimated capacity of {capacity:.3g} requests/s "
+                         f"({reps[0]} replica(s), batches of {k[0]}); set them with --whatif-rate.")
+    if deadline is None:
+        deadline_s = float(f"{10 * mean_s:.2g}")
+        deadline = f"{deadline_s}"
+        sec.notes.append(f"deadline {fmt_s(deadline_s)} = 10× the mean service time; set it with --whatif-deadline.")
+    parse_duration(deadline, "whatif-deadline")
+    out = whatif_sweep(home=ctx.ws.home, system=ctx.system, workload=ctx.workload, rates=rates, replicas=replicas,
+                       threads=threads, max_batch=max_batch, max_wait="0", thresholds=[deadline],
+                       precision=precision, draws=20, windows=30, tail_q=ctx.tail_q, seed=ctx.seed)
+    sec.notes += out["notes"]
+    sec.data = out
+    rows = []
+    for r in out["results"]:
+        lat = r["latency_s"]
+        rows.append([f"{r['rate_rps']:.4g}", str(r["replicas"]), fmt_s(r["threshold_s"]),
+                     fmt_s(lat["p50"]["mean"]), fmt_iv(lat["p99"]["mean"], lat["p99"]["lo"], lat["p99"]["hi"], fmt_s),
+                     fmt_pct(r["miss_rate"]["mean"]),
+                     fmt_iv(r["tail_quality"]["mean"], r["tail_quality"]["lo"], r["tail_quality"]["hi"]),
+                     " ".join(f"{u:.0%}" for u in r["utilisation"])])
+    sec.tables.append(Table(["rate (req/s)", "replicas", "deadline", "p50", "p99 [90%]", "miss rate",
+                             f"tail quality [90%]", "utilisation"], rows,
+                            title=f"threads {threads}, batch ≤ {max_batch}, {precision}, "
+                                  f"{out['service_model']} service times"))
+    return sec
