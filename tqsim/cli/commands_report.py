@@ -13,8 +13,9 @@ from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, Worklo
 
 @app.command()
 def report(
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: "
-                                                "<home>/reports/<system>/<workload>); index.html, index.md, figures/.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: <home>/reports/<system>/<workload>); index.html, index.md, "
+                      "figures/.")] = None,
     threshold: Thresholds = None,
     tail_q: Annotated[float, typer.Option("--tail-q", help="Tail quantile q of TQ_q (0 < q < 1).")] = 0.01,
     heldout: Annotated[Optional[Path], typer.Option("--heldout", help="Folder of held-out configuration files: "

@@ -248,12 +248,14 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
     d = fm.diagnostics
     sec.data = {"path": str(path), "family": fm.spec.family, "diagnostics": d, "created_at": fm.created_at,
                 "configs": [c["id"] for c in fm.configs]}
-    rows = [["file", str(path)], ["created", fm.created_at], ["family", f"{d.get('family')} ({d.get('family_choice')})"],
+    rows = [["file", str(path)], ["created", fm.created_at],
+            ["family", f"{d.get('family')} ({d.get('family_choice')})"],
             ["sampler", str(d.get("sampler"))],
             ["configurations / rounds", f"{d.get('n_configs')} / {d.get('n_rounds')}"],
             ["batches used", f"{d.get('n_obs')} of {d.get('n_batches_total')}"]]
     if d.get("rhat_max") is not None:
-        rows += [["r-hat max (≤ 1.01)", _num(d["rhat_max"], ".3f")], ["ESS bulk min (≥ 100)", _num(d.get("ess_bulk_min"), ".0f")],
+        rows += [["r-hat max (≤ 1.01)", _num(d["rhat_max"], ".3f")],
+                 ["ESS bulk min (≥ 100)", _num(d.get("ess_bulk_min"), ".0f")],
                  ["ESS tail min", _num(d.get("ess_tail_min"), ".0f")],
                  ["divergences", str(d.get("divergences"))]]
     rows.append(["diagnostics", "passed" if fm.diagnostics_ok else "FAILED"])
@@ -267,20 +269,18 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
     if cal_ids - fit_ids:
         sec.notes.append(f"calibrated after the fit (not seen by it): {', '.join(sorted(cal_ids - fit_ids))}; "
                          f"refit with {_cmd(ctx, 'fit')}.")
+    what = (f"r-hat max {_num(d.get('rhat_max'))}, ESS bulk min {_num(d.get('ess_bulk_min'), '.0f')}, "
+            f"{d.get('divergences')} divergences")
     if fm.diagnostics_ok:
         ctx.fm = fm
     elif force:
         ctx.fm = fm
-        ctx.fit_problem = (f"FORECASTS FROM A FIT THAT FAILED ITS DIAGNOSTICS (r-hat max {_num(d.get('rhat_max'))}, "
-                           f"ESS bulk min {_num(d.get('ess_bulk_min'), '.0f')}, {d.get('divergences')} divergences): shown "
-                           "because of --force; do not trust their intervals. Refit with "
-                           "`tqsim fit --draws 1000 --tune 1000`.")
+        ctx.fit_problem = (f"FORECASTS FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}): shown because of --force; "
+                           "do not trust their intervals. Refit with `tqsim fit --draws 1000 --tune 1000`.")
         sec.notes.append(ctx.fit_problem)
     else:
-        ctx.fit_problem = (f"the fit at {path} failed its diagnostics (r-hat max {_num(d.get('rhat_max'))}, ESS bulk "
-                           f"min {_num(d.get('ess_bulk_min'), '.0f')}, {d.get('divergences')} divergences), so forecasts are "
-                           "left out; refit with `tqsim fit --draws 1000 --tune 1000`, or pass --force to show them "
-                           "marked untrusted.")
+        ctx.fit_problem = (f"the fit at {path} failed its diagnostics ({what}), so forecasts are left out; refit "
+                           "with `tqsim fit --draws 1000 --tune 1000`, or pass --force to show them marked untrusted.")
         sec.notes.append(ctx.fit_problem)
     return sec
 
@@ -523,6 +523,11 @@ def _heatmap_section(ctx: _Ctx) -> Section:
             if cell is not None:
                 cells.append({fx: x, fy: y, **cell})
     sec.notes += sorted(fc_notes)
+    top = max((c["p99_s"] for c in cells if c["source"] == "measured"), default=float("inf"))
+    wild = [c["config_id"] for c in cells if c["source"] == "forecast" and not c["p99_s"] < 10 * top]
+    if wild:
+        sec.notes.append(f"forecast p99 above 10× the slowest measured p99 ({fmt_s(top)}) for {', '.join(wild)}: "
+                         "implausible; check the fit before trusting the forecast cells.")
     if len(xs) < 2 or len(ys) < 2:
         sec.notes.append(f"only one level of {fy if len(ys) < 2 else fx} is calibrated; calibrate another "
                          f"(`tqsim calibrate --grid {fy if len(ys) < 2 else fx}=...`) for a real second axis.")

@@ -80,7 +80,10 @@ def latency_figure(sec, folder: Path, title: str) -> Figure | None:
         ax.set_xlim(obs[0] * 1e3 / 1.5, obs[-1] * 1e3 * 2.5)
         ax.set_title(c["config_id"], fontsize=9)
         # plain numbers at 1-2-5 steps: log minor labels collide when a panel spans less than a decade
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lo_x, hi_x = ax.get_xlim()
+        span = math.log10(hi_x / lo_x)
+        subs = (1.0, 2.0, 5.0) if span < 1.4 else (1.0, 3.0) if span < 2.6 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(labelsize=8)
@@ -245,16 +248,18 @@ def model_figure(sec, folder: Path, title: str) -> Figure | None:
 
     plt = _plt()
     post = fm.idata.posterior
-    names = [v for v, da in post.data_vars.items() if da.ndim == 2 and not v.endswith("__")]
+    # scalars only, without the intercept (it would set the scale) and sampler-side transforms
+    names = [v for v, da in post.data_vars.items()
+             if da.ndim == 2 and not v.endswith("__") and v not in ("beta0", "round_phi01")]
     if not names:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         axes = az.plot_forest(fm.idata, var_names=names, combined=True, hdi_prob=0.9,
-                              figsize=(7, 0.32 * len(names) + 1.4))
+                              figsize=(8, 0.38 * len(names) + 1.5))
     fig = np.atleast_1d(axes)[0].figure
     np.atleast_1d(axes)[0].set_title(f"{title}: scalar parameters (90% HDI)", fontsize=10)
-    np.atleast_1d(axes)[0].set_xlabel("value (log-seconds scale for effects)")
+    np.atleast_1d(axes)[0].set_xlabel("posterior value on the model's scale (log seconds; logits for *_logit*)")
     path = folder / "model.png"
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
