@@ -61,6 +61,9 @@ def fit(
     if not d["ok"]:
         c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
                 "without --force.")
+    elif d.get("status") == "warn":
+        c.print("[yellow]diagnostics usable but not clean (r-hat > 1.01, ESS < 100 or a few divergences): "
+                "forecasts will say so; refit with --draws 1000 --tune 1000 for final numbers.[/yellow]")
     c.print(f"wrote {path}")
 
 

@@ -15,8 +15,14 @@ from tqsim.factors import QUALITY_FACTORS
 from tqsim.models.spec import FAMILIES, build_design, campaign_configs, make_spec
 from tqsim.models.store import FittedModel, now, quality_level_id
 
+# Graded like Vehtari et al. (2021): r-hat ≤ 1.01, bulk ESS ≥ 100 and no divergence is a clean
+# fit; up to r-hat 1.05 / ESS 50 / divergences in 0.1 % of draws the posterior is usable but a
+# forecast says so; beyond that a forecast is refused without --force.
 RHAT_MAX = 1.01
 ESS_MIN = 100
+RHAT_FAIL = 1.05
+ESS_FAIL = 50
+DIVERGENCE_FAIL = 0.001
 
 
 def default_sampler() -> str:
@@ -48,10 +54,15 @@ def diagnostics_of(idata, sampler: str) -> dict:
     ess_bulk_min = float(extreme(ess_b, np.nanmin))
     ess_tail_min = float(extreme(ess_t, np.nanmin))
     div = int(idata.sample_stats["diverging"].values.sum()) if "diverging" in idata.sample_stats else 0
-    ok = bool(rhat_max <= RHAT_MAX and div == 0 and ess_bulk_min >= ESS_MIN)
+    n_draws = int(post.sizes["chain"] * post.sizes["draw"])
+    clean = rhat_max <= RHAT_MAX and div == 0 and ess_bulk_min >= ESS_MIN
+    failed = not (rhat_max <= RHAT_FAIL and ess_bulk_min >= ESS_FAIL and div <= DIVERGENCE_FAIL * n_draws)
+    status = "fail" if failed else ("ok" if clean else "warn")
     return {"sampler": sampler, "rhat_max": rhat_max, "ess_bulk_min": ess_bulk_min, "ess_tail_min": ess_tail_min,
-            "divergences": div, "ok": ok, "chains": int(post.sizes["chain"]), "draws": int(post.sizes["draw"]),
-            "thresholds": {"rhat_max": RHAT_MAX, "ess_bulk_min": ESS_MIN, "divergences": 0}}
+            "divergences": div, "ok": status != "fail", "status": status, "chains": int(post.sizes["chain"]),
+            "draws": int(post.sizes["draw"]),
+            "thresholds": {"rhat_max": RHAT_MAX, "ess_bulk_min": ESS_MIN, "divergences": 0,
+                           "rhat_fail": RHAT_FAIL, "ess_bulk_fail": ESS_FAIL, "divergence_rate_fail": DIVERGENCE_FAIL}}
 
 
 def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
