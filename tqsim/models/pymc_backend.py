@@ -38,7 +38,7 @@ def build_model(spec: ModelSpec, design: Design):
         beta = pm.Normal("beta", 0.0, pr["slopes"]["sigma"], dims="term")
         # config means: every config has hundreds of batches, so the data inform each mean well ->
         # centred parameterisation, written on the mean itself (m_c ~ N(β0 + X·β, σ_cfg)) so that the
-        # data pin m_c directly and β is a regression on 24-odd well-known means (docs/method-bayesian.md).
+        # data pin m_c directly and β is a regression on 24-odd well-known means (docs/method.md ("Bayesian engine")).
         config_sd = pm.LogNormal("config_sd", pr["config_sd"]["lognormal_mu"], pr["config_sd"]["lognormal_sigma"])
         smooth = beta0 + pt.dot(X, beta)
         if spec.config_parameterisation == "centred" and spec.corr_share == 0:

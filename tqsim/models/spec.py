@@ -2,7 +2,7 @@
 
 The spec holds the terms, the residual family, the feature scaling and the priors (scaled to the
 data), and turns a campaign into the flat arrays the backend needs (:func:`build_design`). It never
-imports PyMC. Definitions and choices: docs/method-bayesian.md.
+imports PyMC. Definitions and choices: docs/method.md ("Bayesian engine").
 """
 
 from __future__ import annotations
