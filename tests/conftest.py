@@ -1,3 +1,4 @@
 import os
 
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
+

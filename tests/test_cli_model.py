@@ -9,17 +9,7 @@ import pytest
 from tqsim.testing import example_fit, grid, simulate_campaign, write_campaign
 
 
-def run(args, capsys, monkeypatch):
-    from tqsim.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tqsim", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_runner import run_cli as run  # noqa: E402
 
 
 def test_predict_json_and_table(capsys, monkeypatch):

@@ -9,22 +9,14 @@ import sys
 import pytest
 
 from quality_fixtures import calibration_dataset, write_workspace
+from tests.cli_runner import run_cli
 from tqsim.data.io import write_atomic
 from tqsim.factors import Config
 
 
 def run(args, monkeypatch, capsys):
-    """Run the real entry point in-process; returns (exit code, stdout, stderr)."""
-    from tqsim.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tqsim", "quality", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """``tqsim quality *args`` in-process; returns (exit code, stdout, stderr)."""
+    return run_cli(["quality", *args], capsys, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,7 @@ from tqsim.testing import example_fit, grid, simulate_campaign, write_campaign
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run(args, capsys, monkeypatch):
-    from tqsim.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["tqsim", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.cli_runner import run_cli as run  # noqa: E402
 
 
 def check_page(folder):

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from tqsim.units import fmt_seconds  # noqa: F401  (re-exported for the commands)
+
 Home = Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (env TQSIM_HOME; default: .).")]
 System = Annotated[Optional[str], typer.Option("--system", help="System name (default: host name when measuring, "
                                                                  "the only system in the workspace otherwise).")]
@@ -42,13 +44,3 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr)
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "–"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s:.3g} s"

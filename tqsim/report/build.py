@@ -21,6 +21,7 @@ import numpy as np
 
 import tqsim
 from tqsim.errors import UserError
+from tqsim.units import fmt_seconds
 
 FORECAST_LEVEL = 0.9
 
@@ -88,18 +89,6 @@ class Report:
 # ------------------------------------------------------------------------------------------------
 # formatting helpers (cells of tables)
 # ------------------------------------------------------------------------------------------------
-
-def fmt_s(s: float | None) -> str:
-    if s is not None and s == float("inf"):
-        return "∞"
-    if s is None or not np.isfinite(s):
-        return "–"
-    if s < 1e-3:
-        return f"{s * 1e6:.0f} µs"
-    if s < 1:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s:.3g} s"
-
 
 def fmt_pct(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
@@ -304,8 +293,8 @@ def _overview_section(ctx: _Ctx) -> Section:
         n_pass = int((~np.isnan(lat).all(axis=-1)).sum())
         data.append({"config_id": ds.attrs["config_id"], "config": config_factors(ds), "passes": n_pass,
                      "instances": int(lat.shape[1]), "latency_s": pct, "no_deadline": nd})
-        rows.append([ds.attrs["config_id"], str(n_pass), str(lat.shape[1]), fmt_s(pct["p50"]), fmt_s(pct["p99"]),
-                     fmt_s(pct["p99.9"]), fmt_pct(nd)])
+        rows.append([ds.attrs["config_id"], str(n_pass), str(lat.shape[1]), fmt_seconds(pct["p50"]), fmt_seconds(pct["p99"]),
+                     fmt_seconds(pct["p99.9"]), fmt_pct(nd)])
     sec.data = {"configs": data, "fingerprint": fp}
     sec.tables.append(Table(["configuration", "passes", "instances", "p50", "p99", "p99.9",
                              f"{ctx.campaign.attrs.get('quality_metric', 'quality')} (no deadline)"], rows))
@@ -372,7 +361,7 @@ def _latency_section(ctx: _Ctx) -> Section:
                                          "hi": float(np.quantile(v, 1 - a))} for k, v in per_draw.items()}
         curves.append(curve)
         data.append(row)
-    wild = [f"{r['config_id']} ({fmt_s(r['forecast_s']['p99']['mean'])} vs {fmt_s(r['observed_s']['p99'])})"
+    wild = [f"{r['config_id']} ({fmt_seconds(r['forecast_s']['p99']['mean'])} vs {fmt_seconds(r['observed_s']['p99'])})"
             for r in data if "forecast_s" in r and not r["forecast_s"]["p99"]["mean"] < 10 * r["observed_s"]["p99"]]
     if wild:
         nu = ""
@@ -393,10 +382,10 @@ def _latency_section(ctx: _Ctx) -> Section:
     rows = []
     for r in data:
         o = r["observed_s"]
-        cells = [r["config_id"], str(r["calls"]), fmt_s(o["p50"]), fmt_s(o["p99"]), fmt_s(o["p99.9"])]
+        cells = [r["config_id"], str(r["calls"]), fmt_seconds(o["p50"]), fmt_seconds(o["p99"]), fmt_seconds(o["p99.9"])]
         if has_fc:
             f = r.get("forecast_s", {}).get("p99")
-            cells += [fmt_iv(f["mean"], f["lo"], f["hi"], fmt_s) if f else "–",
+            cells += [fmt_iv(f["mean"], f["lo"], f["hi"], fmt_seconds) if f else "–",
                       ("yes" if f["lo"] <= o["p99"] <= f["hi"] else "no") if f else "–"]
         rows.append(cells)
     sec.tables.append(Table(cols, rows, title="Per-call latency"))
@@ -429,7 +418,7 @@ def _quality_section(ctx: _Ctx) -> Section:
     rows = []
     for c in rep["configs"]:
         for t in c["quality"]["thresholds"]:
-            rows.append([c["config_id"], f"{t['threshold']} = {fmt_s(t['threshold_s'])}",
+            rows.append([c["config_id"], f"{t['threshold']} = {fmt_seconds(t['threshold_s'])}",
                          fmt_iv(t["mean"], t["mean_lo"], t["mean_hi"]), fmt_iv(t["tail"], t["tail_lo"], t["tail_hi"]),
                          fmt_iv(t["min"], t["min_lo"], t["min_hi"]), fmt_pct(t["late_fraction"])])
     sec.tables.append(Table(["configuration", "threshold τ", "mean Q@T [90%]", f"TQ_{ctx.tail_q:g} [90%]",
@@ -526,7 +515,7 @@ def _heatmap_section(ctx: _Ctx) -> Section:
     top = max((c["p99_s"] for c in cells if c["source"] == "measured"), default=float("inf"))
     wild = [c["config_id"] for c in cells if c["source"] == "forecast" and not c["p99_s"] < 10 * top]
     if wild:
-        sec.notes.append(f"forecast p99 above 10× the slowest measured p99 ({fmt_s(top)}) for {', '.join(wild)}: "
+        sec.notes.append(f"forecast p99 above 10× the slowest measured p99 ({fmt_seconds(top)}) for {', '.join(wild)}: "
                          "implausible; check the fit before trusting the forecast cells.")
     if len(xs) < 2 or len(ys) < 2:
         sec.notes.append(f"only one level of {fy if len(ys) < 2 else fx} is calibrated; calibrate another "
@@ -535,9 +524,9 @@ def _heatmap_section(ctx: _Ctx) -> Section:
         sec.missing = f"Uncalibrated cells stay blank: {ctx.fit_problem}"
     sec.data = {"x_factor": fx, "y_factor": fy, "x_levels": xs, "y_levels": ys, "fixed": fixed,
                 "threshold": label, "tail_q": ctx.tail_q, "cells": cells}
-    rows = [[c["config_id"], c["source"], fmt_s(c["threshold_s"]),
+    rows = [[c["config_id"], c["source"], fmt_seconds(c["threshold_s"]),
              fmt_iv(c["tail"], c["tail_lo"], c["tail_hi"]) if "tail_lo" in c else fmt_pct(c["tail"]),
-             fmt_iv(c["p99_s"], c["p99_lo_s"], c["p99_hi_s"], fmt_s) if "p99_lo_s" in c else fmt_s(c["p99_s"])]
+             fmt_iv(c["p99_s"], c["p99_lo_s"], c["p99_hi_s"], fmt_seconds) if "p99_lo_s" in c else fmt_seconds(c["p99_s"])]
             for c in cells]
     sec.tables.append(Table(["configuration", "source", "τ", f"TQ_{ctx.tail_q:g}", "p99"], rows))
     return sec
@@ -566,8 +555,8 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
     for r in res["configs"]:
         p = r["latency_s"]["p99"]
         t = r["tail_quality"][-1]
-        rows.append([r["config_id"], "yes" if r["calibrated"] else "no", fmt_s(p["observed"]),
-                     fmt_iv(p["predicted"], p["lo"], p["hi"], fmt_s), f"{100 * p['rel_error']:+.1f}%",
+        rows.append([r["config_id"], "yes" if r["calibrated"] else "no", fmt_seconds(p["observed"]),
+                     fmt_iv(p["predicted"], p["lo"], p["hi"], fmt_seconds), f"{100 * p['rel_error']:+.1f}%",
                      fmt_pct(t["observed"]), fmt_iv(t["predicted"], t["lo"], t["hi"]),
                      f"{r['rjsd']:.3f} ({r['rjsd_floor']:.3f})"])
     sec.tables.append(Table(["held-out configuration", "calibrated", "observed p99", "forecast p99 [90%]",
@@ -619,7 +608,7 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
     if deadline is None:
         deadline_s = float(f"{10 * mean_s:.2g}")
         deadline = f"{deadline_s}"
-        sec.notes.append(f"deadline {fmt_s(deadline_s)} = 10× the mean service time; set it with --whatif-deadline.")
+        sec.notes.append(f"deadline {fmt_seconds(deadline_s)} = 10× the mean service time; set it with --whatif-deadline.")
     parse_duration(deadline, "whatif-deadline")
     out = whatif_sweep(home=ctx.ws.home, system=ctx.system, workload=ctx.workload, rates=rates, replicas=replicas,
                        threads=threads, max_batch=max_batch, max_wait="0", thresholds=[deadline],
@@ -629,8 +618,8 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
     rows = []
     for r in out["results"]:
         lat = r["latency_s"]
-        rows.append([f"{r['rate_rps']:.4g}", str(r["replicas"]), fmt_s(r["threshold_s"]),
-                     fmt_s(lat["p50"]["mean"]), fmt_iv(lat["p99"]["mean"], lat["p99"]["lo"], lat["p99"]["hi"], fmt_s),
+        rows.append([f"{r['rate_rps']:.4g}", str(r["replicas"]), fmt_seconds(r["threshold_s"]),
+                     fmt_seconds(lat["p50"]["mean"]), fmt_iv(lat["p99"]["mean"], lat["p99"]["lo"], lat["p99"]["hi"], fmt_seconds),
                      fmt_pct(r["miss_rate"]["mean"]),
                      fmt_iv(r["tail_quality"]["mean"], r["tail_quality"]["lo"], r["tail_quality"]["hi"]),
                      " ".join(f"{u:.0%}" for u in r["utilisation"])])
