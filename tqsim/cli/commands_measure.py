@@ -87,9 +87,9 @@ def calibrate(
         result = run_calibration(plan, grid, home=home, system=system, workload=workload, passes=passes,
                                  warmup=warmup, fresh=fresh, seed=seed, until_converged=until_converged,
                                  rjsd=rjsd, max_passes=max_passes, show_progress=not json_out)
-    notes = list(result["warnings"]) + [str(w.message) for w in caught]
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if json_out:
-        emit_json(result)
+        emit_json({**result, "warnings": list(dict.fromkeys(notes))})
         return
     _render_calibration(result, notes)
 

@@ -9,7 +9,6 @@ loses at most the pass in flight; a re-run reads the files and measures only wha
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -39,7 +38,6 @@ class CampaignResult:
     records: list[ConfigRecord]
     measured_passes: int
     elapsed_s: float
-    warnings: list[str]
 
 
 def set_torch_threads(config: Config) -> None:
@@ -61,21 +59,14 @@ def _check_compatible(rec: ConfigRecord, path: Path, workload: Any, system: str)
                         f"{workload.digest}); re-run with --fresh to start over, or use another --home.")
 
 
-def validate_plan(plan: Plan, workload: Any, check_supported: Callable[[Config], None]) -> list[str]:
-    """Check every level before anything is measured; return warnings worth printing."""
-    notes = []
+def validate_plan(plan: Plan, workload: Any, check_supported: Callable[[Config], None]) -> None:
+    """Check every level before anything is measured (``check_supported`` warns about oversubscribed threads)."""
     n = workload.n_instances
-    cores = os.cpu_count() or 1
     for config in plan.configs:
         if config.batch_size > n:
             raise UserError(f"batch_size={config.batch_size} is larger than the evaluation set of "
                             f"{workload.name} ({n} instances); use at most {n}.")
         check_supported(config)
-        if config.threads > cores:
-            msg = f"threads={config.threads} exceeds the {cores} cores of this machine; timings will include contention."
-            if msg not in notes:
-                notes.append(msg)
-    return notes
 
 
 def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any, prepare: Callable,
@@ -92,7 +83,7 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
     """
     progress = progress or Progress()
     workspace.check_writable()
-    notes = validate_plan(plan, workload, check_supported)
+    validate_plan(plan, workload, check_supported)
     folder = workspace.calibration_dir(system, workload.name)
     folder.mkdir(parents=True, exist_ok=True)
     records: dict[Config, ConfigRecord | None] = {}
@@ -155,7 +146,7 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
         for runner in runners.values():
             runner.close()
     final = [records[c] for c in plan.configs if records[c] is not None]
-    return CampaignResult(folder, final, measured, time.perf_counter() - t_start, notes)
+    return CampaignResult(folder, final, measured, time.perf_counter() - t_start)
 
 
 def _new_record(config: Config, workload: Any, system: str, runner: Any, fp: dict, plan: Plan,

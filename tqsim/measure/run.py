@@ -72,7 +72,7 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
     return {
         "system": system, "workload": wl.name, "metric": wl.metric, "folder": str(result.folder),
         "plan": plan.to_dict(), "measured_passes": result.measured_passes, "elapsed_s": result.elapsed_s,
-        "configs": summarise(result.records), "warnings": result.warnings,
+        "configs": summarise(result.records),
     }
 
 
