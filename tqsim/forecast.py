@@ -90,7 +90,13 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
     path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
-    log_t[:, :, 0] += (post["first_batch"] + post["first_batch_bs"] * Z[0])[:, None]
+    if calibrated and "first_batch_config" in post:
+        first = post["first_batch_config"][:, ids.index(config.id)]
+    else:  # an unseen config's first-batch penalty: the trend plus a fresh deviation
+        first = post["first_batch"] + post["first_batch_bs"] * Z[0]
+        if "first_batch_sd" in post:
+            first = first + rng.normal(0.0, 1.0, D) * post["first_batch_sd"]
+    log_t[:, :, 0] += first[:, None]
     last = n - (nb - 1) * bs
     if last < bs:
         log_t[:, :, -1] += (post["partial_batch"] * math.log(last / bs))[:, None]
