@@ -59,8 +59,10 @@ def load_campaign(source: Path | list[Path], workload: str | None = None) -> xr.
 
     Configurations may hold different numbers of passes; missing passes are NaN.
     """
-    paths = calibration_files(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else (
-        [Path(source)] if isinstance(source, (str, Path)) else [Path(p) for p in source])
+    if isinstance(source, (str, Path)):
+        paths = calibration_files(source) if Path(source).is_dir() else [Path(source)]
+    else:
+        paths = [Path(p) for p in source]
     if not paths:
         raise UserError(f"{source}: holds no calibration files; run `tqsim calibrate` first.")
     parts = [read_calibration(p, workload) for p in paths]
