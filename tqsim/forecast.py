@@ -57,7 +57,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     spec = fm.spec
     rng = np.random.default_rng(seed)
     post = fm.posterior_draws(n_draws)
-    D = post["beta0"].shape[0]
+    D = post["config_mean"].shape[0]
     n = int(n_instances or fm.n_instances)
     bs = int(config.batch_size)
     batch = batch_layout(n, bs)
@@ -65,8 +65,9 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     ids = [c["id"] for c in fm.configs]
     calibrated = config.id in ids
     Z = spec.scaled([config])[0]
+    col = ids.index(config.id) if calibrated else None
     if calibrated:
-        mean = post["config_mean"][:, ids.index(config.id)]
+        mean = post["config_mean"][:, col]
     else:
         X = spec.features([config])[0]
         # the deviation of a new config, conditioned on the calibrated configs' deviations (kriging
@@ -77,7 +78,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         wts = np.linalg.solve(K, k)
         cond_sd = np.sqrt(max(spec.correlation([config], [config])[0, 0] - float(k @ wts), 1e-12))
         dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
-        mean = post["beta0"] + post["beta"] @ X + dev
+        mean = spec.smooth_mean(post, X, spec.log_batch([config])[0]) + dev
     # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
     # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
     sd, phi = post["round_sd"], post["round_phi"]
@@ -90,26 +91,26 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
     path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
-    if calibrated and "first_batch_config" in post:
-        first = post["first_batch_config"][:, ids.index(config.id)]
-    else:  # an unseen config's first-batch penalty: the trend plus a fresh deviation
-        first = post["first_batch"] + post["first_batch_bs"] * Z[0]
-        if "first_batch_sd" in post:
-            first = first + rng.normal(0.0, 1.0, D) * post["first_batch_sd"]
-    log_t[:, :, 0] += first[:, None]
     last = n - (nb - 1) * bs
     if last < bs:
         log_t[:, :, -1] += (post["partial_batch"] * math.log(last / bs))[:, None]
+    # the first batch's additive cold-start cost (an unseen config: the trend plus a fresh deviation)
+    first = post["first_cost"][:, col] if calibrated else (
+        post["first_cost0"] + post["first_cost_bs"] * Z[0] + rng.normal(0.0, 1.0, D) * post["first_cost_sd"])
+    log_t[:, :, 0] = np.logaddexp(log_t[:, :, 0], first[:, None])
     sigma = np.exp(post["log_sigma0"] + post["log_sigma_slope"] @ Z)[:, None, None]
     shape = (D, n_passes, nb)
     if spec.family == "student":
         nu = post["nu"][:, None, None]
         resid = sigma * rng.standard_t(np.broadcast_to(nu, shape))
     else:
-        w = 1.0 / (1.0 + np.exp(-(post["slow_logit0"] + post["slow_logit_slope"] @ Z)))[:, None, None]
-        slow = rng.random(shape) < w
-        resid = np.where(slow, post["slow_shift"][:, None, None] + post["slow_sd"][:, None, None]
-                         * rng.standard_normal(shape), sigma * rng.standard_normal(shape))
+        logit = post["slow_logit"][:, col] if calibrated else (
+            post["slow_logit0"] + post["slow_logit_slope"] @ Z + rng.normal(0.0, 1.0, D) * post["slow_logit_sd"])
+        slow = rng.random(shape) < (1.0 / (1.0 + np.exp(-logit)))[:, None, None]
+        # a slow hit adds the delay e^d to the call: log(e^m + e^d) - m on top of m
+        hit = np.logaddexp(log_t, post["slow_delay"][:, None, None]) - log_t
+        resid = np.where(slow, hit + post["slow_sd"][:, None, None] * rng.standard_normal(shape),
+                         sigma * rng.standard_normal(shape))
     # a Student-t with small ν draws absurd log-residuals (exp overflows to inf and poisons the
     # percentiles); cap at ±RESID_CAP in log space (e^8 ≈ 3000× the typical batch)
     resid = np.clip(resid, -RESID_CAP, RESID_CAP)

@@ -12,12 +12,14 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
   the batch, falls sub-linearly with threads (more so for large batches).
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
   shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5).
-* ``position_j``: ``first_batch`` on batch 0 of a pass; the last, partial batch of ``m < bs``
-  instances gets ``partial_slope·log(m / bs)`` (faster).
+* ``position_j``: batch 0 of a pass pays an extra ``first_cost_s`` seconds (added, not scaled:
+  ``log(e^m + first_cost_s)``); the last, partial batch of ``m < bs`` instances gets
+  ``partial_slope·log(m / bs)`` (faster).
 * ``size_j``: ``size_effect`` × mean standardised instance size of the batch (when sizes differ).
-* ``residual``: a two-component mixture, fast ``N(0, fast_sd)`` and slow ``N(slow_shift, slow_sd)``
-  with slow weight ``logistic(slow_logit + slow_logit_bs·L)``; with ``periodic=True`` the slow hits
-  of a pass are evenly spaced (random phase), so a pass holds an almost fixed number of them.
+* ``residual``: a two-component mixture, fast ``N(0, fast_sd)``; a slow hit adds ``slow_delay_s``
+  seconds (``log(e^m + slow_delay_s) + N(0, slow_sd)``), with slow weight
+  ``logistic(slow_logit + slow_logit_bs·L)``; with ``periodic=True`` the slow hits of a pass are
+  evenly spaced (random phase), so a pass holds an almost fixed number of them.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ class Law:
     compile_shift: float = -0.1
     round_sd: float = 0.05
     round_phi: float = 0.6
-    first_batch: float = 0.45
+    first_cost_s: float = 150e-6
     partial_slope: float = 0.5
     size_effect: float = 0.0
     fast_sd: float = 0.05
-    slow_shift: float = 0.7
+    slow_delay_s: float = 120e-6
     slow_sd: float = 0.2
     slow_logit: float = -3.0
     slow_logit_bs: float = -0.2
@@ -104,7 +106,8 @@ class Law:
             round_effects = ar1_path(n_passes, self.round_sd, self.round_phi, rng)
         log_t = np.full((n_passes, nb), self.config_mean(config))
         log_t += np.asarray(round_effects, dtype=float)[:, None]
-        log_t[:, 0] += self.first_batch
+        if self.first_cost_s > 0:
+            log_t[:, 0] = np.logaddexp(log_t[:, 0], math.log(self.first_cost_s))
         last = n_instances - (nb - 1) * bs
         if last < bs:
             log_t[:, -1] += self.partial_slope * math.log(last / bs)
@@ -119,7 +122,8 @@ class Law:
             slow = np.floor((idx + 1 + phase) / spacing) > np.floor((idx + phase) / spacing)
         else:
             slow = rng.random((n_passes, nb)) < w
-        resid = np.where(slow, rng.normal(self.slow_shift, self.slow_sd, (n_passes, nb)),
+        hit = np.logaddexp(log_t, math.log(self.slow_delay_s)) - log_t
+        resid = np.where(slow, hit + rng.normal(0.0, self.slow_sd, (n_passes, nb)),
                          rng.normal(0.0, self.fast_sd, (n_passes, nb)))
         return np.exp(log_t + resid)[:, batch]
 

@@ -44,6 +44,8 @@ class ModelSpec:
     priors: dict[str, Any] = dataclasses.field(default_factory=dict)
     subsample_seed: int = 0
     config_parameterisation: str = "centred"   # "non-centred" when few configs beyond the smooth terms
+    # "affine": overhead + work·batch^κ (needs 3+ batch sizes); "loglinear": a polynomial in log batch size
+    mean_form: str = "affine"
     # config deviations from the smooth mean are correlated between nearby configs (squared-exponential
     # in log batch size and log threads, none across categorical levels) plus an independent share
     corr_length_L: float = math.log(4.0)
@@ -52,18 +54,24 @@ class ModelSpec:
 
     # ---- presentation ------------------------------------------------------------------------
     def __str__(self) -> str:
-        mean = " + ".join(["β0"] + [f"β[{t}]" for t in self.terms])
+        lin = " + ".join(f"{{}}[{t}]" for t in self.terms)
+        if self.mean_form == "affine":
+            mean = (f"log(exp(o0{' + ' + lin.format(*'α' * len(self.terms)) if lin else ''}) + "
+                    f"exp(w0 + κ·ℓ{' + ' + lin.format(*'β' * len(self.terms)) if lin else ''})),  "
+                    f"ℓ = log batch_size - {self.centre.get('L', 0):.3g}   (overhead + work·batch^κ)")
+        else:
+            mean = " + ".join(["β0"] + [f"β[{t}]" for t in self.terms])
         resid = ("StudentT(ν, 0, σ_c),  log σ_c = s0 + s·[Lz, Tz]" if self.family == "student" else
-                 "(1-w_c)·N(0, σ_c) + w_c·N(δ, σ_slow),  δ > 0 (ordered),  logit w_c = a0 + a·[Lz, Tz],"
-                 "  log σ_c = s0 + s·[Lz, Tz]")
+                 "(1-w_c)·N(0, σ_c) + w_c·N(log(e^m + e^d) - m, σ_slow)   (slow hit: + an additive delay e^d),"
+                 "  logit w_c = a0 + a·[Lz, Tz] + σ_w·v_c,  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
-            "log batch latency[c, pass, batch] =",
-            f"    μ_c = {mean} + u_c            u ~ MvN(0, σ_cfg²·K)   (config effects, centred; K: "
+            "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
+            f"  m = μ_c + r[round(pass)] + γ_partial·log(size / batch_size)·[last batch partial]",
+            f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
-            "  + r[round(pass)]                   r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
-            "  + γ_first·[batch = 0] + γ_first_bs·Lz·[batch = 0]",
-            "  + γ_partial·log(m / batch_size)·[last batch holds m < batch_size]",
+            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
+            "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
         ]
         if self.size_term:
             lines.append("  + γ_size·mean standardised instance size of the batch")
@@ -106,6 +114,21 @@ class ModelSpec:
                 factor, _, level = term.partition("=")
                 cols.append(np.array([str(getattr(c, factor)) == level for c in configs], dtype=float))
         return np.stack(cols, axis=1) if cols else np.zeros((len(configs), 0))
+
+    def log_batch(self, configs: list[Config]) -> np.ndarray:
+        """``ℓ = log batch_size - centre``: the work term's input."""
+        return np.array([math.log(c.batch_size) for c in configs]) - self.centre["L"]
+
+    def smooth_mean(self, p: dict, X, ell, xp=np):
+        """The smooth configuration mean from parameters ``p`` (numpy draws or PyMC variables).
+
+        ``X`` is ``[config, term]`` with coefficients ``[term]`` (PyMC) or ``[term]`` with
+        coefficients ``[draw, term]`` (numpy); ``xp.dot(X, coef.T)`` serves both.
+        """
+        if self.mean_form == "affine":
+            return xp.logaddexp(p["overhead0"] + xp.dot(X, p["overhead_coef"].T),
+                                p["work0"] + p["work_exponent"] * ell + xp.dot(X, p["work_coef"].T))
+        return p["beta0"] + xp.dot(X, p["beta"].T)
 
     def scaled(self, configs: list[Config]) -> np.ndarray:
         """``[config, 2]``: (Lz, Tz), the inputs of the residual scale and the slow-mode weight."""
@@ -168,14 +191,14 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
     n_bs, n_th = len(set(L)), len(set(T))
     centre = {"L": float(L.mean()), "T": float(T.mean())}
     scale = {"L": float(L.std()) or 1.0, "T": float(T.std()) or 1.0}
+    # overhead + work·batch^κ needs three batch sizes to tell the parts apart; below that, log-linear
+    mean_form = "affine" if n_bs >= 3 else "loglinear"
     terms = []
-    if n_bs >= 2:
+    if n_bs >= 2 and mean_form == "loglinear":
         terms.append("Lz")
-    if n_bs >= 3:
-        terms.append("Lz^2")
     if n_th >= 2:
         terms.append("Tz")
-    if n_bs >= 2 and n_th >= 2:
+    if n_bs >= 2 and n_th >= 2 and mean_form == "loglinear":
         terms.append("Lz:Tz")
     levels: dict[str, list] = {}
     for factor in CATEGORICAL:
@@ -190,12 +213,14 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
     priors = {
         "intercept": {"mu": round(y_med, 4), "sigma": 2.0},
         "slopes": {"sigma": 1.0},
+        "work_exponent": {"mu": 1.0, "sigma": 0.25},
+        "first_cost": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
+        "slow_delay": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
         "config_sd": {"lognormal_mu": math.log(0.05), "lognormal_sigma": 0.5},
         "round_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
         "round_phi": {"beta_a": 2.0, "beta_b": 2.0},
         "position": {"sigma": 1.0},
         "log_sigma": {"mu": math.log(0.05), "sigma": 1.5},
-        "slow_shift": {"lognormal_mu": math.log(0.5), "lognormal_sigma": 1.0},
         "slow_sd": {"halfnormal_sigma": 1.0},
         "slow_logit": {"mu": -3.0, "sigma": 2.0},
         "nu": {"gamma_alpha": 2.0, "gamma_beta": 0.1},
@@ -208,6 +233,7 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         size_centre=float(sizes.mean()) if sizes.size else 0.0, size_scale=float(sizes.std() or 1.0),
         batches_per_pass=batches_per_pass, priors=priors, subsample_seed=seed,
         config_parameterisation="centred" if len(configs) - len(terms) - 1 >= CENTRED_MIN_DF else "non-centred",
+        mean_form=mean_form,
     )
 
 
@@ -224,6 +250,7 @@ class Design:
     X: np.ndarray             # [config, term]
     K: np.ndarray             # [config, config] prior correlation of config deviations
     Z: np.ndarray             # [config, 2] (Lz, Tz)
+    ell: np.ndarray           # [config] log batch size minus its centre
     rounds: np.ndarray        # the round labels, in order
     configs: list[Config]
     n_batches_total: int      # before subsampling
@@ -273,5 +300,5 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
                   first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
-                  X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs), rounds=rounds, configs=configs,
+                  X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs), ell=spec.log_batch(configs), rounds=rounds, configs=configs,
                   n_batches_total=total)
