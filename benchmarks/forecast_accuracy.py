@@ -1,8 +1,14 @@
 """Forecast accuracy on REAL runs: sparse calibration, held-out configurations, baselines.
 
-For each workload: calibrate batch 1,4,16,64 × threads 1,2 (train home), and hold out batch
-8,32,128 × threads 1,2 measured the same way into a separate home (so the fit never sees them);
-fit, validate, and compare with two baselines on the same held-out runs:
+For each workload: train on batch 1,4,16,64 × threads 1,2 and hold out batch 8,32,128 × threads 1,2
+(never shown to the fit), under two protocols:
+
+* ``later``: the held-out configurations are a separate campaign run at another time (separate
+  home) -- the forecast must hold for a run made at another time, machine drift included;
+* ``interleaved``: one campaign of all 12 configurations (rounds interleave them), split by
+  configuration afterwards -- isolates the extrapolation over factors from the machine's drift.
+
+Fit, validate, and compare with two baselines on the same held-out runs:
 
 * nearest: the empirical quantiles of the calibrated config with the same threads and the nearest
   batch size (in log), and its Q@T passes scored at the held-out thresholds;
@@ -81,29 +87,56 @@ def baselines(train, held_ds) -> dict:
     return out
 
 
-def run_workload(base: Path, workload: str, passes: int, family: str) -> dict:
+def split_joint(base: Path, workload: str) -> tuple[Path, Path]:
+    """Copy the joint campaign's files into a train home and a held-out folder, by batch size."""
+    import shutil
+
+    from tqsim.data.io import calibration_files
+    from tqsim.data.workspace import Workspace
+
+    joint = Workspace.at(base / "joint")
+    system = joint.resolve_system(None)
+    train_dir = Workspace.at(base / "joint-train").calibration_dir(system, workload)
+    held_dir = base / "joint-heldout" / workload
+    held_bs = {int(b) for b in HELDOUT[1].split("=")[1].split(",")}
+    for d in (train_dir, held_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for f in calibration_files(joint.calibration_dir(system, workload)):
+        bs = int(f.name.split("-")[0][2:])
+        shutil.copy2(f, (held_dir if bs in held_bs else train_dir) / f.name)
+    return base / "joint-train", held_dir
+
+
+def run_workload(base: Path, workload: str, passes: int, family: str, protocol: str) -> dict:
     from tqsim.data.io import calibration_files, load_campaign, read_calibration
     from tqsim.data.workspace import Workspace
     from tqsim.models import fit_campaign, save
     from tqsim.validate import validate
 
     t0 = time.perf_counter()
-    calibrate(base / "heldout", workload, HELDOUT, passes)
-    calibrate(base / "train", workload, TRAIN, passes)
+    if protocol == "later":
+        calibrate(base / "heldout", workload, HELDOUT, passes)
+        calibrate(base / "train", workload, TRAIN, passes)
+        train_home = base / "train"
+        held_dir = Workspace.at(base / "heldout").calibration_dir(Workspace.at(train_home).resolve_system(None),
+                                                                   workload)
+    else:
+        joint = ("--grid", "batch_size=1,4,8,16,32,64,128", "--grid", "threads=1,2")
+        calibrate(base / "joint", workload, joint, passes)
+        train_home, held_dir = split_joint(base, workload)
     t_cal = time.perf_counter() - t0
-    ws = Workspace.at(base / "train")
+    ws = Workspace.at(train_home)
     system = ws.resolve_system(None)
     train = load_campaign(ws.calibration_dir(system, workload), workload=workload)
     t1 = time.perf_counter()
     fm = fit_campaign(train, family=family, seed=0)
     t_fit = time.perf_counter() - t1
     save(fm, ws.model_path(system, workload))
-    held_dir = Workspace.at(base / "heldout").calibration_dir(system, workload)
     res = validate(fm, held_dir, n_draws=200, force=True)
     base_rows = [baselines(train, read_calibration(p, workload)) for p in calibration_files(held_dir)]
     ours99 = [abs(r["latency_s"]["p99"]["rel_error"]) for r in res["configs"]]
     ours50 = [abs(r["latency_s"]["p50"]["rel_error"]) for r in res["configs"]]
-    summary = {"workload": workload, "system": system, "calibrate_s": round(t_cal, 1), "fit_s": round(t_fit, 1),
+    summary = {"workload": workload, "protocol": protocol, "system": system, "calibrate_s": round(t_cal, 1), "fit_s": round(t_fit, 1),
                "diagnostics": {k: fm.diagnostics[k] for k in ("family", "rhat_max", "ess_bulk_min", "divergences", "ok")},
                "tqsim": dict(res["summary"], median_rel_error_p50=float(np.median(ours50)))}
     for name in ("nearest", "loglinear"):
@@ -127,13 +160,13 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for s in rows:
         t = s["tqsim"]
-        lines.append(f"| {s['workload']} | tqsim ({s['diagnostics']['family']}) | {100 * t['median_rel_error_p50']:.1f}% | "
+        lines.append(f"| {s['workload']} ({s['protocol']}) | tqsim ({s['diagnostics']['family']}) | {100 * t['median_rel_error_p50']:.1f}% | "
                      f"{100 * t['median_rel_error_p99']:.1f}% | {100 * t['max_rel_error_p99']:.1f}% | "
                      f"{100 * t['coverage']:.0f}% | {100 * t['median_abs_error_tail_quality']:.2f} |")
         for name in ("nearest", "loglinear"):
             b = s[name]
             tq = f"{100 * b['median_abs_error_tail_quality']:.2f}" if "median_abs_error_tail_quality" in b else "–"
-            lines.append(f"| {s['workload']} | {name} | {100 * b['median_rel_error_p50']:.1f}% | "
+            lines.append(f"| {s['workload']} ({s['protocol']}) | {name} | {100 * b['median_rel_error_p50']:.1f}% | "
                          f"{100 * b['median_rel_error_p99']:.1f}% | {100 * b['max_rel_error_p99']:.1f}% | – | {tq} |")
     return "\n".join(lines)
 
@@ -144,12 +177,14 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=12)
     ap.add_argument("--family", default="mixture")
     ap.add_argument("--workloads", nargs="+", default=["digits-cnn", "digits-mlp"])
+    ap.add_argument("--protocols", nargs="+", default=["later", "interleaved"], choices=["later", "interleaved"])
     args = ap.parse_args()
     rows = []
     for wl in args.workloads:
-        s = run_workload(args.base, wl, args.passes, args.family)
-        print(json.dumps(s, default=float), flush=True)
-        rows.append(s)
+        for protocol in args.protocols:
+            s = run_workload(args.base, wl, args.passes, args.family, protocol)
+            print(json.dumps(s, default=float), flush=True)
+            rows.append(s)
     print(table(rows))
 
 

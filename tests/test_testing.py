@@ -22,7 +22,7 @@ def test_campaign_passes_schema_and_loads(tmp_path):
 
 
 def test_batch_latency_constant_within_batch_and_last_partial_is_faster():
-    law = Law(slow_logit=-30.0, fast_sd=1e-6, round_sd=1e-6, first_cost_s=0.0)
+    law = Law(slow_logit=-30.0, fast_sd=1e-6, round_sd=1e-6, pass_sd=0.0, first_cost_s=0.0)
     d = simulate_campaign([Config(batch_size=64)], passes=2, seed=0, n_instances=540, law=law)[0]
     lat = d["latency_s"].values
     assert np.allclose(lat[:, :64], lat[:, :1])

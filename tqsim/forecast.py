@@ -90,6 +90,8 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     for t in range(1, n_passes):
         path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
     path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
+    if "pass_sd" in post:  # the config's own pass-to-pass level, beyond the shared machine effect
+        path += rng.normal(0.0, 1.0, (D, n_passes)) * post["pass_sd"][:, None]
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
     last = n - (nb - 1) * bs
     if last < bs:

@@ -11,7 +11,9 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
   backend, device, compile)`` with ``L = log(batch_size)``, ``T = log(threads)``: cost grows with
   the batch, falls sub-linearly with threads (more so for large batches).
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
-  shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5).
+  shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5),
+  plus the configuration's own pass level ``N(0, pass_sd)`` (real pass medians correlate only
+  ~0.45 across the configurations of a round).
 * ``position_j``: batch 0 of a pass pays an extra ``first_cost_s`` seconds (added, not scaled:
   ``log(e^m + first_cost_s)``); the last, partial batch of ``m < bs`` instances gets
   ``partial_slope·log(m / bs)`` (faster).
@@ -55,6 +57,7 @@ class Law:
     compile_shift: float = -0.1
     round_sd: float = 0.05
     round_phi: float = 0.6
+    pass_sd: float = 0.05
     first_cost_s: float = 150e-6
     partial_slope: float = 0.5
     size_effect: float = 0.0
@@ -105,7 +108,7 @@ class Law:
         if round_effects is None:
             round_effects = ar1_path(n_passes, self.round_sd, self.round_phi, rng)
         log_t = np.full((n_passes, nb), self.config_mean(config))
-        log_t += np.asarray(round_effects, dtype=float)[:, None]
+        log_t += np.asarray(round_effects, dtype=float)[:, None] + rng.normal(0.0, self.pass_sd, (n_passes, 1))
         if self.first_cost_s > 0:
             log_t[:, 0] = np.logaddexp(log_t[:, 0], math.log(self.first_cost_s))
         last = n_instances - (nb - 1) * bs

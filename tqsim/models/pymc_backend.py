@@ -88,8 +88,18 @@ def build_model(spec: ModelSpec, design: Design):
         first_sd = pm.HalfNormal("first_cost_sd", 0.5)
         first_z = pm.Normal("first_cost_z", 0.0, 1.0, dims="config")
         first_c = pm.Deterministic("first_cost", f0 + f1 * Z[:, 0] + first_sd * first_z, dims="config")
+        # what is left of a pass's level after the shared round effect: on this VM pass medians
+        # correlate only ~0.45 across configs of a round, and the config's own share (sd 0.1-0.2 in log)
+        # would otherwise inflate the within-pass σ 2-3x. Centred: each pass has ~26 rows.
+        # They live in the double-centred space of the (config, round) cells (an orthonormal basis B,
+        # e = B·z, z ~ N(0, σ_pass)), so they cannot trade off with the config means or the round
+        # effects. Free cell effects cost ~6x the gradient evaluations (285 s instead of ~45 s).
+        pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
+        basis = _double_centred_basis(design)
+        z_pass = pm.Normal("pass_z", 0.0, pass_sd, shape=basis.shape[1])
+        pass_eff = pt.dot(pm.Data("pass_basis", basis), z_pass)
         g_partial = pm.Normal("partial_batch", 0.0, pr["position"]["sigma"])
-        m = mean_c[cfg] + r[rnd] + partial * g_partial
+        m = mean_c[cfg] + r[rnd] + pass_eff[design.cp] + partial * g_partial
         if spec.size_term:
             g_size = pm.Normal("size_effect", 0.0, pr["position"]["sigma"])
             m = m + size * g_size
@@ -105,7 +115,8 @@ def build_model(spec: ModelSpec, design: Design):
         else:
             # a slow hit ADDS a delay (a timer tick, a preemption) rather than scaling the call, so the
             # slow component sits at log(e^mu + e^d): ordered above the fast one by construction
-            d = pm.Normal("slow_delay", pr["slow_delay"]["mu"], pr["slow_delay"]["sigma"])
+            d_free = pm.Normal("slow_delay_free", pr["slow_delay"]["mu"], pr["slow_delay"]["sigma"])
+            d = pm.Deterministic("slow_delay", pt.logaddexp(pr["slow_delay"]["floor"], d_free))
             slow_sd = pm.HalfNormal("slow_sd", pr["slow_sd"]["halfnormal_sigma"])
             a0 = pm.Normal("slow_logit0", pr["slow_logit"]["mu"], pr["slow_logit"]["sigma"])
             a = pm.Normal("slow_logit_slope", 0.0, 1.0, dims="scale_input")
@@ -117,6 +128,17 @@ def build_model(spec: ModelSpec, design: Design):
             pm.CustomDist("y", mu, log_sigma_c[cfg], -pt.softplus(-logit_c)[cfg], -pt.softplus(logit_c)[cfg], d,
                           pt.log(slow_sd), logp=_mixture_logp, observed=design.y, dims="obs")
     return model
+
+
+def _double_centred_basis(design: Design) -> np.ndarray:
+    """``[cell, k]`` orthonormal basis of (config, pass) cell effects orthogonal to every per-config
+    and per-round indicator: the part of a pass's level that neither a config mean nor a round explains."""
+    from scipy.linalg import null_space
+
+    first_row = np.unique(design.cp, return_index=True)[1]
+    c, t = design.cfg[first_row], design.rnd[first_row]
+    indicators = np.c_[(c[:, None] == np.unique(c)[None, :]), (t[:, None] == np.unique(t)[None, :])].astype(float)
+    return null_space(indicators.T)
 
 
 def mixture_logp(y, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd, xp=np):
@@ -152,10 +174,15 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     r0 = np.array([np.median(resid[(rnd == t) & body]) if ((rnd == t) & body).any() else 0.0 for t in range(R)])
     r0 -= r0.mean()
     resid = resid - r0[rnd]
+    ncp = int(design.cp.max()) + 1
+    pass0 = np.array([np.median(resid[(design.cp == k) & body]) if ((design.cp == k) & body).any() else 0.0
+                      for k in range(ncp)])
+    resid = resid - pass0[design.cp]
     start: dict[str, Any] = dict(_smooth_start(spec, design, med_c))
     start.update({
         "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
-        "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
+        "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6, "pass_sd": 0.05,
+        "pass_z": _double_centred_basis(design).T @ pass0,
         "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C), "partial_batch": 0.5,
         "log_sigma_slope": np.zeros(2),
     })
@@ -193,11 +220,18 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     shift = float(max(means[slow] - means[fast], 0.02))
     start.update({
         "log_sigma0": math.log(max(float(sds[fast]), 1e-3)),
-        "slow_delay": typical + math.log(math.expm1(shift)), "slow_sd": float(max(sds[slow], 1e-3)),
+        "slow_delay_free": _above_floor(typical + math.log(math.expm1(shift)), spec.priors["slow_delay"]["floor"]),
+        "slow_sd": float(max(sds[slow], 1e-3)),
         "slow_logit0": math.log(w / (1 - w)), "slow_logit_slope": np.zeros(2),
         "slow_logit_sd": 0.3, "slow_logit_z": np.zeros(C),
     })
     return start
+
+
+def _above_floor(target: float, floor: float) -> float:
+    """The free value ``x`` with ``logaddexp(floor, x) = target`` (or just above the floor)."""
+    target = max(target, floor + 0.5)
+    return target + math.log(-math.expm1(floor - target))
 
 
 def _smooth_start(spec: ModelSpec, design: Design, med_c: np.ndarray) -> dict[str, Any]:

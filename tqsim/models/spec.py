@@ -66,11 +66,11 @@ class ModelSpec:
                  "  logit w_c = a0 + a·[Lz, Tz] + σ_w·v_c,  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
             "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
-            f"  m = μ_c + r[round(pass)] + γ_partial·log(size / batch_size)·[last batch partial]",
+            f"  m = μ_c + r[round(pass)] + e[c, pass] + γ_partial·log(size / batch_size)·[last batch partial]",
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
-            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
+            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs),  e ~ N(0, σ_pass) (the config's own)",
             "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
         ]
         if self.size_term:
@@ -210,12 +210,16 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
     sizes = campaign["instance_size"].values.reshape(-1) if size_term else np.zeros(1)
     sizes = sizes[np.isfinite(sizes)]
     y_med = float(np.nanmedian(np.log(campaign["latency_s"].values)))
+    fastest = float(np.nanmin(np.nanmedian(np.log(campaign["latency_s"].values), axis=(1, 2))))
     priors = {
         "intercept": {"mu": round(y_med, 4), "sigma": 2.0},
         "slopes": {"sigma": 1.0},
         "work_exponent": {"mu": 1.0, "sigma": 0.25},
         "first_cost": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
-        "slow_delay": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
+        # a slow hit adds at least the fastest config's typical call: smaller "delays" are the
+        # shape of the fast mode, and letting the slow component take them made every pass's
+        # level bimodal (r-hat 2.1 on digits-mlp with per-pass effects)
+        "slow_delay": {"floor": round(fastest, 4), "mu": round(y_med - 1.0, 4), "sigma": 2.0},
         "config_sd": {"lognormal_mu": math.log(0.05), "lognormal_sigma": 0.5},
         "round_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
         "round_phi": {"beta_a": 2.0, "beta_b": 2.0},
@@ -251,6 +255,7 @@ class Design:
     K: np.ndarray             # [config, config] prior correlation of config deviations
     Z: np.ndarray             # [config, 2] (Lz, Tz)
     ell: np.ndarray           # [config] log batch size minus its centre
+    cp: np.ndarray            # (config, pass) index of the row: the config's own pass effect
     rounds: np.ndarray        # the round labels, in order
     configs: list[Config]
     n_batches_total: int      # before subsampling
@@ -268,7 +273,7 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
     round_index = {int(r): i for i, r in enumerate(rounds)}
     lat = campaign["latency_s"].values  # [config, pass, instance]
     has_size = spec.size_term and "instance_size" in campaign
-    cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "partial", "size")}
+    cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "partial", "size", "cp")}
     total = 0
     for c, cfg in enumerate(configs):
         batch = campaign["batch"].values[c].astype(np.int64)
@@ -297,8 +302,10 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
             cols["first"].append((idx == 0).astype(float))
             cols["partial"].append(part[idx])
             cols["size"].append(bsize[idx])
+            cols["cp"].append(np.full(idx.size, len(cols["cp"])))
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
     return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
                   first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
-                  X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs), ell=spec.log_batch(configs), rounds=rounds, configs=configs,
+                  X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs),
+                  ell=spec.log_batch(configs), cp=arrays["cp"].astype(np.int64), rounds=rounds, configs=configs,
                   n_batches_total=total)
