@@ -88,18 +88,20 @@ def build_model(spec: ModelSpec, design: Design):
         first_sd = pm.HalfNormal("first_cost_sd", 0.5)
         first_z = pm.Normal("first_cost_z", 0.0, 1.0, dims="config")
         first_c = pm.Deterministic("first_cost", f0 + f1 * Z[:, 0] + first_sd * first_z, dims="config")
-        # what is left of a pass's level after the shared round effect: on this VM pass medians
-        # correlate only ~0.45 across configs of a round, and the config's own share (sd 0.1-0.2 in log)
-        # would otherwise inflate the within-pass σ 2-3x. Centred: each pass has ~26 rows.
-        # They live in the double-centred space of the (config, round) cells (an orthonormal basis B,
-        # e = B·z, z ~ N(0, σ_pass)), so they cannot trade off with the config means or the round
-        # effects. Free cell effects cost ~6x the gradient evaluations (285 s instead of ~45 s).
-        pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
-        basis = _double_centred_basis(design)
-        z_pass = pm.Normal("pass_z", 0.0, pass_sd, shape=basis.shape[1])
-        pass_eff = pt.dot(pm.Data("pass_basis", basis), z_pass)
+        # what is left of a pass's level after the shared round effect (off by default: see
+        # ModelSpec.pass_effects). On this VM pass medians correlate only ~0.45 across the configs of
+        # a round, and the config's own share (sd 0.1-0.2 in log) otherwise inflates the
+        # within-pass σ 2-3x. The effects live in the double-centred space of the (config, round)
+        # cells (an orthonormal basis B, e = B·z, z ~ N(0, σ_pass)), so they cannot trade off with
+        # the config means or the round effects: free cell effects cost ~3x the gradient evaluations.
+        pass_eff = 0.0
+        if spec.pass_effects:
+            pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
+            basis = _double_centred_basis(design)
+            z_pass = pm.Normal("pass_z", 0.0, pass_sd, shape=basis.shape[1])
+            pass_eff = pt.dot(pm.Data("pass_basis", basis), z_pass)[design.cp]
         g_partial = pm.Normal("partial_batch", 0.0, pr["position"]["sigma"])
-        m = mean_c[cfg] + r[rnd] + pass_eff[design.cp] + partial * g_partial
+        m = mean_c[cfg] + r[rnd] + pass_eff + partial * g_partial
         if spec.size_term:
             g_size = pm.Normal("size_effect", 0.0, pr["position"]["sigma"])
             m = m + size * g_size
@@ -115,8 +117,10 @@ def build_model(spec: ModelSpec, design: Design):
         else:
             # a slow hit ADDS a delay (a timer tick, a preemption) rather than scaling the call, so the
             # slow component sits at log(e^mu + e^d): ordered above the fast one by construction
-            d_free = pm.Normal("slow_delay_free", pr["slow_delay"]["mu"], pr["slow_delay"]["sigma"])
-            d = pm.Deterministic("slow_delay", pt.logaddexp(pr["slow_delay"]["floor"], d_free))
+            # d = floor + excess: a smooth floor (logaddexp) left a flat direction when the data
+            # press against it, and the sampler wandered along it (bulk ESS 30)
+            excess = pm.HalfNormal("slow_delay_excess", pr["slow_delay"]["sigma"])
+            d = pm.Deterministic("slow_delay", pr["slow_delay"]["floor"] + excess)
             slow_sd = pm.HalfNormal("slow_sd", pr["slow_sd"]["halfnormal_sigma"])
             a0 = pm.Normal("slow_logit0", pr["slow_logit"]["mu"], pr["slow_logit"]["sigma"])
             a = pm.Normal("slow_logit_slope", 0.0, 1.0, dims="scale_input")
@@ -177,12 +181,13 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     ncp = int(design.cp.max()) + 1
     pass0 = np.array([np.median(resid[(design.cp == k) & body]) if ((design.cp == k) & body).any() else 0.0
                       for k in range(ncp)])
-    resid = resid - pass0[design.cp]
     start: dict[str, Any] = dict(_smooth_start(spec, design, med_c))
+    if spec.pass_effects:
+        resid = resid - pass0[design.cp]
+        start.update({"pass_sd": 0.05, "pass_z": _double_centred_basis(design).T @ pass0})
     start.update({
         "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
-        "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6, "pass_sd": 0.05,
-        "pass_z": _double_centred_basis(design).T @ pass0,
+        "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
         "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C), "partial_batch": 0.5,
         "log_sigma_slope": np.zeros(2),
     })
@@ -220,18 +225,12 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     shift = float(max(means[slow] - means[fast], 0.02))
     start.update({
         "log_sigma0": math.log(max(float(sds[fast]), 1e-3)),
-        "slow_delay_free": _above_floor(typical + math.log(math.expm1(shift)), spec.priors["slow_delay"]["floor"]),
+        "slow_delay_excess": max(typical + math.log(math.expm1(shift)) - spec.priors["slow_delay"]["floor"], 0.1),
         "slow_sd": float(max(sds[slow], 1e-3)),
         "slow_logit0": math.log(w / (1 - w)), "slow_logit_slope": np.zeros(2),
         "slow_logit_sd": 0.3, "slow_logit_z": np.zeros(C),
     })
     return start
-
-
-def _above_floor(target: float, floor: float) -> float:
-    """The free value ``x`` with ``logaddexp(floor, x) = target`` (or just above the floor)."""
-    target = max(target, floor + 0.5)
-    return target + math.log(-math.expm1(floor - target))
 
 
 def _smooth_start(spec: ModelSpec, design: Design, med_c: np.ndarray) -> dict[str, Any]:

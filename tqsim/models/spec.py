@@ -46,6 +46,9 @@ class ModelSpec:
     config_parameterisation: str = "centred"   # "non-centred" when few configs beyond the smooth terms
     # "affine": overhead + work·batch^κ (needs 3+ batch sizes); "loglinear": a polynomial in log batch size
     mean_form: str = "affine"
+    # each (config, pass) its own level beyond the shared round effect. Off: with the mixture, 2 of 4
+    # real fits sampled bimodally (each pass's level could sit on either mode; r-hat 1.1-1.8)
+    pass_effects: bool = False
     # config deviations from the smooth mean are correlated between nearby configs (squared-exponential
     # in log batch size and log threads, none across categorical levels) plus an independent share
     corr_length_L: float = math.log(4.0)
