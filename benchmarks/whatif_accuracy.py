@@ -70,8 +70,9 @@ def main() -> None:
             rate = round(frac * cap, 1)
             run = run_load(server, rate, args.duration, seed=100 + i)
             obs = run.summary(thr, n_inst)
+            # LoadGen draws each query's sample at random: score windows the same way
             wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
-                          n_windows=max(obs["windows"], 5), draws=30, seed=i)
+                          n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random")
             pred = wi.result()
             # Diagnostic only (not a forecast): the same service model fed the arrivals the SUT saw,
             # to tell service-model error from arrival-process error.

@@ -207,3 +207,19 @@ def test_saturated_flag_needs_full_batches():
     assert not simulate(svc, ServingSetup(), rate_rps=500, **kw).saturated
     # 1.5 × the unbatched capacity, but batches of 4 keep up (4 / 1.3 ms = 3077/s): busy, not saturated
     assert not simulate(svc, ServingSetup(max_batch=4), rate_rps=1500, **kw).saturated
+
+
+def test_random_samples_spread_window_quality_like_loadgen():
+    """No request is late: replayed windows all score the set's accuracy; random draws (LoadGen's
+    way) keep the mean but spread the windows, so the worst window is below it by ~2 binomial sds."""
+    correct = np.arange(540) % 50 != 0  # 98 % accurate
+    kw = dict(thresholds_s=[1.0], rate_rps=50, correct=correct, n_windows=60, draws=4, seed=0)
+    replay = simulate(ConstantService(1e-4), ServingSetup(), **kw).result()
+    rand = simulate(ConstantService(1e-4), ServingSetup(), samples="random", **kw).result()
+    acc = correct.mean()
+    assert replay["tail_quality"]["mean"] == pytest.approx(acc)
+    assert rand["mean_quality"]["mean"] == pytest.approx(acc, abs=0.003)
+    sd = math.sqrt(acc * (1 - acc) / 540)
+    assert acc - 4 * sd < rand["tail_quality"]["mean"] < acc - 0.5 * sd
+    with pytest.raises(UserError, match="replay"):
+        simulate(ConstantService(1e-4), ServingSetup(), samples="shuffled", **kw)
