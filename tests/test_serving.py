@@ -91,3 +91,28 @@ def test_inflation_fit_recovers_a_known_contention_term():
 
     assert _fit_inflation([run(500), run(2000)]) == pytest.approx(2e-4, rel=0.15)
     assert _fit_inflation([run(500, g=0.0), run(2000, g=0.0)]) == pytest.approx(0.0, abs=2e-5)
+
+
+def test_window_log_sd_recovers_a_known_window_level_and_drives_pass_effects():
+    """Batches whose level moves by N(0, 0.1) from one window of 100 requests to the next: the fit
+    recovers that sd within run, ignoring the level difference between runs, and the service
+    model then draws window levels with that spread and mean 1."""
+    from tqsim.measure.serving import ServingRun, _window_log_sd
+    from tqsim.whatif.service import ServingOverheads, WithOverheads
+
+    rng = np.random.default_rng(3)
+
+    def run(level, n_windows=60, per_window=25):  # 25 batches of 4 requests = 100 requests a window
+        k = np.full(n_windows * per_window, 4)
+        lvl = np.repeat(rng.normal(level, 0.1, n_windows), per_window)
+        fwd = 1e-3 * np.exp(lvl + rng.normal(0, 0.02, k.size))
+        z = np.zeros(1)
+        return ServingRun(100.0, 1, 1, 4, 0.0, "test", z, z, z, z.astype(int), z.astype(bool), k,
+                          np.arange(k.size, dtype=float), fwd, fwd, np.full(k.size, np.nan), np.zeros(k.size, int), 1.0)
+
+    sd = _window_log_sd([run(0.0), run(0.5)], {4: 1e-3}, window=100)
+    assert sd == pytest.approx(0.1, rel=0.2)
+    assert _window_log_sd([run(0.0, n_windows=1)], {4: 1e-3}, window=100) is None
+    svc = WithOverheads(ConstantService(1e-3), ServingOverheads(window_log_sd=sd))
+    e = svc.pass_effects(20000, np.random.default_rng(0))
+    assert e.mean() == pytest.approx(1.0, abs=0.01) and np.log(e).std() == pytest.approx(sd, rel=0.05)

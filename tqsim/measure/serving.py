@@ -347,14 +347,17 @@ def _run_poisson(server: BatchingServer, rate_rps: float, duration_s: float, see
 
 # -- serving calibration ---------------------------------------------------------------------------
 
-def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
+def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None) -> "ServingOverheads":
     """Fit :class:`ServingOverheads` from loaded runs and the calibrated forward-time model ``forward``.
 
     ``scale`` = median ratio of in-server forward times to the calibrated median at the same batch
     size; per-batch and per-request costs = a least-squares line through the median (busy - forward)
     per batch size; ``timer_late_s`` = quantiles of the measured lateness; pauses = batches whose
     overhead (busy - forward) exceeds 20× its median and 2 ms; ``shape`` = the in-server spread of
-    forward times around their median (see :class:`~tqsim.whatif.service.ServingOverheads`).
+    forward times around their median (see :class:`~tqsim.whatif.service.ServingOverheads`);
+    ``window_log_sd`` = the spread of the served level from one window of ``window`` requests to the
+    next (sd of each window's mean log forward time relative to its batch size's median, within a
+    run, pooled): how much a "pass" moves while serving, measured where it is served.
 
     ``inflation_s`` (g): in one Python process the driver's callbacks and the replicas share the
     GIL, so a batch of the same size takes longer the more requests arrive per second. With runs
@@ -396,7 +399,24 @@ def fit_overheads(runs: Sequence[ServingRun], forward) -> "ServingOverheads":
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
-                            pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g)
+                            pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g,
+                            window_log_sd=_window_log_sd(runs, med_fwd, window) if window else None)
+
+
+def _window_log_sd(runs: Sequence[ServingRun], med_fwd: dict, window: int, min_windows: int = 4) -> float | None:
+    """Pooled within-run sd of per-window mean log(forward / median at its batch size); None if too few windows."""
+    sq, dof = 0.0, 0
+    for r in runs:
+        order = np.argsort(r.batch_close_s, kind="stable")
+        k = r.batch_size[order]
+        rel = np.log(r.batch_forward_s[order] / np.array([med_fwd.get(int(s), np.nan) for s in k]))
+        win = (np.cumsum(k) - k) // max(int(window), 1)
+        ok = np.isfinite(rel)
+        means = np.array([rel[ok & (win == w)].mean() for w in np.unique(win[ok])])
+        if means.size >= 2:
+            sq += float(np.sum((means - means.mean()) ** 2))
+            dof += means.size - 1
+    return float(np.sqrt(sq / dof)) if dof + len(runs) >= min_windows and dof > 0 else None
 
 
 def _robust_mean(x: np.ndarray) -> float:
@@ -465,7 +485,7 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
         rates_rps = [round(f * cap, 1) for f in loads]
     server = BatchingServer(workload, replicas, threads, max_batch, max_wait_s, precision)
     runs = [run_load(server, r, duration_s, seed=seed + i, use_loadgen=use_loadgen) for i, r in enumerate(rates_rps)]
-    oh = fit_overheads(runs, forward)
+    oh = fit_overheads(runs, forward, window=workload.n_instances)
     oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s, "
                  f"{duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
     path = folder / SERVING_FILE

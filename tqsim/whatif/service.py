@@ -257,6 +257,10 @@ class ServingOverheads:
     pause_s: list = dataclasses.field(default_factory=list)
     shape: list = dataclasses.field(default_factory=list)
     inflation_s: float = 0.0  # g: service × (1 + g × arrival rate), contention with the request driver
+    # sd of the served level between windows of requests, measured in the serving runs (None: use the
+    # forward calibration's pass effects, whose spread between timed passes is several times larger:
+    # on the 2-vCPU VM it over-forecast p99 at 50-100 % load by 1.6-80x, benchmarks/RESULTS.md)
+    window_log_sd: float | None = None
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -300,6 +304,9 @@ class WithOverheads(ServiceModel):
         return self._factor * (self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s + self.oh.per_request_s * k)
 
     def pass_effects(self, n, rng):
+        sd = self.oh.window_log_sd
+        if sd is not None:  # lognormal with mean 1: the serving runs' own window-to-window level
+            return np.exp(rng.normal(-0.5 * sd * sd, sd, n))
         e = np.asarray(self.base.pass_effects(n, rng), dtype=float)
         if self._shape.size:  # the served spread already holds the serving runs' level: keep the mean at 1
             e = e / np.mean(self.base.pass_effects(4096, np.random.default_rng(1)))
