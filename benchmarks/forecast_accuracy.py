@@ -38,8 +38,14 @@ import numpy as np
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
 warnings.simplefilter("ignore")
 
-TRAIN = ("--grid", "batch_size=1,4,16,64", "--grid", "threads=1,2")
-HELDOUT = ("--grid", "batch_size=8,32,128", "--grid", "threads=1,2")
+TRAIN_BS, HELDOUT_BS = (1, 4, 16, 64), (8, 32, 128)
+
+
+def grid(batch_sizes) -> tuple:
+    return ("--grid", "batch_size=" + ",".join(map(str, sorted(batch_sizes))), "--grid", "threads=1,2")
+
+
+TRAIN, HELDOUT = grid(TRAIN_BS), grid(HELDOUT_BS)
 
 
 def calibrate(home: Path, workload: str, grid: tuple, passes: int) -> None:
@@ -98,12 +104,11 @@ def split_joint(base: Path, workload: str) -> tuple[Path, Path]:
     system = joint.resolve_system(None)
     train_dir = Workspace.at(base / "joint-train").calibration_dir(system, workload)
     held_dir = base / "joint-heldout" / workload
-    held_bs = {int(b) for b in HELDOUT[1].split("=")[1].split(",")}
     for d in (train_dir, held_dir):
         d.mkdir(parents=True, exist_ok=True)
     for f in calibration_files(joint.calibration_dir(system, workload)):
         bs = int(f.name.split("-")[0][2:])
-        shutil.copy2(f, (held_dir if bs in held_bs else train_dir) / f.name)
+        shutil.copy2(f, (held_dir if bs in HELDOUT_BS else train_dir) / f.name)
     return base / "joint-train", held_dir
 
 
@@ -121,8 +126,7 @@ def run_workload(base: Path, workload: str, passes: int, family: str, protocol: 
         held_dir = Workspace.at(base / "heldout").calibration_dir(Workspace.at(train_home).resolve_system(None),
                                                                    workload)
     else:
-        joint = ("--grid", "batch_size=1,4,8,16,32,64,128", "--grid", "threads=1,2")
-        calibrate(base / "joint", workload, joint, passes)
+        calibrate(base / "joint", workload, grid(TRAIN_BS + HELDOUT_BS), passes)
         train_home, held_dir = split_joint(base, workload)
     t_cal = time.perf_counter() - t0
     ws = Workspace.at(train_home)

@@ -405,18 +405,20 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
 
 def _window_log_sd(runs: Sequence[ServingRun], med_fwd: dict, window: int, min_windows: int = 4) -> float | None:
     """Pooled within-run sd of per-window mean log(forward / median at its batch size); None if too few windows."""
-    sq, dof = 0.0, 0
+    sq, dof, n_windows = 0.0, 0, 0
     for r in runs:
         order = np.argsort(r.batch_close_s, kind="stable")
         k = r.batch_size[order]
         rel = np.log(r.batch_forward_s[order] / np.array([med_fwd.get(int(s), np.nan) for s in k]))
-        win = (np.cumsum(k) - k) // max(int(window), 1)
         ok = np.isfinite(rel)
-        means = np.array([rel[ok & (win == w)].mean() for w in np.unique(win[ok])])
+        win = ((np.cumsum(k) - k) // max(int(window), 1))[ok]
+        counts = np.bincount(win)
+        means = (np.bincount(win, weights=rel[ok]) / np.maximum(counts, 1))[counts > 0]
+        n_windows += means.size
         if means.size >= 2:
             sq += float(np.sum((means - means.mean()) ** 2))
             dof += means.size - 1
-    return float(np.sqrt(sq / dof)) if dof + len(runs) >= min_windows and dof > 0 else None
+    return float(np.sqrt(sq / dof)) if n_windows >= min_windows and dof > 0 else None
 
 
 def _robust_mean(x: np.ndarray) -> float:

@@ -30,7 +30,6 @@ def build_model(spec: ModelSpec, design: Design):
         Z = pm.Data("Z", design.Z, dims=("config", "scale_input"))
         cfg = pm.Data("cfg", design.cfg, dims="obs")
         rnd = pm.Data("rnd", design.rnd, dims="obs")
-        first = pm.Data("first", design.first, dims="obs")
         partial = pm.Data("partial", design.partial, dims="obs")
         size = pm.Data("size", design.size, dims="obs")
 
@@ -145,22 +144,18 @@ def _double_centred_basis(design: Design) -> np.ndarray:
     return null_space(indicators.T)
 
 
-def mixture_logp(y, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd, xp=np):
+def _mixture_logp(y, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd):
     """Pointwise log density of the two-component mixture: fast ``N(mu, σ)`` and slow
-    ``N(log(e^mu + e^delay), σ_slow)`` with weights ``1-w`` and ``w`` (numpy or PyTensor).
+    ``N(log(e^mu + e^delay), σ_slow)`` with weights ``1-w`` and ``w``.
 
     (A delay with its own spread, ``e^mu + e^(d+σ_d·ξ)``, is the more physical law, but its
     delta-method likelihood sampled bimodally on real data: r-hat 1.83.)"""
-    z_f = (y - mu) * xp.exp(-log_sigma)
-    z_s = (y - xp.logaddexp(mu, delay)) * xp.exp(-log_slow_sd)
-    return xp.logaddexp(log_1mw - log_sigma - 0.5 * z_f * z_f,
-                        log_w - log_slow_sd - 0.5 * z_s * z_s) - 0.5 * math.log(2 * math.pi)
-
-
-def _mixture_logp(value, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd):
     import pytensor.tensor as pt
 
-    return mixture_logp(value, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd, xp=pt)
+    z_f = (y - mu) * pt.exp(-log_sigma)
+    z_s = (y - pt.logaddexp(mu, delay)) * pt.exp(-log_slow_sd)
+    return pt.logaddexp(log_1mw - log_sigma - 0.5 * z_f * z_f,
+                        log_w - log_slow_sd - 0.5 * z_s * z_s) - 0.5 * math.log(2 * math.pi)
 
 
 def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, Any]:
@@ -178,11 +173,10 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     r0 = np.array([np.median(resid[(rnd == t) & body]) if ((rnd == t) & body).any() else 0.0 for t in range(R)])
     r0 -= r0.mean()
     resid = resid - r0[rnd]
-    ncp = int(design.cp.max()) + 1
-    pass0 = np.array([np.median(resid[(design.cp == k) & body]) if ((design.cp == k) & body).any() else 0.0
-                      for k in range(ncp)])
     start: dict[str, Any] = dict(_smooth_start(spec, design, med_c))
     if spec.pass_effects:
+        pass0 = np.array([np.median(resid[(design.cp == k) & body]) if ((design.cp == k) & body).any() else 0.0
+                          for k in range(int(design.cp.max()) + 1)])
         resid = resid - pass0[design.cp]
         start.update({"pass_sd": 0.05, "pass_z": _double_centred_basis(design).T @ pass0})
     start.update({

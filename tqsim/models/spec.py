@@ -57,23 +57,26 @@ class ModelSpec:
 
     # ---- presentation ------------------------------------------------------------------------
     def __str__(self) -> str:
-        lin = " + ".join(f"{{}}[{t}]" for t in self.terms)
+        def linear(first: str, coef: str) -> str:
+            return " + ".join([first] + [f"{coef}[{t}]" for t in self.terms])
+
         if self.mean_form == "affine":
-            mean = (f"log(exp(o0{' + ' + lin.format(*'α' * len(self.terms)) if lin else ''}) + "
-                    f"exp(w0 + κ·ℓ{' + ' + lin.format(*'β' * len(self.terms)) if lin else ''})),  "
+            mean = (f"log(exp({linear('o0', 'α')}) + exp({linear('w0 + κ·ℓ', 'β')})),  "
                     f"ℓ = log batch_size - {self.centre.get('L', 0):.3g}   (overhead + work·batch^κ)")
         else:
-            mean = " + ".join(["β0"] + [f"β[{t}]" for t in self.terms])
+            mean = linear("β0", "β")
         resid = ("StudentT(ν, 0, σ_c),  log σ_c = s0 + s·[Lz, Tz]" if self.family == "student" else
                  "(1-w_c)·N(0, σ_c) + w_c·N(log(e^m + e^d) - m, σ_slow)   (slow hit: + an additive delay e^d),"
                  "  logit w_c = a0 + a·[Lz, Tz] + σ_w·v_c,  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
             "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
-            f"  m = μ_c + r[round(pass)] + e[c, pass] + γ_partial·log(size / batch_size)·[last batch partial]",
+            f"  m = μ_c + r[round(pass)]{' + e[c, pass]' if self.pass_effects else ''}"
+            " + γ_partial·log(size / batch_size)·[last batch partial]",
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
-            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs),  e ~ N(0, σ_pass) (the config's own)",
+            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)"
+            + (",  e ~ N(0, σ_pass) (the config's own, double-centred)" if self.pass_effects else ""),
             "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
         ]
         if self.size_term:
@@ -222,7 +225,7 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         # a slow hit adds at least the fastest config's typical call: smaller "delays" are the
         # shape of the fast mode, and letting the slow component take them made every pass's
         # level bimodal (r-hat 2.1 on digits-mlp with per-pass effects)
-        "slow_delay": {"floor": round(fastest, 4), "mu": round(y_med - 1.0, 4), "sigma": 2.0},
+        "slow_delay": {"floor": round(fastest, 4), "sigma": 2.0},
         "config_sd": {"lognormal_mu": math.log(0.05), "lognormal_sigma": 0.5},
         "round_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
         "round_phi": {"beta_a": 2.0, "beta_b": 2.0},
