@@ -3,9 +3,11 @@
 For each serving set-up: (1) the forward-time calibration is taken from the workspace (made with
 `tqsim calibrate --grid batch_size=1,2,4,8,16 --passes 20`, run here first if missing); (2) a short
 serving calibration at light and moderate load (`calibrate_serving`); (3) load levels are set as
-fractions of the capacity *predicted* from (1)+(2); at each level a real run is measured and a
-forecast is made from (1)+(2) only — the measured run is used for nothing but its length (the
-number of windows, so the forecast's tail-quality quantile is over as many windows as observed).
+fractions of the capacity *predicted* from (1)+(2); at each level ``--repeats`` real runs (default 3)
+are measured and a forecast is made from (1)+(2) only -- the measured runs are used for nothing but
+their length (the number of windows, so the forecast's tail-quality quantile is over as many windows
+as observed). The run with the median p99 is scored for the error; every run is checked against the
+90 % interval, since one 8 s run on a shared VM is one draw of a noisy system.
 
 Prints a Markdown table (paste into benchmarks/RESULTS.md) and writes the raw figures to JSON.
 Measured latency is the SUT's own (LoadGen's callback → completion); LoadGen's p99, which adds its
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--workload", default="digits-cnn")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measured run")
     ap.add_argument("--threshold", default="10ms")
+    ap.add_argument("--repeats", type=int, default=3, help="real runs per load level (the median run is scored)")
     ap.add_argument("--out", default="/tmp/tqsim-whatif-accuracy.json")
     args = ap.parse_args()
 
@@ -68,8 +71,15 @@ def main() -> None:
         server = BatchingServer(workload, reps, th, mb, mw)
         for i, frac in enumerate(LOADS):
             rate = round(frac * cap, 1)
-            run = run_load(server, rate, args.duration, seed=100 + i)
-            obs = run.summary(thr, n_inst)
+            # one 8 s run is one draw of a noisy system: repeat it, score the forecast against the
+            # median run, and count how many single runs its interval holds
+            runs = [run_load(server, rate, args.duration, seed=100 + i + 1000 * j) for j in range(args.repeats)]
+            summaries = [r.summary(thr, n_inst) for r in runs]
+            order = np.argsort([o["latency_s"]["p99"] for o in summaries])
+            obs = summaries[order[len(order) // 2]]
+            run = runs[order[len(order) // 2]]
+            p99_runs = [o["latency_s"]["p99"] for o in summaries]
+            tq_runs = [o["tail_quality"] for o in summaries]
             # LoadGen draws each query's sample at random: score windows the same way
             wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
                           n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random")
@@ -81,37 +91,47 @@ def main() -> None:
             p99 = pred["latency_s"]["p99"]
             tq = pred["tail_quality"]
             rows.append({"setup": label, "load": frac, "rate_rps": rate, "capacity_pred_rps": cap,
-                         "observed": obs, "predicted": pred, "replayed_arrivals": replay,
+                         "observed": obs, "observed_p99_runs": p99_runs, "observed_tq_runs": tq_runs,
+                         "predicted": pred, "replayed_arrivals": replay,
                          "p99_rel_error": (p99["mean"] - obs["latency_s"]["p99"]) / obs["latency_s"]["p99"],
                          "p99_inside": p99["lo"] <= obs["latency_s"]["p99"] <= p99["hi"],
+                         "p99_runs_inside": int(sum(p99["lo"] <= v <= p99["hi"] for v in p99_runs)),
                          "tq_abs_error": tq["mean"] - obs["tail_quality"],
-                         "tq_inside": tq["lo"] - 1e-9 <= obs["tail_quality"] <= tq["hi"] + 1e-9})
+                         "tq_inside": tq["lo"] - 1e-9 <= obs["tail_quality"] <= tq["hi"] + 1e-9,
+                         "tq_runs_inside": int(sum(tq["lo"] - 1e-9 <= v <= tq["hi"] + 1e-9 for v in tq_runs))})
             r = rows[-1]
             print(f"{label} load {frac:.2f} ({rate:.0f}/s): p99 obs {obs['latency_s']['p99'] * 1e3:.2f} ms "
+                  f"(runs {', '.join(f'{v * 1e3:.2f}' for v in p99_runs)}) "
                   f"pred {p99['mean'] * 1e3:.2f} [{p99['lo'] * 1e3:.2f}, {p99['hi'] * 1e3:.2f}]  "
                   f"TQ obs {obs['tail_quality']:.3f} pred {tq['mean']:.3f} [{tq['lo']:.3f}, {tq['hi']:.3f}]",
                   file=sys.stderr)
     Path(args.out).write_text(json.dumps({"threshold_s": thr, "workload": args.workload, "rows": rows,
                                           "elapsed_s": time.perf_counter() - t_start}, indent=1, default=float))
-    print(f"| set-up | load (pred. capacity) | rate/s | util obs / pred | p99 obs (LoadGen) | p99 pred [90%] | "
-          f"err | in | TQ@{args.threshold} obs | TQ pred [90%] | in | p99 / batch, SUT arrivals replayed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| set-up | load (pred. capacity) | rate/s | util obs / pred | p99 obs, median run (LoadGen) | p99 of the "
+          f"{args.repeats} runs | p99 pred [90%] | err | runs in | TQ@{args.threshold} obs | TQ pred [90%] | runs in | "
+          "p99 / batch, SUT arrivals replayed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         o, p = r["observed"], r["predicted"]
         p99 = p["latency_s"]["p99"]
         tq = p["tail_quality"]
         print(f"| {r['setup']} | {r['load']:.2f} | {r['rate_rps']:.0f} | {np.mean(o['utilisation']):.2f} / "
               f"{np.mean(p['utilisation']):.2f} | {o['latency_s']['p99'] * 1e3:.2f} "
-              f"({o['loadgen'].get('p99', float('nan')) * 1e3:.2f}) ms | {p99['mean'] * 1e3:.2f} "
+              f"({o['loadgen'].get('p99', float('nan')) * 1e3:.2f}) ms | "
+              f"{min(r['observed_p99_runs']) * 1e3:.2f}–{max(r['observed_p99_runs']) * 1e3:.2f} ms | {p99['mean'] * 1e3:.2f} "
               f"[{p99['lo'] * 1e3:.2f}, {p99['hi'] * 1e3:.2f}] ms | {r['p99_rel_error']:+.0%} | "
-              f"{'yes' if r['p99_inside'] else 'no'} | {o['tail_quality']:.3f} | {tq['mean']:.3f} "
-              f"[{tq['lo']:.3f}, {tq['hi']:.3f}] | {'yes' if r['tq_inside'] else 'no'} | "
+              f"{r['p99_runs_inside']}/{args.repeats} | {o['tail_quality']:.3f} | {tq['mean']:.3f} "
+              f"[{tq['lo']:.3f}, {tq['hi']:.3f}] | {r['tq_runs_inside']}/{args.repeats} | "
               f"{r['replayed_arrivals']['latency_s']['p99']['mean'] * 1e3:.2f} ms / "
               f"{r['replayed_arrivals']['mean_batch_size']:.2f} (obs {o['mean_batch_size']:.2f}) |")
     below = [r for r in rows if np.mean(r["observed"]["utilisation"]) < 0.7]
-    print(f"\np99 within 15% below 70% utilisation: {sum(abs(r['p99_rel_error']) <= 0.15 for r in below)}/{len(below)}; "
-          f"p99 inside 90% interval: {sum(r['p99_inside'] for r in rows)}/{len(rows)}; "
-          f"tail quality inside: {sum(r['tq_inside'] for r in rows)}/{len(rows)}")
+    n_runs = len(rows) * args.repeats
+    spread = [max(r["observed_p99_runs"]) / min(r["observed_p99_runs"]) - 1 for r in below]
+    print(f"\np99 within 15% of the median run below 70% utilisation: "
+          f"{sum(abs(r['p99_rel_error']) <= 0.15 for r in below)}/{len(below)} (repeat runs there differ by "
+          f"{', '.join(f'{100 * v:.0f}%' for v in spread)} max/min); single runs' p99 inside the 90% interval: "
+          f"{sum(r['p99_runs_inside'] for r in rows)}/{n_runs}; tail quality inside: "
+          f"{sum(r['tq_runs_inside'] for r in rows)}/{n_runs}")
     for label, *_ in SETUPS:
         mine = [r for r in rows if r["setup"] == label]
         light = mine[0]["observed"]["latency_s"]["p99"]

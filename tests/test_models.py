@@ -38,6 +38,27 @@ def test_design_subsamples_but_keeps_first_and_last_partial(campaign):
     assert set(d.rnd.tolist()) == set(range(5))
 
 
+def test_design_measures_each_pass_level_from_its_full_batches(campaign):
+    spec = make_spec(campaign, "mixture", batches_per_pass=6)
+    assert spec.pass_effects
+    d = build_design(campaign, spec)
+    assert d.cell_level.size == 3 * 2 * 5 == int(d.cp.max()) + 1
+    # config 2 is batch 16: 33 full batches + a partial one; the level is the median of batches 1..32
+    lat = campaign["latency_s"].values[2, 3]
+    per_batch = np.log(lat[::16][:34])
+    k = int(np.flatnonzero(d.cell_cfg == 2)[3])
+    assert d.cell_level[k] == pytest.approx(np.median(per_batch[1:33]))
+    assert d.cell_cfg[k] == 2 and d.cell_rnd[k] == 3
+    assert (d.cell_se > 0).all() and (d.cell_se < 0.05).all()
+
+
+def test_pass_levels_off_when_a_pass_has_too_few_full_batches(tmp_path):
+    big = load_campaign(write_campaign(simulate_campaign(grid((4, 256), (1,)), passes=3, seed=0), tmp_path))
+    spec = make_spec(big, "mixture")
+    assert not spec.pass_effects and "ℓ[c, pass]" not in str(spec)
+    assert build_design(big, spec).y.size > 0
+
+
 def test_fit_needs_two_configurations(tmp_path):
     one = load_campaign(write_campaign(simulate_campaign([Config()], passes=3, seed=0), tmp_path))
     with pytest.raises(UserError, match="at least two"):
@@ -90,9 +111,12 @@ def test_nutpie_ground_truth_recovered():
     post = fm.posterior_draws()
     true_means = np.array([law.config_mean(Config(**{k: c[k] for k in ("batch_size", "threads")}))
                            for c in fm.configs])
-    est = post["config_mean"].mean(axis=0)
+    # μ_c is the typical pass's median; the fast mode sits δ_c away from it
+    est = (post["config_mean"] + post["fast_offset"]).mean(axis=0)
     assert np.max(np.abs(est - true_means)) < 0.03
     # the additive first-batch cost and slow delay, in log seconds
     assert abs(post["first_cost0"].mean() - math.log(law.first_cost_s)) < 0.2
     assert abs(post["slow_delay"].mean() - math.log(law.slow_delay_s)) < 0.2
     assert abs(math.log(post["round_sd"].mean()) - math.log(law.round_sd)) < math.log(2.5)
+    # the configuration's own pass-to-pass level, from the measured pass medians
+    assert abs(math.log(post["pass_sd"].mean()) - math.log(law.pass_sd)) < math.log(1.5)

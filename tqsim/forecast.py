@@ -2,8 +2,8 @@
 
 For each posterior draw, simulate a run of ``n_passes`` passes made at another time: draw the run's
 machine-effect path from the fitted AR(1) (plus the uncertainty of the calibration's average
-machine state), draw every batch's latency with its position effect and residual (mixture or
-Student-t), give every instance its batch's latency (the batch layout follows from the instance
+machine state) and each pass's own level, draw every batch's latency with its position effect and
+residual (mixture or Student-t; the first batch has its own Normal noise), give every instance its batch's latency (the batch layout follows from the instance
 count and the batch size, last batch partial), mark late instances, score Q@T with the correctness
 vector of the configuration's quality-relevant levels. Every reported quantity is a per-draw
 statistic summarised by its posterior mean and a 90 % credible interval over draws.
@@ -79,6 +79,9 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         cond_sd = np.sqrt(max(spec.correlation([config], [config])[0, 0] - float(k @ wts), 1e-12))
         dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
         mean = spec.smooth_mean(post, X, spec.log_batch([config])[0]) + dev
+    if "fast_offset" in post:  # the fast mode's centre relative to a pass's median level
+        mean = mean + (post["fast_offset"][:, col] if calibrated else post["fast_offset0"] + post["fast_offset_slope"] @ Z
+                       + rng.normal(0.0, 1.0, D) * post["fast_offset_sd"])
     # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
     # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
     sd, phi = post["round_sd"], post["round_phi"]
@@ -113,6 +116,10 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         hit = np.logaddexp(log_t, post["slow_delay"][:, None, None]) - log_t
         resid = np.where(slow, hit + post["slow_sd"][:, None, None] * rng.standard_normal(shape),
                          sigma * rng.standard_normal(shape))
+    # the first batch's own noise replaces the residual family there
+    first_sigma = post["first_sigma"][:, col] if calibrated else np.exp(
+        post["first_log_sigma0"] + post["first_log_sigma_slope"] @ Z)
+    resid[:, :, 0] = first_sigma[:, None] * rng.standard_normal((D, n_passes))
     # a Student-t with small ν draws absurd log-residuals (exp overflows to inf and poisons the
     # percentiles); cap at ±RESID_CAP in log space (e^8 ≈ 3000× the typical batch)
     resid = np.clip(resid, -RESID_CAP, RESID_CAP)

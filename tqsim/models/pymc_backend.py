@@ -87,32 +87,49 @@ def build_model(spec: ModelSpec, design: Design):
         first_sd = pm.HalfNormal("first_cost_sd", 0.5)
         first_z = pm.Normal("first_cost_z", 0.0, 1.0, dims="config")
         first_c = pm.Deterministic("first_cost", f0 + f1 * Z[:, 0] + first_sd * first_z, dims="config")
-        # what is left of a pass's level after the shared round effect (off by default: see
-        # ModelSpec.pass_effects). On this VM pass medians correlate only ~0.45 across the configs of
-        # a round, and the config's own share (sd 0.1-0.2 in log) otherwise inflates the
-        # within-pass σ 2-3x. The effects live in the double-centred space of the (config, round)
-        # cells (an orthonormal basis B, e = B·z, z ~ N(0, σ_pass)), so they cannot trade off with
-        # the config means or the round effects: free cell effects cost ~3x the gradient evaluations.
-        pass_eff = 0.0
-        if spec.pass_effects:
-            pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
-            basis = _double_centred_basis(design)
-            z_pass = pm.Normal("pass_z", 0.0, pass_sd, shape=basis.shape[1])
-            pass_eff = pt.dot(pm.Data("pass_basis", basis), z_pass)[design.cp]
         g_partial = pm.Normal("partial_batch", 0.0, pr["position"]["sigma"])
-        m = mean_c[cfg] + r[rnd] + pass_eff + partial * g_partial
+        if spec.pass_effects:
+            # each pass's level is measured (its full batches' median, ModelSpec.pass_effects): the
+            # config means, round effects and the config's own pass-to-pass sd are fitted to those
+            # levels; the batches are modelled around their pass's level plus the fast mode's offset
+            pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
+            pm.Normal("pass_level", mean_c[design.cell_cfg] + r[design.cell_rnd],
+                      pt.sqrt(pass_sd ** 2 + design.cell_se ** 2), observed=design.cell_level)
+            o0 = pm.Normal("fast_offset0", 0.0, 0.5)
+            o1 = pm.Normal("fast_offset_slope", 0.0, 0.5, dims="scale_input")
+            o_sd = pm.HalfNormal("fast_offset_sd", 0.1)
+            # non-centred: the offsets barely differ between configs (σ_δ near 0: a funnel when centred)
+            o_z = pm.Normal("fast_offset_z", 0.0, 1.0, dims="config")
+            offset = pm.Deterministic("fast_offset", o0 + pt.dot(Z, o1) + o_sd * o_z, dims="config")
+            m = pt.as_tensor(design.cell_level)[design.cp] + offset[cfg] + partial * g_partial
+        else:
+            m = mean_c[cfg] + r[rnd] + partial * g_partial
         if spec.size_term:
             g_size = pm.Normal("size_effect", 0.0, pr["position"]["sigma"])
             m = m + size * g_size
         # first batches are ~4 % of the rows: add their cost there only (a per-row switch costs 2 ms/eval)
         fi = np.flatnonzero(design.first > 0)
         mu = pt.set_subtensor(m[fi], pt.logaddexp(m[fi], first_c[design.cfg[fi]])) if fi.size else m
+        rows = np.arange(design.y.size)
+        if fi.size:
+            # the first batch has its own noise, outside the residual family: its cold-start cost varies
+            # from pass to pass (log sd 0.1-0.2 here), and inside the mixture that spread was read as
+            # slow hits, widening the slow mode that sets every p99 where the first batch is > 1 %
+            # its scale moves with batch size and threads: with 2 threads on 2 vCPUs a first batch now
+            # and then waits milliseconds for the second thread (log sd 0.4-0.75 against 0.15-0.2).
+            # (A Student-t here took ν ≈ 1 from those stalls and forecast batch-128 p99s 90x too high.)
+            fs0 = pm.Normal("first_log_sigma0", math.log(0.15), 1.0)
+            fs = pm.Normal("first_log_sigma_slope", 0.0, 0.5, dims="scale_input")
+            first_sigma = pm.Deterministic("first_sigma", pt.exp(fs0 + pt.dot(Z, fs)), dims="config")
+            pm.Normal("y_first", mu[fi], first_sigma[design.cfg[fi]], observed=design.y[fi])
+            rows = np.flatnonzero(design.first == 0)
+            mu, cfg = mu[rows], cfg[rows]
         s0 = pm.Normal("log_sigma0", pr["log_sigma"]["mu"], pr["log_sigma"]["sigma"])
         s = pm.Normal("log_sigma_slope", 0.0, 0.5, dims="scale_input")
         log_sigma_c = s0 + pt.dot(Z, s)
         if spec.family == "student":
             nu = pm.Gamma("nu", pr["nu"]["gamma_alpha"], pr["nu"]["gamma_beta"])
-            pm.StudentT("y", nu=nu, mu=mu, sigma=pt.exp(log_sigma_c)[cfg], observed=design.y, dims="obs")
+            pm.StudentT("y", nu=nu, mu=mu, sigma=pt.exp(log_sigma_c)[cfg], observed=design.y[rows])
         else:
             # a slow hit ADDS a delay (a timer tick, a preemption) rather than scaling the call, so the
             # slow component sits at log(e^mu + e^d): ordered above the fast one by construction
@@ -129,19 +146,8 @@ def build_model(spec: ModelSpec, design: Design):
             logit_c = pm.Deterministic("slow_logit", a0 + pt.dot(Z, a) + w_sd * w_z, dims="config")
             # per-config terms are computed per config, then gathered per row
             pm.CustomDist("y", mu, log_sigma_c[cfg], -pt.softplus(-logit_c)[cfg], -pt.softplus(logit_c)[cfg], d,
-                          pt.log(slow_sd), logp=_mixture_logp, observed=design.y, dims="obs")
+                          pt.log(slow_sd), logp=_mixture_logp, observed=design.y[rows])
     return model
-
-
-def _double_centred_basis(design: Design) -> np.ndarray:
-    """``[cell, k]`` orthonormal basis of (config, pass) cell effects orthogonal to every per-config
-    and per-round indicator: the part of a pass's level that neither a config mean nor a round explains."""
-    from scipy.linalg import null_space
-
-    first_row = np.unique(design.cp, return_index=True)[1]
-    c, t = design.cfg[first_row], design.rnd[first_row]
-    indicators = np.c_[(c[:, None] == np.unique(c)[None, :]), (t[:, None] == np.unique(t)[None, :])].astype(float)
-    return null_space(indicators.T)
 
 
 def _mixture_logp(y, mu, log_sigma, log_w, log_1mw, delay, log_slow_sd):
@@ -174,17 +180,24 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     r0 -= r0.mean()
     resid = resid - r0[rnd]
     start: dict[str, Any] = dict(_smooth_start(spec, design, med_c))
-    if spec.pass_effects:
-        pass0 = np.array([np.median(resid[(design.cp == k) & body]) if ((design.cp == k) & body).any() else 0.0
-                          for k in range(int(design.cp.max()) + 1)])
-        resid = resid - pass0[design.cp]
-        start.update({"pass_sd": 0.05, "pass_z": _double_centred_basis(design).T @ pass0})
+    if spec.pass_effects:  # residuals around each pass's measured level
+        resid = y - design.cell_level[design.cp]
+        # the fast centre sits below a pass's median when some batches are slow: start each config at
+        # its 40th percentile (a start where every gradient component is nonzero: nutpie scales its
+        # first mass matrix by 1/|gradient| and refuses a zero)
+        off = np.array([np.percentile(resid[(cfg == c) & body], 40) if ((cfg == c) & body).any() else 0.0
+                        for c in range(C)])
+        o_sd = max(float(off.std()), 0.01)
+        start.update({"pass_sd": 0.1, "fast_offset0": float(off.mean()), "fast_offset_slope": np.full(2, 1e-3),
+                      "fast_offset_sd": o_sd, "fast_offset_z": (off - off.mean()) / o_sd})
+        resid = resid - off[cfg]
     start.update({
         "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
         "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
         "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C), "partial_batch": 0.5,
         "log_sigma_slope": np.zeros(2),
     })
+    start.update({"first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3)})
     # first batch: the median extra seconds over the config's typical batch
     is_first = design.first == 1
     extra = [np.median(np.exp(y[is_first & (cfg == c)])) - math.exp(med_c[c]) for c in range(C)

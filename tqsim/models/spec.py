@@ -46,9 +46,12 @@ class ModelSpec:
     config_parameterisation: str = "centred"   # "non-centred" when few configs beyond the smooth terms
     # "affine": overhead + work·batch^κ (needs 3+ batch sizes); "loglinear": a polynomial in log batch size
     mean_form: str = "affine"
-    # each (config, pass) its own level beyond the shared round effect. Off: with the mixture, 2 of 4
-    # real fits sampled bimodally (each pass's level could sit on either mode; r-hat 1.1-1.8)
-    pass_effects: bool = False
+    # each (config, pass) its own level beyond the shared round effect, MEASURED: the median of the
+    # pass's full batches (first and partial excluded) is the observed level of the cell, modelled as
+    # N(μ_c + r[round], sqrt(σ_pass² + se²)) with its sampling error se; the batches are then modelled
+    # around that level (+ δ_c, the fast mode's offset from the median). As latent effects inside the
+    # mixture, 2 of 4 real fits sampled bimodally (a pass's level traded against its slow hits)
+    pass_effects: bool = True
     # config deviations from the smooth mean are correlated between nearby configs (squared-exponential
     # in log batch size and log threads, none across categorical levels) plus an independent share
     corr_length_L: float = math.log(4.0)
@@ -70,14 +73,16 @@ class ModelSpec:
                  "  logit w_c = a0 + a·[Lz, Tz] + σ_w·v_c,  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
             "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
-            f"  m = μ_c + r[round(pass)]{' + e[c, pass]' if self.pass_effects else ''}"
-            " + γ_partial·log(size / batch_size)·[last batch partial]",
+            (f"  m = ℓ[c, pass] + δ_c,  ℓ[c, pass] = median log latency of the pass's full batches ~ "
+             "N(μ_c + r[round(pass)], sqrt(σ_pass² + se²)),  δ_c ~ N(δ0 + δ·[Lz, Tz], σ_δ)"
+             if self.pass_effects else "  m = μ_c + r[round(pass)]")
+            + " + γ_partial·log(size / batch_size)·[last batch partial]",
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
-            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)"
-            + (",  e ~ N(0, σ_pass) (the config's own, double-centred)" if self.pass_effects else ""),
+            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
             "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
+            "  first batch: + N(0, σ_first) (its own spread, outside the residual family)",
         ]
         if self.size_term:
             lines.append("  + γ_size·mean standardised instance size of the batch")
@@ -212,6 +217,8 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         ref = str(DEFAULTS[factor]) if str(DEFAULTS[factor]) in seen else seen[0]
         levels[factor] = [ref] + [s for s in seen if s != ref]
         terms += [f"{factor}={s}" for s in levels[factor][1:]]
+    n_inst = int(campaign.sizes["instance"])
+    pass_effects = all(n_inst // c.batch_size - 1 >= 2 for c in configs)
     size_term = "instance_size" in campaign
     sizes = campaign["instance_size"].values.reshape(-1) if size_term else np.zeros(1)
     sizes = sizes[np.isfinite(sizes)]
@@ -222,10 +229,11 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         "slopes": {"sigma": 1.0},
         "work_exponent": {"mu": 1.0, "sigma": 0.25},
         "first_cost": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
-        # a slow hit adds at least the fastest config's typical call: smaller "delays" are the
-        # shape of the fast mode, and letting the slow component take them made every pass's
-        # level bimodal (r-hat 2.1 on digits-mlp with per-pass effects)
-        "slow_delay": {"floor": round(fastest, 4), "sigma": 2.0},
+        # a slow hit adds at least a fifth of the fastest config's typical call. (A floor at the whole
+        # call was needed while pass levels were latent: below it the slow mode took digits-mlp's
+        # +11 µs shoulder and pass levels went bimodal. With measured levels that full floor forced
+        # the shoulder into a wide slow mode: batch-1 p99 2.4x too high.)
+        "slow_delay": {"floor": round(fastest - math.log(5.0), 4), "sigma": 2.0},
         "config_sd": {"lognormal_mu": math.log(0.05), "lognormal_sigma": 0.5},
         "round_sd": {"gamma_alpha": 2.0, "gamma_beta": 20.0},
         "round_phi": {"beta_a": 2.0, "beta_b": 2.0},
@@ -243,7 +251,7 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         size_centre=float(sizes.mean()) if sizes.size else 0.0, size_scale=float(sizes.std() or 1.0),
         batches_per_pass=batches_per_pass, priors=priors, subsample_seed=seed,
         config_parameterisation="centred" if len(configs) - len(terms) - 1 >= CENTRED_MIN_DF else "non-centred",
-        mean_form=mean_form,
+        mean_form=mean_form, pass_effects=pass_effects,
     )
 
 
@@ -261,10 +269,16 @@ class Design:
     K: np.ndarray             # [config, config] prior correlation of config deviations
     Z: np.ndarray             # [config, 2] (Lz, Tz)
     ell: np.ndarray           # [config] log batch size minus its centre
-    cp: np.ndarray            # (config, pass) index of the row: the config's own pass effect
+    cp: np.ndarray            # (config, pass) cell of the row
     rounds: np.ndarray        # the round labels, in order
     configs: list[Config]
     n_batches_total: int      # before subsampling
+    # per (config, pass) cell: the measured level (median log latency of its full batches, first
+    # excluded), its sampling sd, and the cell's config and round index
+    cell_level: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    cell_se: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    cell_cfg: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    cell_rnd: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def batch_layout(n_instances: int, batch_size: int) -> np.ndarray:
@@ -280,6 +294,7 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
     lat = campaign["latency_s"].values  # [config, pass, instance]
     has_size = spec.size_term and "instance_size" in campaign
     cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "partial", "size", "cp")}
+    cells: dict[str, list] = {k: [] for k in ("level", "se", "cfg", "rnd")}
     total = 0
     for c, cfg in enumerate(configs):
         batch = campaign["batch"].values[c].astype(np.int64)
@@ -292,11 +307,14 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
             bsize = np.bincount(np.repeat(np.arange(nb), counts), weights=z, minlength=nb) / counts
         else:
             bsize = np.zeros(nb)
+        body = np.flatnonzero((np.arange(nb) > 0) & (counts == cfg.batch_size))
+        levels = []
         for p in range(lat.shape[1]):
             row = lat[c, p, starts]
             if not np.isfinite(row).all():
                 continue
             total += nb
+            levels.append((np.log(row[body]), int(campaign["round"].values[c, p])))
             keep = {0, nb - 1} if part[-1] < 0 else {0}
             others = np.setdiff1d(np.arange(nb), list(keep))
             if others.size > spec.batches_per_pass:
@@ -309,9 +327,22 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
             cols["partial"].append(part[idx])
             cols["size"].append(bsize[idx])
             cols["cp"].append(np.full(idx.size, len(cols["cp"])))
+        if body.size:
+            # se of a median: 1.2533·σ/√n, with σ the config's pooled within-pass robust sd
+            med = np.array([np.median(v) for v, _ in levels])
+            sd = 1.4826 * np.median(np.abs(np.concatenate([v - m for (v, _), m in zip(levels, med)])))
+            cells["level"].append(med)
+            cells["se"].append(np.full(med.size, 1.2533 * max(sd, 1e-3) / math.sqrt(body.size)))
+            cells["cfg"].append(np.full(med.size, c))
+            cells["rnd"].append(np.array([round_index[r] for _, r in levels]))
     arrays = {k: np.concatenate(v) for k, v in cols.items()}
+    cell = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cells.items()}
+    if spec.pass_effects and cell["level"].size != int(arrays["cp"].max()) + 1:
+        raise UserError("a configuration has fewer than two full batches after the first in a pass, so its "
+                        "pass level cannot be measured; fit without it or calibrate smaller batch sizes.")
     return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
                   first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
                   X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs),
                   ell=spec.log_batch(configs), cp=arrays["cp"].astype(np.int64), rounds=rounds, configs=configs,
-                  n_batches_total=total)
+                  n_batches_total=total, cell_level=cell["level"], cell_se=cell["se"],
+                  cell_cfg=cell["cfg"].astype(np.int64), cell_rnd=cell["rnd"].astype(np.int64))

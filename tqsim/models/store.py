@@ -24,7 +24,7 @@ import tqsim
 from tqsim.errors import UserError
 from tqsim.models.spec import ModelSpec
 
-MODEL_SCHEMA_VERSION = 2
+MODEL_SCHEMA_VERSION = 3
 
 
 @dataclasses.dataclass
