@@ -253,7 +253,7 @@ def _smooth_start(spec: ModelSpec, design: Design, med_c: np.ndarray) -> dict[st
         return {"overhead0": v[0], "work0": v[1], "work_exponent": v[2], "overhead_coef": v[3:3 + P],
                 "work_coef": v[3 + P:]}
 
-    v0 = np.r_[med_c.min(), np.median(med_c), 1.0, np.zeros(2 * P)]
+    v0 = np.r_[med_c.min(), med_c.max(), 1.0, np.zeros(2 * P)]
     # a weak pull toward the priors keeps the parts apart when the data cannot
     prior = lambda v: np.r_[0.3 * (v[2] - 1.0), 0.1 * v[3:]]  # noqa: E731
     fit = least_squares(lambda v: np.r_[spec.smooth_mean(unpack(v), X, ell) - med_c, prior(v)], v0)
