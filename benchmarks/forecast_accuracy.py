@@ -17,6 +17,9 @@ Fit, validate, and compare with two baselines on the same held-out runs:
 
     python benchmarks/forecast_accuracy.py [--base DIR] [--passes 12] [--workloads digits-cnn digits-mlp]
 
+Beside them, the reproducibility floor ("remeasured"): when both protocols ran, each held-out
+configuration was measured twice, at different times, and its two measurements are compared.
+
 Calibrations resume (existing files are reused). Prints one JSON line per workload and a
 Markdown table; budget ≈ 15 min on 2 cores.
 """
