@@ -40,7 +40,7 @@ def test_design_subsamples_but_keeps_first_and_last_partial(campaign):
 
 def test_design_measures_each_pass_level_from_its_full_batches(campaign):
     spec = make_spec(campaign, "mixture", batches_per_pass=6)
-    assert spec.pass_effects
+    assert spec.pass_effects and "λ[c, pass] = median" in str(spec)
     d = build_design(campaign, spec)
     assert d.cell_level.size == 3 * 2 * 5 == int(d.cp.max()) + 1
     # config 2 is batch 16: 33 full batches + a partial one; the level is the median of batches 1..32
@@ -55,7 +55,7 @@ def test_design_measures_each_pass_level_from_its_full_batches(campaign):
 def test_pass_levels_off_when_a_pass_has_too_few_full_batches(tmp_path):
     big = load_campaign(write_campaign(simulate_campaign(grid((4, 256), (1,)), passes=3, seed=0), tmp_path))
     spec = make_spec(big, "mixture")
-    assert not spec.pass_effects and "ℓ[c, pass]" not in str(spec)
+    assert not spec.pass_effects and "λ[c, pass]" not in str(spec)
     assert build_design(big, spec).y.size > 0
 
 

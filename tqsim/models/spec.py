@@ -77,16 +77,18 @@ class ModelSpec:
                  "  logit w_c = a0 + a·[Lz, Tz] + σ_w·v_c,  log σ_c = s0 + s·[Lz, Tz]")
         lines = [
             "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
-            (f"  m = ℓ[c, pass] + δ_c,  ℓ[c, pass] = median log latency of the pass's full batches ~ "
-             "N(μ_c + r[round(pass)], sqrt(σ_pass² + se²)),  δ_c ~ N(δ0 + δ·[Lz, Tz], σ_δ)"
-             if self.pass_effects else "  m = μ_c + r[round(pass)]")
+            ("  m = λ[c, pass] + δ_c" if self.pass_effects else "  m = μ_c + r[round(pass)]")
             + " + γ_partial·log(size / batch_size)·[last batch partial]",
+            *(["    λ[c, pass] = median log latency of the pass's full batches after the first (measured)"
+               " ~ N(μ_c + r[round(pass)], sqrt(σ_pass² + se²))",
+               "    δ_c = δ0 + δ·[Lz, Tz] + σ_δ·z_c   (the fast mode's centre vs the pass median, non-centred)"]
+              if self.pass_effects else []),
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
             "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
             "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
-            "  first batch: + N(0, σ_first) (its own spread, outside the residual family)",
+            "  first batch: + N(0, σ_first,c),  log σ_first,c = g0 + g·[Lz, Tz]   (outside the residual family)",
         ]
         if self.size_term:
             lines.append("  + γ_size·mean standardised instance size of the batch")
