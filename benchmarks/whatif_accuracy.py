@@ -75,11 +75,10 @@ def main() -> None:
             # median run, and count how many single runs its interval holds
             runs = [run_load(server, rate, args.duration, seed=100 + i + 1000 * j) for j in range(args.repeats)]
             summaries = [r.summary(thr, n_inst) for r in runs]
-            order = np.argsort([o["latency_s"]["p99"] for o in summaries])
-            obs = summaries[order[len(order) // 2]]
-            run = runs[order[len(order) // 2]]
             p99_runs = [o["latency_s"]["p99"] for o in summaries]
             tq_runs = [o["tail_quality"] for o in summaries]
+            mid = int(np.argsort(p99_runs)[len(runs) // 2])
+            obs, run = summaries[mid], runs[mid]
             # LoadGen draws each query's sample at random: score windows the same way
             wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
                           n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random")

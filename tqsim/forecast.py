@@ -3,8 +3,9 @@
 For each posterior draw, simulate a run of ``n_passes`` passes made at another time: draw the run's
 machine-effect path from the fitted AR(1) (plus the uncertainty of the calibration's average
 machine state) and each pass's own level, draw every batch's latency with its position effect and
-residual (mixture or Student-t; the first batch has its own Normal noise), give every instance its batch's latency (the batch layout follows from the instance
-count and the batch size, last batch partial), mark late instances, score Q@T with the correctness
+residual (mixture or Student-t; the first batch has its own Normal noise), give every instance its
+batch's latency (the batch layout follows from the instance count and the batch size, last batch
+partial), mark late instances, score Q@T with the correctness
 vector of the configuration's quality-relevant levels. Every reported quantity is a per-draw
 statistic summarised by its posterior mean and a 90 % credible interval over draws.
 """
@@ -66,6 +67,11 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     calibrated = config.id in ids
     Z = spec.scaled([config])[0]
     col = ids.index(config.id) if calibrated else None
+
+    def own(name: str, trend, sd):
+        """The config's own fitted term if it was calibrated, else its trend plus a fresh deviation."""
+        return post[name][:, col] if calibrated else trend + rng.normal(0.0, 1.0, D) * sd
+
     if calibrated:
         mean = post["config_mean"][:, col]
     else:
@@ -79,9 +85,8 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         cond_sd = np.sqrt(max(spec.correlation([config], [config])[0, 0] - float(k @ wts), 1e-12))
         dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
         mean = spec.smooth_mean(post, X, spec.log_batch([config])[0]) + dev
-    if "fast_offset" in post:  # the fast mode's centre relative to a pass's median level
-        mean = mean + (post["fast_offset"][:, col] if calibrated else post["fast_offset0"] + post["fast_offset_slope"] @ Z
-                       + rng.normal(0.0, 1.0, D) * post["fast_offset_sd"])
+    if spec.pass_effects:  # the fast mode's centre relative to a pass's median level
+        mean = mean + own("fast_offset", post["fast_offset0"] + post["fast_offset_slope"] @ Z, post["fast_offset_sd"])
     # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
     # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
     sd, phi = post["round_sd"], post["round_phi"]
@@ -93,15 +98,14 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     for t in range(1, n_passes):
         path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
     path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
-    if "pass_sd" in post:  # the config's own pass-to-pass level, beyond the shared machine effect
+    if spec.pass_effects:  # the config's own pass-to-pass level, beyond the shared machine effect
         path += rng.normal(0.0, 1.0, (D, n_passes)) * post["pass_sd"][:, None]
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
     last = n - (nb - 1) * bs
     if last < bs:
         log_t[:, :, -1] += (post["partial_batch"] * math.log(last / bs))[:, None]
     # the first batch's additive cold-start cost (an unseen config: the trend plus a fresh deviation)
-    first = post["first_cost"][:, col] if calibrated else (
-        post["first_cost0"] + post["first_cost_bs"] * Z[0] + rng.normal(0.0, 1.0, D) * post["first_cost_sd"])
+    first = own("first_cost", post["first_cost0"] + post["first_cost_bs"] * Z[0], post["first_cost_sd"])
     log_t[:, :, 0] = np.logaddexp(log_t[:, :, 0], first[:, None])
     sigma = np.exp(post["log_sigma0"] + post["log_sigma_slope"] @ Z)[:, None, None]
     shape = (D, n_passes, nb)
@@ -109,8 +113,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         nu = post["nu"][:, None, None]
         resid = sigma * rng.standard_t(np.broadcast_to(nu, shape))
     else:
-        logit = post["slow_logit"][:, col] if calibrated else (
-            post["slow_logit0"] + post["slow_logit_slope"] @ Z + rng.normal(0.0, 1.0, D) * post["slow_logit_sd"])
+        logit = own("slow_logit", post["slow_logit0"] + post["slow_logit_slope"] @ Z, post["slow_logit_sd"])
         slow = rng.random(shape) < (1.0 / (1.0 + np.exp(-logit)))[:, None, None]
         # a slow hit adds the delay e^d to the call: log(e^m + e^d) - m on top of m
         hit = np.logaddexp(log_t, post["slow_delay"][:, None, None]) - log_t

@@ -29,7 +29,6 @@ def build_model(spec: ModelSpec, design: Design):
         X = pm.Data("X", design.X, dims=("config", "term"))
         Z = pm.Data("Z", design.Z, dims=("config", "scale_input"))
         cfg = pm.Data("cfg", design.cfg, dims="obs")
-        rnd = pm.Data("rnd", design.rnd, dims="obs")
         partial = pm.Data("partial", design.partial, dims="obs")
         size = pm.Data("size", design.size, dims="obs")
 
@@ -103,7 +102,7 @@ def build_model(spec: ModelSpec, design: Design):
             offset = pm.Deterministic("fast_offset", o0 + pt.dot(Z, o1) + o_sd * o_z, dims="config")
             m = pt.as_tensor(design.cell_level)[design.cp] + offset[cfg] + partial * g_partial
         else:
-            m = mean_c[cfg] + r[rnd] + partial * g_partial
+            m = mean_c[cfg] + r[pm.Data("rnd", design.rnd, dims="obs")] + partial * g_partial
         if spec.size_term:
             g_size = pm.Normal("size_effect", 0.0, pr["position"]["sigma"])
             m = m + size * g_size
@@ -114,8 +113,8 @@ def build_model(spec: ModelSpec, design: Design):
         if fi.size:
             # the first batch has its own noise, outside the residual family: its cold-start cost varies
             # from pass to pass (log sd 0.1-0.2 here), and inside the mixture that spread was read as
-            # slow hits, widening the slow mode that sets every p99 where the first batch is > 1 %
-            # its scale moves with batch size and threads: with 2 threads on 2 vCPUs a first batch now
+            # slow hits, widening the slow mode that sets every p99 where the first batch is > 1 %.
+            # Its scale moves with batch size and threads: with 2 threads on 2 vCPUs a first batch now
             # and then waits milliseconds for the second thread (log sd 0.4-0.75 against 0.15-0.2).
             # (A Student-t here took ν ≈ 1 from those stalls and forecast batch-128 p99s 90x too high.)
             fs0 = pm.Normal("first_log_sigma0", math.log(0.15), 1.0)
@@ -195,9 +194,8 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
         "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
         "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
         "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C), "partial_batch": 0.5,
-        "log_sigma_slope": np.zeros(2),
+        "log_sigma_slope": np.zeros(2), "first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3),
     })
-    start.update({"first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3)})
     # first batch: the median extra seconds over the config's typical batch
     is_first = design.first == 1
     extra = [np.median(np.exp(y[is_first & (cfg == c)])) - math.exp(med_c[c]) for c in range(C)
