@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--sampler", default=None)
     ap.add_argument("--passes", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batches-per-pass", type=int, default=24)
+    ap.add_argument("--batches-per-pass", type=int, default=None)
     args = ap.parse_args()
 
     from tqsim.data.io import load_campaign

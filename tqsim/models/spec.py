@@ -196,8 +196,11 @@ def campaign_configs(campaign: xr.Dataset) -> list[Config]:
     return out
 
 
-def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: int = 24, seed: int = 0) -> ModelSpec:
-    """A spec whose terms and priors fit this campaign (terms the design cannot identify are left out)."""
+def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: int | None = None,
+              seed: int = 0) -> ModelSpec:
+    """A spec whose terms and priors fit this campaign (terms the design cannot identify are left out).
+
+    ``batches_per_pass`` defaults to :func:`default_batches_per_pass`."""
     if family not in FAMILIES:
         raise UserError(f"unknown family '{family}'; choose one of: auto, {', '.join(FAMILIES)}.")
     configs = campaign_configs(campaign)
@@ -225,6 +228,8 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         levels[factor] = [ref] + [s for s in seen if s != ref]
         terms += [f"{factor}={s}" for s in levels[factor][1:]]
     n_inst = int(campaign.sizes["instance"])
+    if batches_per_pass is None:
+        batches_per_pass = default_batches_per_pass(campaign)
     pass_effects = all(n_inst // c.batch_size - 1 >= 2 for c in configs)
     size_term = "instance_size" in campaign
     sizes = campaign["instance_size"].values.reshape(-1) if size_term else np.zeros(1)
@@ -260,6 +265,19 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         config_parameterisation="centred" if len(configs) - len(terms) - 1 >= CENTRED_MIN_DF else "non-centred",
         mean_form=mean_form, pass_effects=pass_effects, work_pivot=float(L.max() - centre["L"]),
     )
+
+
+# the random batches kept per pass: 24, fewer on large campaigns so that the fit sees about this many
+# rows. A gradient costs ~0.2 µs per row, and beyond a few hundred batches per config the rows add
+# little: each pass's level is measured from all its batches; the rows inform the spread and slow hits.
+ROW_BUDGET = 6000
+BATCHES_PER_PASS = (8, 24)
+
+
+def default_batches_per_pass(campaign: xr.Dataset) -> int:
+    """Random batches kept per (config, pass) so that the subsample stays near :data:`ROW_BUDGET` rows."""
+    cells = int(np.isfinite(campaign["latency_s"].values).any(axis=-1).sum())
+    return int(np.clip(ROW_BUDGET // max(cells, 1), *BATCHES_PER_PASS))
 
 
 @dataclasses.dataclass
