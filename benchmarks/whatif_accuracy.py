@@ -32,7 +32,7 @@ SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
     ("A: 1 replica, batch≤8, wait 0.5 ms", 1, 1, 8, 0.5e-3),
     ("B: 2 replicas, batch≤4, wait 0", 2, 1, 4, 0.0),
 ]
-LOADS = (0.3, 0.5, 0.7, 0.85, 1.0)  # fractions of the predicted saturation rate (replicas 95% busy)
+LOADS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.25)  # fractions of the predicted saturation rate (replicas 95% busy)
 
 
 def main() -> None:

@@ -68,9 +68,10 @@ def test_fit_overheads_and_calibrate_serving(tmp_path):
     oh = fit_overheads([run], ConstantService(50e-6))
     assert oh.scale > 0 and oh.per_batch_s >= 0 and oh.per_request_s >= 0 and 0 <= oh.pause_prob <= 1
     path = calibrate_serving("toy", home=tmp_path, system="box", max_batch=4, rates_rps=[200, 400],
-                             duration_s=0.4, use_loadgen=False, workload=tiny_workload())
+                             duration_s=0.4, repeats=2, use_loadgen=False, workload=tiny_workload())
     data = json.loads(path.read_text())
-    assert "r1-th1" in data["setups"] and len(data["setups"]["r1-th1"]["observed"]) == 2
+    assert "r1-th1" in data["setups"] and len(data["setups"]["r1-th1"]["observed"]) == 4
+    assert data["setups"]["r1-th1"]["run_log_dof"] == 2 and data["setups"]["r1-th1"]["run_log_sd"] > 0
     got, note = load_overheads(path.parent, 1, 1)
     assert got is not None and "r1-th1" in note
     got2, note2 = load_overheads(path.parent, 2, 1)
@@ -116,3 +117,32 @@ def test_window_log_sd_recovers_a_known_window_level_and_drives_pass_effects():
     svc = WithOverheads(ConstantService(1e-3), ServingOverheads(window_log_sd=sd))
     e = svc.pass_effects(20000, np.random.default_rng(0))
     assert e.mean() == pytest.approx(1.0, abs=0.01) and np.log(e).std() == pytest.approx(sd, rel=0.05)
+
+
+def test_run_log_sd_recovers_a_known_run_level_and_widens_simulated_runs():
+    """Runs whose whole level moves by N(0, 0.15) from one run to the next, at two rates with a
+    contention term: the between-run sd is recovered from the repeats (the rate effect is not
+    counted), and each simulated run then draws its own level, mean 1, at least that wide."""
+    from tqsim.measure.serving import ServingRun, _run_log_sd
+    from tqsim.whatif.service import ServingOverheads, WithOverheads
+
+    rng = np.random.default_rng(5)
+
+    def run(rate, n=400, g=2e-4):
+        k = rng.integers(1, 5, n)
+        busy = (100e-6 + 50e-6 * k) * np.exp(rng.normal(0, 0.15) + rng.normal(0, 0.05, n)) * (1 + g * rate)
+        z = np.zeros(1)
+        return ServingRun(rate, 1, 1, 4, 0.0, "test", z, z, z, z.astype(int), z.astype(bool), k, np.zeros(n),
+                          busy * 0.7, busy, np.full(n, np.nan), np.zeros(n, int), 1.0)
+
+    runs = [run(rate) for rate in (500.0, 2000.0) for _ in range(12)]
+    sd, dof = _run_log_sd(runs, g=2e-4)
+    assert dof == 22 and sd == pytest.approx(0.15, rel=0.3)
+    assert _run_log_sd(runs[:1] + runs[12:13], g=2e-4) == (None, 0)  # one run per rate: no repeats
+    svc = WithOverheads(ConstantService(1e-3), ServingOverheads(run_log_sd=sd, run_log_dof=dof))
+    levels = np.array([svc.draw(np.random.default_rng(i)).sample(np.ones(1, int), rng)[0] / 1e-3
+                       for i in range(4000)])
+    assert levels.mean() == pytest.approx(1.0, abs=0.02)
+    assert sd <= np.log(levels).std() <= 1.4 * sd
+    same = WithOverheads(ConstantService(1e-3), ServingOverheads())
+    assert same.draw(rng).sample(np.ones(3, int), rng) == pytest.approx(np.full(3, 1e-3))

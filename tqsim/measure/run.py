@@ -84,7 +84,7 @@ def _convergence_rule(eps: float):
 
 
 SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": str, "precision": str,
-                "duration": str}
+                "duration": str, "repeats": int}
 
 
 def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
@@ -111,4 +111,5 @@ def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None,
         threads=values.get("threads", 1), max_batch=values.get("max_batch", 8),
         max_wait_s=parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
         precision=values.get("precision", "fp32"),
-        duration_s=parse_duration(values.get("duration", "8s"), "duration"), seed=seed or 0)
+        duration_s=parse_duration(values.get("duration", "8s"), "duration"), repeats=values.get("repeats", 3),
+        seed=seed or 0)

@@ -397,10 +397,34 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
     pause = (over > 20 * typical) & (over > 2e-3)
     late = late[np.isfinite(late)]
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
+    run_sd, run_dof = _run_log_sd(runs, g)
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
                             pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g,
-                            window_log_sd=_window_log_sd(runs, med_fwd, window) if window else None)
+                            window_log_sd=_window_log_sd(runs, med_fwd, window) if window else None,
+                            run_log_sd=run_sd, run_log_dof=run_dof)
+
+
+def _run_log_sd(runs: Sequence[ServingRun], g: float) -> tuple[float | None, int]:
+    """Pooled sd, between repeated runs at the same rate, of each run's served level, and its dof.
+
+    A run's level is the median over its batches of log(busy / (1 + g λ)) relative to the median at
+    the same batch size over the runs at that rate. (None, 0) without repeats."""
+    by_rate: dict[float, list[ServingRun]] = {}
+    for r in runs:
+        by_rate.setdefault(round(float(r.rate_rps), 1), []).append(r)
+    sq, dof = 0.0, 0
+    for rate, group in by_rate.items():
+        if len(group) < 2:
+            continue
+        k = np.concatenate([r.batch_size for r in group])
+        busy = np.log(np.concatenate([r.batch_busy_s for r in group]) / (1 + g * rate))
+        med = {int(s): float(np.median(busy[k == s])) for s in np.unique(k)}
+        levels = np.array([np.median(np.log(r.batch_busy_s / (1 + g * rate))
+                                     - np.array([med[int(s)] for s in r.batch_size])) for r in group])
+        sq += float(np.sum((levels - levels.mean()) ** 2))
+        dof += len(group) - 1
+    return (float(np.sqrt(sq / dof)), dof) if dof else (None, 0)
 
 
 def _window_log_sd(runs: Sequence[ServingRun], med_fwd: dict, window: int, min_windows: int = 4) -> float | None:
@@ -458,14 +482,15 @@ def _fit_inflation(runs: Sequence[ServingRun], min_batches: int = 20) -> float:
 def calibrate_serving(workload_spec: str, home=None, system: str | None = None, *, replicas: int = 1,
                       threads: int = 1, max_batch: int = 8, max_wait_s: float = 0.5e-3, precision: str = "fp32",
                       rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.1, 0.3),
-                      duration_s: float = 8.0, seed: int = 0, use_loadgen: bool | None = None,
+                      duration_s: float = 8.0, repeats: int = 3, seed: int = 0, use_loadgen: bool | None = None,
                       workload: Any = None) -> Path:
     """Measure the serving stack's overheads for one set-up and store them; return the file's path.
 
     Needs the forward-time calibration of ``threads``/``precision`` in the workspace (``tqsim
     calibrate``). Runs the real :class:`BatchingServer` at ``rates_rps`` (default: ``loads`` times
     the forward-time-only capacity, i.e. light and moderate load once the overheads are counted)
-    for ``duration_s`` each, fits :class:`~tqsim.whatif.service.ServingOverheads` and merges them
+    for ``duration_s`` each, ``repeats`` times (how much a whole run's level moves from one run to
+    the next), fits :class:`~tqsim.whatif.service.ServingOverheads` and merges them
     into ``calibration/<system>/<workload>/serving.json`` under ``r<replicas>-th<threads>``.
     """
     from tqsim.data.workspace import Workspace, default_system_name, safe_name, workload_name_of
@@ -486,10 +511,12 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
         cap = capacity_rps(forward, setup)
         rates_rps = [round(f * cap, 1) for f in loads]
     server = BatchingServer(workload, replicas, threads, max_batch, max_wait_s, precision)
-    runs = [run_load(server, r, duration_s, seed=seed + i, use_loadgen=use_loadgen) for i, r in enumerate(rates_rps)]
+    # repeats interleaved over the rates, so that a slow minute does not pass for a rate effect
+    runs = [run_load(server, r, duration_s, seed=seed + i + 100 * j, use_loadgen=use_loadgen)
+            for j in range(max(int(repeats), 1)) for i, r in enumerate(rates_rps)]
     oh = fit_overheads(runs, forward, window=workload.n_instances)
-    oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s, "
-                 f"{duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
+    oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s "
+                 f"× {max(int(repeats), 1)}, {duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
     path = folder / SERVING_FILE
     data = json.loads(path.read_text()) if path.exists() else {"workload": name, "system": system, "setups": {}}
     entry = oh.to_dict()

@@ -261,6 +261,11 @@ class ServingOverheads:
     # forward calibration's pass effects, whose spread between timed passes is several times larger:
     # on the 2-vCPU VM it over-forecast p99 at 50-100 % load by 1.6-80x, benchmarks/RESULTS.md)
     window_log_sd: float | None = None
+    # sd of a whole run's served level from one run to the next at the same rate (the machine's state
+    # for the minute: repeats of one load level here differed 6-76 % in p99 on a calm hour), pooled
+    # over repeated serving-calibration runs, with its degrees of freedom; None: not measured
+    run_log_sd: float | None = None
+    run_log_dof: int = 0
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -283,6 +288,7 @@ class WithOverheads(ServiceModel):
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
         self._shape = np.sort(np.asarray(overheads.shape, dtype=float))
         self._factor = 1.0
+        self._run = 1.0
 
     def at_rate(self, rate_rps: float) -> "WithOverheads":
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
@@ -291,9 +297,21 @@ class WithOverheads(ServiceModel):
         return new
 
     def draw(self, rng):
+        """One simulated run: a draw of the forward model and of the run's machine state."""
         new = copy.copy(self)
         new.base = self.base.draw(rng)
+        new._run = self._run_level(rng)
         return new
+
+    def _run_level(self, rng: np.random.Generator) -> float:
+        """The run's multiplicative service level, lognormal with mean 1. Its sd is itself uncertain
+        (a few repeated runs measure it): σ² is drawn from its scaled-inverse-χ² posterior
+        (``dof·s²/χ²_dof``, Gelman et al., BDA3 §3.2) so that the interval says how little is known."""
+        sd, dof = self.oh.run_log_sd, int(self.oh.run_log_dof)
+        if not sd or dof < 1:
+            return 1.0
+        sd = float(sd) * np.sqrt(dof / rng.chisquare(dof))
+        return float(np.exp(rng.normal(-0.5 * sd * sd, sd)))
 
     def sample(self, batch_sizes, rng):
         k = np.asarray(batch_sizes, dtype=float)
@@ -301,7 +319,8 @@ class WithOverheads(ServiceModel):
         if self._shape.size:  # keep the model's median per batch size, take the served spread
             for _, idx in _groups(np.asarray(batch_sizes, dtype=np.int64).ravel()):
                 fwd[idx] = np.median(fwd[idx]) * self._shape[rng.integers(0, self._shape.size, idx.size)]
-        return self._factor * (self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s + self.oh.per_request_s * k)
+        return self._factor * self._run * (self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s
+                                           + self.oh.per_request_s * k)
 
     def pass_effects(self, n, rng):
         sd = self.oh.window_log_sd
