@@ -27,15 +27,35 @@ def test_spec_is_printable_and_round_trips(campaign):
     assert type(spec).from_json(spec.to_json()) == spec
 
 
-def test_design_subsamples_but_keeps_first_and_last_partial(campaign):
+def test_design_subsamples_full_batches_and_keeps_the_first(campaign):
     spec = make_spec(campaign, "student", batches_per_pass=6)
     d = build_design(campaign, spec)
-    # per pass: bs1 540 batches -> 1 + 6; bs4 135 (full last) -> 1 + 6; bs16 34 (partial) -> 2 + 6
-    assert d.y.size == 5 * 2 * (7 + 7 + 8)
+    # per pass: bs1 540 batches -> 1 + 6; bs4 135 (full last) -> 1 + 6; bs16 34 (partial left out) -> 1 + 6
+    assert d.y.size == 5 * 2 * (7 + 7 + 7)
     assert d.first.sum() == 5 * 6
-    assert (d.partial < 0).sum() == 5 * 2
+    # no row of batch 16 is its partial 34th batch (12 instances, from instance 528 on)
+    lat = campaign["latency_s"].values[2]
+    partial = {float(v) for v in np.log(lat[:, 528])}
+    assert not partial & set(d.y[d.cfg == 2].tolist())
     assert d.n_batches_total == 5 * 2 * (540 + 135 + 34)
     assert set(d.rnd.tolist()) == set(range(5))
+
+
+def test_partial_batch_follows_the_smooth_surface(campaign):
+    """Overhead-bound: a partial batch costs a full one; work-bound with κ = 1: proportionally less."""
+    spec = make_spec(campaign, "mixture")
+    assert spec.mean_form == "affine"
+    P = len(spec.terms)
+    config = Config(batch_size=16, threads=1)
+
+    def surface(o0, w0, kappa):
+        return {"overhead0": np.array([o0]), "work0": np.array([w0]), "work_exponent": np.array([kappa]),
+                "overhead_coef": np.zeros((1, P)), "work_coef": np.zeros((1, P))}
+
+    assert spec.partial_shift(surface(-5.0, -30.0, 1.0), config, 12)[0] == pytest.approx(0.0, abs=1e-6)
+    assert spec.partial_shift(surface(-30.0, -5.0, 1.0), config, 12)[0] == pytest.approx(math.log(12 / 16))
+    mixed = spec.partial_shift(surface(-9.0, -9.0, 1.0), config, 4)[0]
+    assert math.log(4 / 16) < mixed < 0.0
 
 
 def test_design_measures_each_pass_level_from_its_full_batches(campaign):

@@ -103,7 +103,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
     last = n - (nb - 1) * bs
     if last < bs:
-        log_t[:, :, -1] += (post["partial_batch"] * math.log(last / bs))[:, None]
+        log_t[:, :, -1] += spec.partial_shift(post, config, last)[:, None]
     # the first batch's additive cold-start cost (an unseen config: the trend plus a fresh deviation)
     first = own("first_cost", post["first_cost0"] + post["first_cost_bs"] * Z[0], post["first_cost_sd"])
     log_t[:, :, 0] = np.logaddexp(log_t[:, :, 0], first[:, None])

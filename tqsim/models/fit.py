@@ -161,7 +161,7 @@ def _attach_data(idata, design):
 
     obs = xr.Dataset({"y": ("obs", design.y)}, coords={"obs": np.arange(design.y.size)})
     const = xr.Dataset({"cfg": ("obs", design.cfg), "rnd": ("obs", design.rnd), "first": ("obs", design.first),
-                        "partial": ("obs", design.partial), "size": ("obs", design.size),
+                        "size": ("obs", design.size),
                         "X": (("config", "term"), design.X), "Z": (("config", "scale_input"), design.Z)},
                        coords={"obs": np.arange(design.y.size), "config": [c.id for c in design.configs]})
     groups = {"posterior": idata.posterior, "observed_data": obs, "constant_data": const}

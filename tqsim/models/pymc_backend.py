@@ -90,7 +90,6 @@ def build_model(spec: ModelSpec, design: Design):
         first_sd = pm.HalfNormal("first_cost_sd", 0.5)
         first_z = pm.Normal("first_cost_z", 0.0, 1.0, dims="config")
         first_c = pm.Deterministic("first_cost", f0 + f1 * Z[:, 0] + first_sd * first_z, dims="config")
-        g_partial = pm.Normal("partial_batch", 0.0, pr["position"]["sigma"])
         if spec.pass_effects:
             # each pass's level is measured (its full batches' median, ModelSpec.pass_effects): the
             # config means, round effects and the config's own pass-to-pass sd are fitted to those
@@ -111,7 +110,7 @@ def build_model(spec: ModelSpec, design: Design):
 
         def row_mean(i):
             """The location of rows ``i`` (the first batches and the others are modelled apart)."""
-            return level(i) + design.partial[i] * g_partial + design.size[i] * g_size
+            return level(i) + design.size[i] * g_size
 
         # the first batch (~4 % of the rows) adds a cold-start cost in seconds and has its own noise,
         # outside the residual family: its cost varies from pass to pass (log sd 0.1-0.2 here), and
@@ -179,7 +178,7 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     y, cfg, rnd = design.y, design.cfg, design.rnd
     C, P = design.X.shape
     R = design.rounds.size
-    body = (design.first == 0) & (design.partial == 0)
+    body = design.first == 0
     med_c = _config_medians(design)
     resid = y - med_c[cfg]
     r0 = np.array([np.median(resid[(rnd == t) & body]) if ((rnd == t) & body).any() else 0.0 for t in range(R)])
@@ -200,7 +199,7 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     start.update({
         "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
         "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
-        "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C), "partial_batch": 0.5,
+        "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C),
         "log_sigma_slope": np.zeros(2), "first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3),
     })
     # first batch: the median extra seconds over the config's typical batch
@@ -247,7 +246,7 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
 
 def _config_medians(design: Design) -> np.ndarray:
     """Each config's median log latency over its full batches after the first."""
-    body = (design.first == 0) & (design.partial == 0)
+    body = design.first == 0
     return np.array([np.median(design.y[(design.cfg == c) & body]) if ((design.cfg == c) & body).any()
                      else np.median(design.y[design.cfg == c]) for c in range(design.X.shape[0])])
 

@@ -39,7 +39,7 @@ class ModelSpec:
     size_term: bool = False
     size_centre: float = 0.0
     size_scale: float = 1.0
-    batches_per_pass: int = 24          # subsample: first, last partial, and this many others per pass
+    batches_per_pass: int = 24          # subsample: the first and this many other full batches per pass
     round_model: str = "ar1"
     priors: dict[str, Any] = dataclasses.field(default_factory=dict)
     subsample_seed: int = 0
@@ -78,7 +78,7 @@ class ModelSpec:
         lines = [
             "log batch latency[c, pass, batch] = log(e^m + [batch = 0]·e^f_c)  (first batch: + a cold-start cost)",
             ("  m = λ[c, pass] + δ_c" if self.pass_effects else "  m = μ_c + r[round(pass)]")
-            + " + γ_partial·log(size / batch_size)·[last batch partial]",
+            + "   (full batches; a last, partial batch of k: + smooth(k) - smooth(batch_size))",
             *(["    λ[c, pass] = median log latency of the pass's full batches after the first (measured)"
                " ~ N(μ_c + r[round(pass)], sqrt(σ_pass² + se²))",
                "    δ_c = δ0 + δ·[Lz, Tz] + σ_δ·z_c   (the fast mode's centre vs the pass median, non-centred)"]
@@ -96,7 +96,8 @@ class ModelSpec:
         lines.append(f"Lz = (log batch_size - {self.centre.get('L', 0):.3g}) / {self.scale.get('L', 1):.3g}, "
                      f"Tz = (log threads - {self.centre.get('T', 0):.3g}) / {self.scale.get('T', 1):.3g}")
         lines.append(f"categorical levels (first = reference): {self.levels}")
-        lines.append(f"subsample: first, last partial and {self.batches_per_pass} random batches per pass")
+        lines.append(f"subsample: the first and {self.batches_per_pass} random full batches per pass; the last, "
+                     "partial batch is shifted along the smooth surface in forecasts")
         lines.append(f"priors: {self.priors}")
         return "\n".join(lines)
 
@@ -147,6 +148,14 @@ class ModelSpec:
                                 p["work0"] + p["work_exponent"] * (ell - self.work_pivot)
                                 + xp.dot(X, p["work_coef"].T))
         return p["beta0"] + xp.dot(X, p["beta"].T)
+
+    def partial_shift(self, p: dict, config: Config, k: int) -> np.ndarray:
+        """Log-latency change of a last, partial batch of ``k`` instances against a full one: the
+        smooth surface's own change from ``batch_size`` to ``k`` (an overhead-bound model's partial
+        batch costs almost a full one, a work-bound model's much less)."""
+        part = dataclasses.replace(config, batch_size=int(k))
+        return (self.smooth_mean(p, self.features([part])[0], self.log_batch([part])[0])
+                - self.smooth_mean(p, self.features([config])[0], self.log_batch([config])[0]))
 
     def scaled(self, configs: list[Config]) -> np.ndarray:
         """``[config, 2]``: (Lz, Tz), the inputs of the residual scale and the slow-mode weight."""
@@ -288,7 +297,6 @@ class Design:
     cfg: np.ndarray           # config index
     rnd: np.ndarray           # round index (0..R-1, in round order)
     first: np.ndarray         # 1.0 on the first batch of a pass
-    partial: np.ndarray       # log(m / batch_size) on a last partial batch, else 0
     size: np.ndarray          # mean standardised instance size of the batch (0 without sizes)
     X: np.ndarray             # [config, term]
     K: np.ndarray             # [config, config] prior correlation of config deviations
@@ -318,7 +326,7 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
     round_index = {int(r): i for i, r in enumerate(rounds)}
     lat = campaign["latency_s"].values  # [config, pass, instance]
     has_size = spec.size_term and "instance_size" in campaign
-    cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "partial", "size", "cp")}
+    cols: dict[str, list] = {k: [] for k in ("y", "cfg", "rnd", "first", "size", "cp")}
     cells: dict[str, list] = {k: [] for k in ("level", "se", "cfg", "rnd")}
     total = 0
     for c, cfg in enumerate(configs):
@@ -326,7 +334,6 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
         starts = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
         counts = np.diff(np.r_[starts, batch.size])
         nb = starts.size
-        part = np.where(counts < cfg.batch_size, np.log(counts / cfg.batch_size), 0.0)
         if has_size:
             z = (campaign["instance_size"].values[c] - spec.size_centre) / spec.size_scale
             bsize = np.bincount(np.repeat(np.arange(nb), counts), weights=z, minlength=nb) / counts
@@ -340,16 +347,16 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
                 continue
             total += nb
             levels.append((np.log(row[body]), int(campaign["round"].values[c, p])))
-            keep = {0, nb - 1} if part[-1] < 0 else {0}
-            others = np.setdiff1d(np.arange(nb), list(keep))
+            # the first batch and a random subset of the full ones; the last, partial batch is left
+            # out (forecasts shift it along the smooth surface: ModelSpec.partial_shift)
+            others = np.setdiff1d(np.flatnonzero(counts == cfg.batch_size), [0])
             if others.size > spec.batches_per_pass:
                 others = rng.choice(others, spec.batches_per_pass, replace=False)
-            idx = np.sort(np.r_[list(keep), others]).astype(np.int64)
+            idx = np.sort(np.r_[0, others]).astype(np.int64)
             cols["y"].append(np.log(row[idx]))
             cols["cfg"].append(np.full(idx.size, c))
             cols["rnd"].append(np.full(idx.size, round_index[int(campaign["round"].values[c, p])]))
             cols["first"].append((idx == 0).astype(float))
-            cols["partial"].append(part[idx])
             cols["size"].append(bsize[idx])
             cols["cp"].append(np.full(idx.size, len(cols["cp"])))
         if body.size:
@@ -366,7 +373,7 @@ def build_design(campaign: xr.Dataset, spec: ModelSpec) -> Design:
         raise UserError("a configuration has fewer than two full batches after the first in a pass, so its "
                         "pass level cannot be measured; fit without it or calibrate smaller batch sizes.")
     return Design(y=arrays["y"], cfg=arrays["cfg"].astype(np.int64), rnd=arrays["rnd"].astype(np.int64),
-                  first=arrays["first"], partial=arrays["partial"], size=arrays["size"],
+                  first=arrays["first"], size=arrays["size"],
                   X=spec.features(configs), K=spec.correlation(configs, configs), Z=spec.scaled(configs),
                   ell=spec.log_batch(configs), cp=arrays["cp"].astype(np.int64), rounds=rounds, configs=configs,
                   n_batches_total=total, cell_level=cell["level"], cell_se=cell["se"],
