@@ -23,6 +23,8 @@ ESS_MIN = 100
 RHAT_FAIL = 1.05
 ESS_FAIL = 50
 DIVERGENCE_FAIL = 0.001
+# what to run when a fit is not clean: twice the default draws, longer tuning
+REFIT = "tqsim fit --draws 2000 --tune 1000"
 
 
 def default_sampler() -> str:

@@ -219,6 +219,7 @@ def _cmd(ctx: _Ctx, text: str) -> str:
 def _fit_section(ctx: _Ctx, force: bool) -> Section:
     """Loads the fit into ``ctx`` (so later sections can forecast) and describes it."""
     from tqsim.models import load
+    from tqsim.models.fit import REFIT
 
     sec = Section("model", "Fitted model",
                   intro="The Bayesian latency model behind every forecast: family, sampler and convergence "
@@ -265,11 +266,11 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
     elif force:
         ctx.fm = fm
         ctx.fit_problem = (f"FORECASTS FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}): shown because of --force; "
-                           "do not trust their intervals. Refit with `tqsim fit --draws 1000 --tune 1000`.")
+                           f"do not trust their intervals. Refit with `{REFIT}`.")
         sec.notes.append(ctx.fit_problem)
     else:
         ctx.fit_problem = (f"the fit at {path} failed its diagnostics ({what}), so forecasts are left out; refit "
-                           "with `tqsim fit --draws 1000 --tune 1000`, or pass --force to show them marked untrusted.")
+                           f"with `{REFIT}`, or pass --force to show them marked untrusted.")
         sec.notes.append(ctx.fit_problem)
     return sec
 
