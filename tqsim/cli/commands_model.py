@@ -31,7 +31,7 @@ def fit(
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="nutpie (default when installed), nuts, or "
                                                    "advi (quick, biased scales).")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws per chain.")] = 1000,
-    tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 300,
+    tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 500,
     chains: Annotated[int, typer.Option("--chains", help="Chains.")] = 2,
     family: Annotated[str, typer.Option("--family", help="Residual family: auto (PSIS-LOO), student, mixture.")] = "auto",
     batches_per_pass: Annotated[Optional[int], typer.Option(

@@ -84,7 +84,7 @@ def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
 
 
 def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | None = None, draws: int = 1000,
-                 tune: int = 300, chains: int = 2, seed: int = 0, batches_per_pass: int | None = None,
+                 tune: int = 500, chains: int = 2, seed: int = 0, batches_per_pass: int | None = None,
                  loo_batches_per_pass: int = 8, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> FittedModel:
     """Fit the hierarchical latency model to a campaign (``tqsim.data.io.load_campaign``'s output).
