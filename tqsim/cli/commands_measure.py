@@ -66,7 +66,8 @@ def calibrate(
     max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Cap on passes with --until-converged.")] = None,
     serving: Annotated[Optional[str], typer.Option(
         "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
-                          "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (needs the forward-time calibration first).")] = None,
+                          "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (also duration=8s, repeats=3: runs per "
+                          "rate; needs the forward-time calibration first).")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
