@@ -81,7 +81,7 @@ class ModelSpec:
             + "   (full batches; a last, partial batch of k: + smooth(k) - smooth(batch_size))",
             *(["    λ[c, pass] = median log latency of the pass's full batches after the first (measured)"
                " ~ N(μ_c + r[round(pass)], sqrt(σ_pass² + se²))",
-               "    δ_c = δ0 + δ·[Lz, Tz] + σ_δ·z_c   (the fast mode's centre vs the pass median, non-centred)"]
+               "    δ_c ~ N(δ0 + δ·[Lz, Tz], 0.01)   (the fast mode's centre vs the pass median; centred, sd fixed)"]
               if self.pass_effects else []),
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
