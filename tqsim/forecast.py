@@ -22,7 +22,6 @@ import numpy as np
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.fit import REFIT
-from tqsim.models.pymc_backend import FAST_OFFSET_SD
 from tqsim.models.spec import batch_layout
 from tqsim.models.store import FittedModel, quality_level_id
 from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
@@ -88,8 +87,9 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
         mean = spec.smooth_mean(post, X, spec.log_batch([config])[0]) + dev
     if spec.pass_effects:  # the fast mode's centre relative to a pass's median level
-        mean = mean + own("fast_offset", post["fast_offset0"] + post["fast_offset_slope"] @ Z,
-                          post.get("fast_offset_sd", FAST_OFFSET_SD))  # a fixed scale since session 4
+        # the offset's scale: fitted before session 4, a fixed prior sd since
+        sd = post["fast_offset_sd"] if "fast_offset_sd" in post else spec.priors["fast_offset"]["sd"]
+        mean = mean + own("fast_offset", post["fast_offset0"] + post["fast_offset_slope"] @ Z, sd)
     # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
     # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
     sd, phi = post["round_sd"], post["round_phi"]

@@ -417,11 +417,11 @@ def _run_log_sd(runs: Sequence[ServingRun], g: float) -> tuple[float | None, int
     for rate, group in by_rate.items():
         if len(group) < 2:
             continue
-        k = np.concatenate([r.batch_size for r in group])
-        busy = np.log(np.concatenate([r.batch_busy_s for r in group]) / (1 + g * rate))
+        per_run = [np.log(r.batch_busy_s / (1 + g * rate)) for r in group]
+        k, busy = np.concatenate([r.batch_size for r in group]), np.concatenate(per_run)
         med = {int(s): float(np.median(busy[k == s])) for s in np.unique(k)}
-        levels = np.array([np.median(np.log(r.batch_busy_s / (1 + g * rate))
-                                     - np.array([med[int(s)] for s in r.batch_size])) for r in group])
+        levels = np.array([np.median(b - np.array([med[int(s)] for s in r.batch_size]))
+                           for r, b in zip(group, per_run)])
         sq += float(np.sum((levels - levels.mean()) ** 2))
         dof += len(group) - 1
     return (float(np.sqrt(sq / dof)), dof) if dof else (None, 0)

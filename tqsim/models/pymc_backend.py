@@ -15,10 +15,6 @@ import numpy as np
 from tqsim.models.spec import Design, ModelSpec
 
 
-# prior sd of a config's fast-mode offset around its trend (log units); measured 0.001-0.007
-FAST_OFFSET_SD = 0.01
-
-
 def build_model(spec: ModelSpec, design: Design):
     """The PyMC model; data enter through ``pm.Data`` containers."""
     import pymc as pm
@@ -102,12 +98,12 @@ def build_model(spec: ModelSpec, design: Design):
             pm.Normal("pass_level", mean_c[design.cell_cfg] + r[design.cell_rnd],
                       pt.sqrt(pass_sd ** 2 + design.cell_se ** 2), observed=design.cell_level)
             # δ_c: a trend in batch size and threads plus a per-config deviation of FIXED prior scale
-            # (FAST_OFFSET_SD): the deviations were 0.1-0.7 % on real fits, and a fitted scale diverged
+            # (priors["fast_offset"]): the deviations were 0.1-0.7 % on real fits, and a fitted scale diverged
             # in either parameterisation (39 divergences non-centred, where the data pin each offset;
             # 5 centred, in the funnel at 0). Centred: the data pin each δ_c.
             o0 = pm.Normal("fast_offset0", 0.0, 0.5)
             o1 = pm.Normal("fast_offset_slope", 0.0, 0.5, dims="scale_input")
-            offset = pm.Normal("fast_offset", o0 + pt.dot(Z, o1), FAST_OFFSET_SD, dims="config")
+            offset = pm.Normal("fast_offset", o0 + pt.dot(Z, o1), pr["fast_offset"]["sd"], dims="config")
             level = lambda i: design.cell_level[design.cp[i]] + offset[design.cfg[i]]  # noqa: E731
         else:
             level = lambda i: mean_c[design.cfg[i]] + r[design.rnd[i]]  # noqa: E731

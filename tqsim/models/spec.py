@@ -81,7 +81,8 @@ class ModelSpec:
             + "   (full batches; a last, partial batch of k: + smooth(k) - smooth(batch_size))",
             *(["    λ[c, pass] = median log latency of the pass's full batches after the first (measured)"
                " ~ N(μ_c + r[round(pass)], sqrt(σ_pass² + se²))",
-               "    δ_c ~ N(δ0 + δ·[Lz, Tz], 0.01)   (the fast mode's centre vs the pass median; centred, sd fixed)"]
+               f"    δ_c ~ N(δ0 + δ·[Lz, Tz], {self.priors.get('fast_offset', {}).get('sd', 'σ_δ')})   "
+               "(the fast mode's centre vs the pass median; centred, sd fixed)"]
               if self.pass_effects else []),
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
@@ -250,6 +251,8 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         "slopes": {"sigma": 1.0},
         "work_exponent": {"mu": 1.0, "sigma": 0.25},
         "first_cost": {"mu": round(y_med - 1.0, 4), "sigma": 2.0},
+        # prior sd of a config's fast-mode offset around its trend (log units; measured 0.001-0.007)
+        "fast_offset": {"sd": 0.01},
         # a slow hit adds at least a fifth of the fastest config's typical call. (A floor at the whole
         # call was needed while pass levels were latent: below it the slow mode took digits-mlp's
         # +11 µs shoulder and pass levels went bimodal. With measured levels that full floor forced
