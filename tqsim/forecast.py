@@ -90,17 +90,19 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         # the offset's scale: fitted before session 4, a fixed prior sd since
         sd = post["fast_offset_sd"] if "fast_offset_sd" in post else spec.priors["fast_offset"]["sd"]
         mean = mean + own("fast_offset", post["fast_offset0"] + post["fast_offset_slope"] @ Z, sd)
-    # the run's machine effect: a fresh stationary AR(1) path, plus the uncertainty of the
-    # calibration's average machine state (the fit constrains calibration rounds to sum to zero)
+    # the run's machine effect: a fresh stationary AR(1) path (the config means already carry the
+    # uncertainty of the calibration's average machine state, except in fits whose latent round
+    # effects summed to zero: there it is added back)
     sd, phi = post["round_sd"], post["round_phi"]
-    R = max(int(fm.diagnostics.get("n_rounds", 1)), 1)
-    sd_mean = sd * np.sqrt(np.clip((1 + phi) / np.clip(1 - phi, 1e-3, None), 0, None) / R)
     path = np.empty((D, n_passes))
     path[:, 0] = rng.normal(0.0, 1.0, D) * sd
     innov = sd * np.sqrt(np.clip(1 - phi ** 2, 0, None))
     for t in range(1, n_passes):
         path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
-    path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
+    if spec.round_model == "ar1":
+        R = max(int(fm.diagnostics.get("n_rounds", 1)), 1)
+        sd_mean = sd * np.sqrt(np.clip((1 + phi) / np.clip(1 - phi, 1e-3, None), 0, None) / R)
+        path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
     if spec.pass_effects:  # the config's own pass-to-pass level, beyond the shared machine effect
         path += rng.normal(0.0, 1.0, (D, n_passes)) * post["pass_sd"][:, None]
     log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))

@@ -65,22 +65,14 @@ def build_model(spec: ModelSpec, design: Design):
             z_c = pm.Normal("config_z", 0.0, 1.0, dims="config")
             mean_c = pm.Deterministic("config_mean", smooth + config_sd * z_c, dims="config")
         pm.Deterministic("config_effect", mean_c - smooth, dims="config")
-        # shared machine effect: stationary AR(1) over rounds, centred (each round holds every config),
-        # constrained to sum to zero over the calibration's rounds so that it does not trade off with
-        # every config mean at once; forecasts add back the uncertainty of that mean (forecast.py).
+        # shared machine effect: a stationary AR(1) over rounds, shared by the configs of a round
         round_sd = pm.Gamma("round_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
         phi01 = pm.Beta("round_phi01", pr["round_phi"]["beta_a"], pr["round_phi"]["beta_b"])
         phi = pm.Deterministic("round_phi", 2.0 * phi01 - 1.0)
-        if R > 1:
-            r_free = pm.Flat("round_free", shape=R - 1)
-            r = pm.Deterministic("round_effect", pt.concatenate([r_free, -r_free.sum(keepdims=True)]), dims="round")
-            innov = round_sd * pt.sqrt(1.0 - phi ** 2)
-            ar_logp = (pm.logp(pm.Normal.dist(0.0, round_sd), r[0])
-                       + pm.logp(pm.Normal.dist(phi * r[:-1], innov), r[1:]).sum())
-            pm.Potential("round_ar1", ar_logp)
-        else:
-            r = pm.Deterministic("round_effect", pt.zeros(1), dims="round")
-
+        if spec.round_model == "ar1":
+            # latent and centred, constrained to sum to zero over the calibration's rounds so that it does
+            # not trade off with every config mean at once; forecasts add back that mean's uncertainty
+            r = _latent_rounds(round_sd, phi, R)
         # the first batch of a pass pays a cold-start cost that is ADDED in seconds (measured here:
         # +0.8 ms on digits-cnn and +0.4 ms on digits-mlp at every batch size from 1 to 128), so its
         # log shift shrinks as the batch grows; each config deviates a little (non-centred: one first
@@ -95,8 +87,16 @@ def build_model(spec: ModelSpec, design: Design):
             # config means, round effects and the config's own pass-to-pass sd are fitted to those
             # levels; the batches are modelled around their pass's level plus the fast mode's offset
             pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
-            pm.Normal("pass_level", mean_c[design.cell_cfg] + r[design.cell_rnd],
-                      pt.sqrt(pass_sd ** 2 + design.cell_se ** 2), observed=design.cell_level)
+            s2 = pass_sd ** 2 + design.cell_se ** 2
+            if spec.round_model == "ar1":
+                pm.Normal("pass_level", mean_c[design.cell_cfg] + r[design.cell_rnd], pt.sqrt(s2),
+                          observed=design.cell_level)
+            else:
+                # "ar1-marginal": the round effects integrated out. Latent and centred, they made a funnel
+                # as σ_round → 0 (18 divergences on a main-job calibration, where the 8 configs of a
+                # round inform its effect about as much as the prior does)
+                pm.Potential("pass_level", _marginal_levels_logp(design.cell_level - mean_c[design.cell_cfg],
+                                                                 s2, design.cell_rnd, R, round_sd, phi))
             # δ_c: a trend in batch size and threads plus a per-config deviation of FIXED prior scale
             # (priors["fast_offset"]): the deviations were 0.1-0.7 % on real fits, and a fitted scale diverged
             # in either parameterisation (39 divergences non-centred, where the data pin each offset;
@@ -158,6 +158,49 @@ def build_model(spec: ModelSpec, design: Design):
     return model
 
 
+def _latent_rounds(round_sd, phi, R: int):
+    """Round effects as free values summing to zero, with the stationary AR(1) density as a potential."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    if R == 1:
+        return pm.Deterministic("round_effect", pt.zeros(1), dims="round")
+    r_free = pm.Flat("round_free", shape=R - 1)
+    r = pm.Deterministic("round_effect", pt.concatenate([r_free, -r_free.sum(keepdims=True)]), dims="round")
+    innov = round_sd * pt.sqrt(1.0 - phi ** 2)
+    pm.Potential("round_ar1", pm.logp(pm.Normal.dist(0.0, round_sd), r[0])
+                 + pm.logp(pm.Normal.dist(phi * r[:-1], innov), r[1:]).sum())
+    return r
+
+
+def _marginal_levels_logp(u, s2, rnd: np.ndarray, R: int, round_sd, phi):
+    """log N(u | 0, diag(s2) + B Σ Bᵀ): cell residuals ``u`` with independent variances ``s2`` plus a
+    shared round effect ``r ~ AR(1)`` (Σ_ts = σ² φ^|t-s|; ``B`` maps cells to rounds), by Woodbury with
+    the AR(1)'s tridiagonal precision Q: ``M = Q + BᵀD⁻¹B`` is R × R, so a gradient costs O(R³), not O(cells³)."""
+    import pytensor.tensor as pt
+    from pytensor.tensor.slinalg import cholesky, solve_triangular
+
+    B = np.zeros((rnd.size, R))
+    B[np.arange(rnd.size), rnd] = 1.0
+    inv = 1.0 / s2
+    w = pt.dot(B.T, inv)                       # per round: Σ 1/s²
+    a = pt.dot(B.T, u * inv)                   # per round: Σ u/s²
+    inner = np.ones(R)                         # Q·σ²(1-φ²): diagonal 1, 1+φ², ..., 1+φ², 1; off-diagonal -φ
+    inner[[0, -1]] = 0.0
+    if R == 1:
+        q_diag, q_off = 1.0 / round_sd ** 2, 0.0
+    else:
+        q_diag = (1.0 + inner * phi ** 2) / (round_sd ** 2 * (1.0 - phi ** 2))
+        q_off = -phi / (round_sd ** 2 * (1.0 - phi ** 2))
+    M = pt.diag(q_diag + w) + q_off * (np.eye(R, k=1) + np.eye(R, k=-1))
+    L = cholesky(M)
+    v = solve_triangular(L, a, lower=True)
+    quad = pt.sum(u * u * inv) - pt.sum(v * v)
+    logdet = (-pt.sum(pt.log(inv)) + R * pt.log(round_sd ** 2) + (R - 1) * pt.log(1.0 - phi ** 2)
+              + 2.0 * pt.sum(pt.log(pt.diag(L))))
+    return -0.5 * (quad + logdet + rnd.size * math.log(2 * math.pi))
+
+
 def _mixture_logp(y, mu, inv_sigma, c_fast, c_slow, delay, inv_slow_sd):
     """Pointwise log density of the two-component mixture: fast ``N(mu, σ)`` and slow
     ``N(log(e^mu + e^delay), σ_slow)`` with weights ``1-w`` and ``w``; ``c_fast = log(1-w) - log σ``,
@@ -196,7 +239,7 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
                       "fast_offset": np.full(C, off)})
         resid = resid - off
     start.update({
-        "config_mean": med_c.astype(float), "config_sd": 0.05, "round_free": r0[:-1],
+        "config_mean": med_c.astype(float), "config_sd": 0.05,
         "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
         "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C),
         "log_sigma_slope": np.zeros(2), "first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3),
@@ -209,6 +252,8 @@ def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, A
     start["first_cost0"] = math.log(np.median(extra)) if extra else float(np.median(y)) - 1.0
     if spec.size_term:
         start["size_effect"] = 0.0
+    if spec.round_model == "ar1" and R > 1:
+        start["round_free"] = r0[:-1]
     if spec.config_parameterisation != "centred":
         start.pop("config_mean")
         start["config_z"] = np.zeros(C)
@@ -281,6 +326,9 @@ def _smooth_start(spec: ModelSpec, design: Design, med_c: np.ndarray) -> dict[st
     return {"smooth_z": np.full(3 + 2 * X.shape[1], 1e-3)}  # nutpie refuses a zero gradient component
 
 
+MAX_TREE_DEPTH = 7
+
+
 def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int, chains: int, seed: int,
            progress: bool = True, log: Callable[[str], None] | None = None):
     """Sample; returns (InferenceData, seconds). ``sampler``: nutpie | nuts | advi."""
@@ -297,8 +345,14 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
             compiled = nutpie.compile_pymc_model(model, initial_points={k: v for k, v in start.items() if k in names},
                                                  jitter_rvs=set(), **_nutpie_backend())
             log(f"compiled the model in {time.perf_counter() - t0:.1f} s; sampling {chains} chains with nutpie")
+            # a low-rank mass matrix: the config means share one direction (the calibration's average
+            # machine state, with the round effects integrated out) that a diagonal one cannot follow
+            # (ESS 37, r-hat 1.04); it also halved real mixture fits' steps per draw (43 -> 17). Trees
+            # capped at depth 7: from the start point the first warm-up draws ran to 1,023 steps and took
+            # 40 % of all gradients (docs/method.md, "Sampling")
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=min(chains, 2), seed=seed,
-                                  progress_bar=progress, save_warmup=False, target_accept=0.9)
+                                  progress_bar=progress, save_warmup=False, target_accept=0.9,
+                                  low_rank_modified_mass_matrix=True, maxdepth=MAX_TREE_DEPTH)
         elif sampler == "nuts":
             with model:
                 idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,

@@ -40,6 +40,8 @@ class ModelSpec:
     size_centre: float = 0.0
     size_scale: float = 1.0
     batches_per_pass: int = 24          # subsample: the first and this many other full batches per pass
+    # "ar1": latent round effects summing to zero (forecasts add back the uncertainty of their mean);
+    # "ar1-marginal" (with pass_effects): integrated out of the pass levels' likelihood, unconstrained
     round_model: str = "ar1"
     priors: dict[str, Any] = dataclasses.field(default_factory=dict)
     subsample_seed: int = 0
@@ -87,7 +89,9 @@ class ModelSpec:
             f"    μ_c ~ N({mean}, σ_cfg)   (config mean, centred; deviations K: "
             f"{self.corr_share:g}·SE(ΔlogBS/{self.corr_length_L:.2g}, ΔlogTh/{self.corr_length_T:.2g}) + "
             f"{1 - self.corr_share:g}·I)",
-            "    r ~ AR(1)(φ, σ_round) over rounds (centred; shared by configs)",
+            ("    r ~ AR(1)(φ, σ_round) over rounds (shared by configs; integrated out of the levels' likelihood)"
+             if self.round_model == "ar1-marginal" else
+             "    r ~ AR(1)(φ, σ_round) over rounds (centred, summing to zero; shared by configs)"),
             "    f_c = f0 + f1·Lz + σ_f·z_c   (log seconds of the first batch's extra cost, non-centred)",
             "  first batch: + N(0, σ_first,c),  log σ_first,c = g0 + g·[Lz, Tz]   (outside the residual family)",
         ]
@@ -275,7 +279,7 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         size_centre=float(sizes.mean()) if sizes.size else 0.0, size_scale=float(sizes.std() or 1.0),
         batches_per_pass=batches_per_pass, priors=priors, subsample_seed=seed,
         config_parameterisation="centred" if len(configs) - len(terms) - 1 >= CENTRED_MIN_DF else "non-centred",
-        mean_form=mean_form, pass_effects=pass_effects, work_pivot=float(L.max() - centre["L"]),
+        mean_form=mean_form, pass_effects=pass_effects, round_model="ar1-marginal" if pass_effects else "ar1", work_pivot=float(L.max() - centre["L"]),
     )
 
 
