@@ -140,3 +140,28 @@ def test_nutpie_ground_truth_recovered():
     assert abs(math.log(post["round_sd"].mean()) - math.log(law.round_sd)) < math.log(2.5)
     # the configuration's own pass-to-pass level, from the measured pass medians
     assert abs(math.log(post["pass_sd"].mean()) - math.log(law.pass_sd)) < math.log(1.5)
+
+
+@pytest.mark.parametrize("R, phi", [(1, 0.5), (2, -0.4), (9, 0.8)])
+def test_marginal_pass_levels_equal_the_dense_gaussian(R, phi):
+    """Round effects integrated out by Woodbury give exactly the dense N(0, D + BΣBᵀ) density."""
+    import pytensor.tensor as pt
+    from scipy.stats import multivariate_normal
+
+    from tqsim.models.pymc_backend import _marginal_levels_logp
+
+    rng = np.random.default_rng(R)
+    rnd = np.r_[np.arange(R), rng.integers(0, R, 4 * R)]
+    u, s2, sd = rng.normal(0, 0.1, rnd.size), rng.uniform(1e-3, 1e-2, rnd.size), 0.05
+    lag = np.abs(np.subtract.outer(np.arange(R), np.arange(R)))
+    B = np.eye(R)[rnd]
+    dense = multivariate_normal(np.zeros(rnd.size), np.diag(s2) + B @ (sd ** 2 * phi ** lag) @ B.T).logpdf(u)
+    got = _marginal_levels_logp(pt.as_tensor(u), pt.as_tensor(s2), rnd, R, pt.as_tensor(sd), pt.as_tensor(phi)).eval()
+    assert got == pytest.approx(dense, rel=1e-10)
+
+
+def test_shortfall_names_only_what_failed():
+    from tqsim.models.fit import shortfall
+
+    assert shortfall({"divergences": 1, "rhat_max": 1.007, "ess_bulk_min": 210}) == "1 divergence"
+    assert shortfall({"divergences": 0, "rhat_max": 1.02, "ess_bulk_min": 80}) == "r-hat max 1.020 > 1.01, bulk ESS min 80 < 100"

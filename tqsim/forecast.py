@@ -21,7 +21,7 @@ import numpy as np
 
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.models.fit import REFIT
+from tqsim.models.fit import REFIT, shortfall
 from tqsim.models.spec import batch_layout
 from tqsim.models.store import FittedModel, quality_level_id
 from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
@@ -149,17 +149,13 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
         raise UserError(f"quality-relevant levels {level} were never calibrated (calibrated: "
                         f"{', '.join(sorted(fm.quality_levels))}); calibrate a configuration with them first.")
     if not fm.diagnostics_ok:
-        d = fm.diagnostics
-        what = (f"r-hat max {d.get('rhat_max')}, ESS min {d.get('ess_bulk_min')}, "
-                f"{d.get('divergences')} divergences")
+        what = shortfall(fm.diagnostics)
         if not force:
             raise UserError(f"the fit failed its diagnostics ({what}); refit with more draws "
                             f"(`{REFIT}`) or forecast anyway with --force.")
         warns.append(f"FORECAST FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}); do not trust the intervals.")
     elif fm.diagnostics.get("status") == "warn":
-        d = fm.diagnostics
-        warns.append(f"the fit is usable but not clean (r-hat max {d.get('rhat_max'):.3f} > 1.01, ESS min "
-                     f"{d.get('ess_bulk_min'):.0f}, {d.get('divergences')} divergences): intervals may be a little "
+        warns.append(f"the fit is usable but not clean ({shortfall(fm.diagnostics)}): intervals may be a little "
                      f"off; `{REFIT}` for final numbers.")
     lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed)
     D = lat.shape[0]

@@ -41,7 +41,7 @@ def fit(
     """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
     from tqsim.data.io import load_campaign
     from tqsim.models import fit_campaign, save
-    from tqsim.models.fit import REFIT
+    from tqsim.models.fit import REFIT, shortfall
 
     ws, sys_name, wl = _where(home, system, workload)
     campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
@@ -64,7 +64,7 @@ def fit(
         c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
                 "without --force.")
     elif d.get("status") == "warn":
-        c.print("[yellow]diagnostics usable but not clean (r-hat > 1.01, ESS < 100 or a few divergences): "
+        c.print(f"[yellow]diagnostics usable but not clean ({shortfall(d)}): "
                 f"forecasts will say so; refit with `{REFIT}` for final numbers.[/yellow]")
     c.print(f"wrote {path}")
 

@@ -67,6 +67,18 @@ def diagnostics_of(idata, sampler: str) -> dict:
                            "rhat_fail": RHAT_FAIL, "ess_bulk_fail": ESS_FAIL, "divergence_rate_fail": DIVERGENCE_FAIL}}
 
 
+def shortfall(d: dict) -> str:
+    """What keeps a fit from clean, in words (e.g. "1 divergence, r-hat max 1.013 > 1.01")."""
+    out = []
+    if d.get("divergences"):
+        out.append(f"{d['divergences']} divergence{'s' if d['divergences'] != 1 else ''}")
+    if d.get("rhat_max") is not None and d["rhat_max"] > RHAT_MAX:
+        out.append(f"r-hat max {d['rhat_max']:.3f} > {RHAT_MAX}")
+    if d.get("ess_bulk_min") is not None and d["ess_bulk_min"] < ESS_MIN:
+        out.append(f"bulk ESS min {d['ess_bulk_min']:.0f} < {ESS_MIN}")
+    return ", ".join(out)
+
+
 def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
     levels: dict[str, dict] = {}
     for i in range(campaign.sizes["config"]):

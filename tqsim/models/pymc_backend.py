@@ -24,7 +24,7 @@ def build_model(spec: ModelSpec, design: Design):
     C, P = design.X.shape
     R = design.rounds.size
     coords = {"config": [c.id for c in design.configs], "config_": [c.id for c in design.configs], "term": list(spec.terms), "round": design.rounds.tolist(),
-              "scale_input": ["Lz", "Tz"], "obs": np.arange(design.y.size)}
+              "scale_input": ["Lz", "Tz"]}
     with pm.Model(coords=coords) as model:
         X = pm.Data("X", design.X, dims=("config", "term"))
         Z = pm.Data("Z", design.Z, dims=("config", "scale_input"))
