@@ -165,3 +165,28 @@ def test_shortfall_names_only_what_failed():
 
     assert shortfall({"divergences": 1, "rhat_max": 1.007, "ess_bulk_min": 210}) == "1 divergence"
     assert shortfall({"divergences": 0, "rhat_max": 1.02, "ess_bulk_min": 80}) == "r-hat max 1.020 > 1.01, bulk ESS min 80 < 100"
+
+
+def test_a_failed_fit_is_sampled_once_more_with_twice_the_tuning(campaign, monkeypatch):
+    import arviz as az
+
+    import tqsim.models.fit as fit_mod
+    from tqsim.models import pymc_backend
+
+    calls, verdicts = [], iter([{"status": "fail", "ok": False, "divergences": 9, "rhat_max": 1.002},
+                                {"status": "ok", "ok": True, "divergences": 0, "rhat_max": 1.002}])
+
+    def fake_sample(model, start, *, draws, tune, **kw):
+        calls.append((draws, tune))
+        return az.from_dict(posterior={"x": np.zeros((2, draws))}), 1.0
+
+    monkeypatch.setattr(pymc_backend, "sample", fake_sample)
+    monkeypatch.setattr(fit_mod, "diagnostics_of", lambda idata, sampler: dict(next(verdicts)))
+    fm = fit_mod.fit_campaign(campaign, family="mixture", sampler="nutpie", draws=100, tune=50)
+    assert calls == [(100, 50), (200, 100)]
+    assert fm.diagnostics["ok"] and fm.diagnostics["retried_after"] == "9 divergences"
+    calls.clear()
+    verdicts = iter([{"status": "fail", "ok": False, "divergences": 9, "rhat_max": 1.002}])
+    assert not fit_mod.fit_campaign(campaign, family="mixture", sampler="nutpie", draws=100, tune=50,
+                                    retry=False).diagnostics["ok"]
+    assert calls == [(100, 50)]

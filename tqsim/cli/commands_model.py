@@ -60,6 +60,9 @@ def fit(
             f"with {d['sampler']} in {d['total_seconds']:.1f} s; family: {d['family']} ({d['family_choice']})")
     if d.get("rhat_max") is not None:
         c.print(f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}")
+    if d.get("retried_after"):
+        c.print(f"the first sampling failed its diagnostics ({d['retried_after']}); these are from a second one "
+                "with twice the tuning and draws")
     if not d["ok"]:
         c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
                 "without --force.")

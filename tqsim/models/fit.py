@@ -97,13 +97,14 @@ def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
 
 def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | None = None, draws: int = 1000,
                  tune: int = 500, chains: int = 2, seed: int = 0, batches_per_pass: int | None = None,
-                 loo_batches_per_pass: int = 8, progress: bool = False,
+                 loo_batches_per_pass: int = 8, progress: bool = False, retry: bool = True,
                  log: Callable[[str], None] | None = None) -> FittedModel:
     """Fit the hierarchical latency model to a campaign (``tqsim.data.io.load_campaign``'s output).
 
     ``family``: ``student``, ``mixture`` or ``auto``. ``auto`` fits both families on a smaller
     subsample (``loo_batches_per_pass`` per pass, short chains), compares them by PSIS-LOO and then
-    fits the winner on the full subsample; the LOO table is recorded in the diagnostics.
+    fits the winner on the full subsample; the LOO table is recorded in the diagnostics. A final fit
+    that fails its diagnostics is sampled once more with twice the tuning and draws (``retry``).
     """
     import arviz as az
 
@@ -152,9 +153,21 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
     model = backend.build_model(spec, design)
     log(f"fitting the {chosen} family on {design.y.size} of {design.n_batches_total} batches "
         f"({len(design.configs)} configs, {design.rounds.size} rounds) with {sampler}")
-    idata, secs = backend.sample(model, backend.initial_point(spec, design, seed), sampler=sampler, draws=draws,
-                                 tune=tune, chains=chains, seed=seed, progress=progress, log=log)
+    start = backend.initial_point(spec, design, seed)
+    idata, secs = backend.sample(model, start, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
+                                 progress=progress, log=log)
     diag = diagnostics_of(idata, sampler)
+    failed_first = shortfall(diag) if retry and diag.get("status") == "fail" else None
+    if failed_first:
+        # a longer warm-up adapts the mass matrix and step size better; more draws dilute a few divergences.
+        # A fit that fails twice is left failed: predict refuses it without --force
+        log(f"diagnostics failed ({failed_first}); sampling once more with twice the tuning and draws "
+            f"({2 * tune} + {2 * draws} per chain)")
+        idata, more = backend.sample(model, start, sampler=sampler, draws=2 * draws, tune=2 * tune, chains=chains,
+                                     seed=seed + 1, progress=progress, log=log)
+        secs += more
+        diag = diagnostics_of(idata, sampler)
+        diag["retried_after"] = failed_first
     diag.update({"family": chosen, "family_choice": "psis-loo" if loo_table else f"fixed ({family})",
                  "loo": loo_table, "sample_seconds": round(secs, 2),
                  "total_seconds": round(time.perf_counter() - t_start, 2),
