@@ -39,5 +39,15 @@ def test_validate_object_and_summaries():
 
 def test_validate_empty_folder_refused(tmp_path):
     _, fm, _ = example_fit()
-    with pytest.raises(UserError, match="no configuration files"):
+    with pytest.raises(UserError, match="no sim configuration files.*OTHER_DIR"):
         validate(fm, tmp_path)
+
+
+def test_validate_takes_the_held_out_workspace(tmp_path):
+    """`--heldout` may name the other workspace (its --home): its calibration of this workload is used."""
+    import shutil
+
+    home, fm, _ = example_fit()
+    folder = tmp_path / "calibration" / fm.system / fm.workload
+    shutil.copytree(home / "heldout", folder)
+    assert len(validate(fm, tmp_path, n_draws=20)["configs"]) == 2

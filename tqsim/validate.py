@@ -122,10 +122,13 @@ def validate(fm: FittedModel, heldout: str | Path, *, n_draws: int = 200, seed: 
     from tqsim.data.io import calibration_files, read_calibration
 
     folder = Path(heldout)
+    if (folder / "calibration").is_dir():  # a workspace: its calibration of this workload, this system first
+        found = sorted((folder / "calibration").glob(f"*/{fm.workload}"))
+        folder = next((f for f in found if f.parent.name == fm.system), found[0] if len(found) == 1 else folder)
     files = calibration_files(folder) if folder.is_dir() else ([folder] if folder.exists() else [])
     if not files:
-        raise UserError(f"{heldout}: holds no configuration files; measure held-out configurations with "
-                        "`tqsim calibrate --home OTHER_DIR` and pass that folder.")
+        raise UserError(f"{heldout}: holds no {fm.workload} configuration files; measure held-out configurations "
+                        "with `tqsim calibrate --home OTHER_DIR` and pass OTHER_DIR (or a folder of .nc files).")
     rows = [validate_config(fm, read_calibration(p, fm.workload), n_draws=n_draws, seed=seed + i, force=force,
                             tail_q=tail_q) for i, p in enumerate(files)]
     err99 = np.array([abs(r["latency_s"]["p99"]["rel_error"]) for r in rows])
