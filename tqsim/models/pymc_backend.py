@@ -185,11 +185,11 @@ def _marginal_levels_logp(u, s2, rnd: np.ndarray, R: int, round_sd, phi):
     inv = 1.0 / s2
     w = pt.dot(B.T, inv)                       # per round: Σ 1/s²
     a = pt.dot(B.T, u * inv)                   # per round: Σ u/s²
-    inner = np.ones(R)                         # Q·σ²(1-φ²): diagonal 1, 1+φ², ..., 1+φ², 1; off-diagonal -φ
-    inner[[0, -1]] = 0.0
     if R == 1:
         q_diag, q_off = 1.0 / round_sd ** 2, 0.0
-    else:
+    else:  # Q·σ²(1-φ²): diagonal 1, 1+φ², ..., 1+φ², 1; off-diagonal -φ
+        inner = np.ones(R)
+        inner[[0, -1]] = 0.0
         q_diag = (1.0 + inner * phi ** 2) / (round_sd ** 2 * (1.0 - phi ** 2))
         q_off = -phi / (round_sd ** 2 * (1.0 - phi ** 2))
     M = pt.diag(q_diag + w) + q_off * (np.eye(R, k=1) + np.eye(R, k=-1))
