@@ -208,11 +208,11 @@ def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:
     for f in FACTORS:
         if f in values:
             continue
-        seen = sorted({str(c[f]) for c in fm.configs})
+        seen = sorted({c[f] for c in fm.configs}, key=lambda v: (isinstance(v, str), v))  # numbers in order
         if len(seen) == 1:
             values[f] = fm.configs[0][f]
         else:
-            missing.append(f"{f} (calibrated: {', '.join(seen)})")
+            missing.append(f"{f} (calibrated: {', '.join(map(str, seen))})")
     if missing:
         raise UserError("the calibration used several levels of " + "; ".join(missing)
                         + "; choose with --set FACTOR=VALUE.")
