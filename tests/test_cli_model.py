@@ -34,6 +34,16 @@ def test_validate_json(capsys, monkeypatch):
     assert len(json.loads(out)["configs"]) == 2
 
 
+def test_validate_table_fits_80_columns_and_names_the_shared_levels(capsys, monkeypatch):
+    home, fm, _ = example_fit()
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(["validate", "--home", str(home), "--heldout", str(home / "heldout"), "--draws", "40"],
+                         capsys, monkeypatch)
+    assert code == 0, err
+    assert max(map(len, out.splitlines())) <= 80 and "…" not in out
+    assert "bs8-th" in out and "bs32-th" in out and "coverage" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["--set", "batch_size=8"], "threads"),
     (["--set", "batch_size=8", "--set", "threads=1", "--set", "flavour=x"], "unknown factor"),

@@ -145,14 +145,25 @@ def validate(
     from rich.table import Table
 
     c = console()
-    t = Table("config", "p50 err", "p90 err", "p99 err", "inside", "rJSD (floor)", "W1/median", "CRPS/median",
-              "TQ err (T90/95/99)")
-    for row in res["configs"]:
+    from rich import box
+
+    ids = [row["config_id"].split("-") for row in res["configs"]]
+    shared = 0  # the trailing factor levels every held-out config shares are said once, in the title
+    while shared < min(map(len, ids)) - 1 and len({tuple(i[len(i) - shared - 1:]) for i in ids}) == 1:
+        shared += 1
+    common = "-".join(ids[0][len(ids[0]) - shared:])
+    t = Table(title=(f"all {common}; " if common else "") + "relative errors; in 90%: p50 p90 p99 inside "
+                    "the interval; W1, CRPS per median latency; TQ err: pp at T90/T95/T99", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True)
+    for name in ("config", "p50", "p90", "p99", "in 90%", "rJSD/floor", "W1", "CRPS", "TQ err"):
+        t.add_column(name, no_wrap=True)
+    for row, parts in zip(res["configs"], ids):
         lat = row["latency_s"]
         inside = "".join("✓" if lat[k]["inside"] else "✗" for k in ("p50", "p90", "p99"))
-        t.add_row(row["config_id"], *[f"{100 * lat[k]['rel_error']:+.1f}%" for k in ("p50", "p90", "p99")], inside,
-                  f"{row['rjsd']:.3f} ({row['rjsd_floor']:.3f})", f"{row['w1_rel']:.3f}", f"{row['crps_rel']:.3f}",
-                  " ".join(f"{100 * tq['abs_error']:.1f}" for tq in row["tail_quality"]))
+        t.add_row("-".join(parts[:len(parts) - shared]),
+                  *[f"{100 * lat[k]['rel_error']:+.0f}%" for k in ("p50", "p90", "p99")], inside,
+                  f"{row['rjsd']:.2f}/{row['rjsd_floor']:.2f}", f"{row['w1_rel']:.2f}", f"{row['crps_rel']:.2f}",
+                  "/".join(f"{100 * tq['abs_error']:.0f}" for tq in row["tail_quality"]))
     c.print(t)
     s = res["summary"]
     c.print(f"median |rel error| p99 {100 * s['median_rel_error_p99']:.1f}%, worst {100 * s['max_rel_error_p99']:.1f}%;"
