@@ -9,7 +9,6 @@ calibration's predicted capacity) is printed beside two real 8 s runs at that ra
 import os, sys, json, time, subprocess, warnings
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
 warnings.simplefilter("ignore")
-import numpy as np
 from tqsim.data.workspace import Workspace
 from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
 from tqsim.whatif.inputs import WorkspaceInputs
@@ -26,19 +25,18 @@ setup = ServingSetup(reps, th, mb, mw)
 server = BatchingServer(workload, reps, th, mb, mw)
 rate = None
 for k in range(4):
-    t0 = time.time()
     calibrate_serving(wl, home=home, replicas=reps, threads=th, max_batch=mb, max_wait_s=mw, duration_s=6.0,
                       workload=workload, seed=10 * k)
     src = WorkspaceInputs.open(home, None, wl)
     svc = src.service(th, "fp32", reps)
-    entry = json.loads((Workspace.at(home).calibration_dir(Workspace.at(home).systems()[0], wl) / "serving.json").read_text())["setups"]["r1-th1"]
+    entry = svc.oh.to_dict()  # the overheads this calibration fitted
     cap = saturation_rps(svc, setup)
     rate = rate or round(0.5 * cap, 1)
     wi = simulate(svc, setup, thresholds_s=[0.01], rate_rps=rate, correct=src.correct("fp32"), n_windows=20, draws=30,
                   seed=k, samples="random").result()
     p = wi["latency_s"]["p99"]
     obs = [run_load(server, rate, 8.0, seed=500 + k + 10 * j).summary(0.01, workload.n_instances)["latency_s"]["p99"] for j in range(2)]
-    keep = {key: entry.get(key) for key in ("scale", "per_batch_s", "per_request_s", "response_s", "run_log_sd", "inflation_s", "spread", "pause_prob") if key in entry}
+    keep = {key: entry.get(key) for key in ("scale", "per_batch_s", "per_request_s", "response_s", "run_log_sd", "inflation_s", "pause_prob")}
     print(json.dumps({"k": k, "t": time.strftime("%H:%M:%S"), "capacity_pred": round(cap), "rate": rate, **{a: (round(b, 6) if isinstance(b, float) else b) for a, b in keep.items()},
                       "p99_pred_ms": [round(p["mean"] * 1e3, 3), round(p["lo"] * 1e3, 3), round(p["hi"] * 1e3, 3)],
                       "p99_obs_ms": [round(v * 1e3, 3) for v in obs]}), flush=True)

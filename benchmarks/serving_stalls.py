@@ -11,8 +11,9 @@ from tqsim.measure.serving import BatchingServer, run_load
 from tqsim.workloads.registry import get_workload
 wl = get_workload("digits-cnn")
 server = BatchingServer(wl, 1, 1, 8, 0.5e-3)
+rate = float(sys.argv[1]) if len(sys.argv) > 1 else 2931.9
 for j in range(8):
-    r = run_load(server, float(sys.argv[1]) if len(sys.argv) > 1 else 2931.9, 8.0, seed=900 + j)
+    r = run_load(server, rate, 8.0, seed=900 + j)
     lat = r.done_s - r.arrival_s
     busy = np.sort(r.batch_busy_s)[::-1]
     fwd = np.sort(r.batch_forward_s)[::-1]

@@ -121,10 +121,13 @@ def validate(fm: FittedModel, heldout: str | Path, *, n_draws: int = 200, seed: 
     """Score the fit against every configuration file under ``heldout``; DESIGN §7's ``validate`` object."""
     from tqsim.data.io import calibration_files, read_calibration
 
+    from tqsim.data.workspace import Workspace
+
     folder = Path(heldout)
-    if (folder / "calibration").is_dir():  # a workspace: its calibration of this workload, this system first
-        found = sorted((folder / "calibration").glob(f"*/{fm.workload}"))
-        folder = next((f for f in found if f.parent.name == fm.system), found[0] if len(found) == 1 else folder)
+    ws = Workspace.at(folder)  # a workspace: its calibration of this workload, this system first
+    systems = [s for s in ws.systems() if fm.workload in ws.workloads(s)]
+    if fm.system in systems or len(systems) == 1:
+        folder = ws.calibration_dir(fm.system if fm.system in systems else systems[0], fm.workload)
     files = calibration_files(folder) if folder.is_dir() else ([folder] if folder.exists() else [])
     if not files:
         raise UserError(f"{heldout}: holds no {fm.workload} configuration files; measure held-out configurations "

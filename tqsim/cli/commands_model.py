@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -148,9 +150,8 @@ def validate(
     from rich import box
 
     ids = [row["config_id"].split("-") for row in res["configs"]]
-    shared = 0  # the trailing factor levels every held-out config shares are said once, in the title
-    while shared < min(map(len, ids)) - 1 and len({tuple(i[len(i) - shared - 1:]) for i in ids}) == 1:
-        shared += 1
+    # the trailing factor levels every held-out config shares are said once, in the title
+    shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
     common = "-".join(ids[0][len(ids[0]) - shared:])
     t = Table(title=(f"all {common}; " if common else "") + "relative errors; in 90%: p50 p90 p99 inside "
                     "the interval; W1, CRPS per median latency; TQ err: pp at T90/T95/T99", box=box.SIMPLE_HEAD,
