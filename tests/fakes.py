@@ -31,6 +31,7 @@ class FakeRunner:
         self.batches = [(idx[i:i + self.batch_size],) for i in range(0, self.n, self.batch_size)]
 
     def forward(self, args):
+        self.calls.append(int(args[0][0]))  # first instance of the batch called
         if self.sleep_s:
             time.sleep(self.sleep_s)
         return args[0]

@@ -22,6 +22,16 @@ def test_time_pass_reads_the_clock_once_before_and_once_after_each_call():
     ns = time_pass(runner, clock)
     assert ns.tolist() == [100, 250, 40]
     assert clock.i == 6
+    assert runner.calls == [0, 0, 3, 6]  # one untimed priming call of the first batch, then the pass
+
+
+def test_time_pass_primes_only_as_asked():
+    runner = FakeRunner(n=4, batch_size=2)
+    time_pass(runner, ScriptedClock([0, 10]), prime=3)
+    assert runner.calls == [0, 0, 0, 0, 2]
+    runner = FakeRunner(n=4, batch_size=2)
+    time_pass(runner, ScriptedClock([0, 10]), prime=0)
+    assert runner.calls == [0, 2]
 
 
 def test_flag_outliers_flags_far_calls_and_keeps_the_rest():

@@ -21,7 +21,7 @@ from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.measure.plan import Plan
 from tqsim.measure.record import ConfigRecord
-from tqsim.measure.timing import Clock, time_pass
+from tqsim.measure.timing import PRIMING_CALLS, Clock, time_pass
 
 
 @dataclasses.dataclass
@@ -162,7 +162,8 @@ def _new_record(config: Config, workload: Any, system: str, runner: Any, fp: dic
                        batch_of_instance=np.asarray(runner.batch_of_instance), prediction=prediction,
                        label=np.asarray(workload.labels), fingerprint=fp, model_digest=workload.digest,
                        instance_size=workload.instance_size,
-                       extra_attrs={"warmup_passes": plan.warmup, "seed": plan.seed, "task": workload.task})
+                       extra_attrs={"warmup_passes": plan.warmup, "priming_calls": PRIMING_CALLS, "seed": plan.seed,
+                                    "task": workload.task})
     for _ in range(plan.warmup):
         rec.warmup_ns.append(time_pass(runner, clock))
     return rec

@@ -26,8 +26,16 @@ class Timeable(Protocol):
     def synchronize(self) -> None: ...
 
 
-def time_pass(runner: Timeable, clock: Clock = time.perf_counter_ns) -> np.ndarray:
+PRIMING_CALLS = 1
+
+
+def time_pass(runner: Timeable, clock: Clock = time.perf_counter_ns, prime: int = PRIMING_CALLS) -> np.ndarray:
     """Return the wall time in nanoseconds of every forward call of one pass, in batch order.
+
+    ``prime`` untimed calls of the first batch run just before the timed ones: passes of different
+    configurations are interleaved, and the first call after a switch (other weights in cache, the
+    thread pool resized, an idle GPU) measured 2.1x the median on the CPU and ~5x on an H200 —
+    a cost of the harness's interleaving, not of a pass (docs/method.md, "Priming").
 
     The garbage collector is paused for the pass (as ``timeit`` does) and run just before it,
     so a collection of the harness's own objects never lands inside a timed call. A runner may
@@ -44,6 +52,9 @@ def time_pass(runner: Timeable, clock: Clock = time.perf_counter_ns) -> np.ndarr
     gc.disable()
     try:
         with context():
+            for _ in range(prime if batches else 0):
+                forward(batches[0])
+                sync()
             for i, args in enumerate(batches):
                 t0 = clock()
                 forward(args)
