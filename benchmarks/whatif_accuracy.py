@@ -19,6 +19,7 @@ issue delay, is printed beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import json
 import subprocess
@@ -35,6 +36,10 @@ SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
 LOADS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.25)  # fractions of the predicted saturation rate (replicas 95% busy)
 
 
+def _inside(interval: dict, values) -> int:
+    return int(sum(interval["lo"] - 1e-9 <= v <= interval["hi"] + 1e-9 for v in values))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", default="/tmp/tqsim-whatif-accuracy")
@@ -49,6 +54,7 @@ def main() -> None:
     from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
     from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.whatif.objective import parse_duration
+    from tqsim.whatif.service import WithOverheads
     from tqsim.whatif.simulator import ServingSetup, saturation_rps, simulate
     from tqsim.workloads.registry import get_workload
 
@@ -68,6 +74,11 @@ def main() -> None:
         svc = src.service(th, "fp32", reps)
         setup = ServingSetup(reps, th, mb, mw)
         cap = saturation_rps(svc, setup)
+        # the same calibration with every run stalling at the pooled rate: what the stall dispersion adds
+        fixed = WithOverheads(svc.base, dataclasses.replace(svc.oh, stall_dispersion=[]))
+        print(f"{label}: stall prob {svc.oh.stall_prob:.4f} ({len(svc.oh.stall_shape)} stalls), stall-rate φ "
+              f"median {np.median(svc.oh.stall_dispersion or [0]):.2f}, pause prob {svc.oh.pause_prob:.4f}, "
+              f"run_log_sd {svc.oh.run_log_sd}", file=sys.stderr)
         server = BatchingServer(workload, reps, th, mb, mw)
         for i, frac in enumerate(LOADS):
             rate = round(frac * cap, 1)
@@ -83,6 +94,8 @@ def main() -> None:
             wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
                           n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random")
             pred = wi.result()
+            pred_fixed = simulate(fixed, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
+                                  n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random").result()
             # Diagnostic only (not a forecast): the same service model fed the arrivals the SUT saw,
             # to tell service-model error from arrival-process error.
             replay = simulate(svc, setup, thresholds_s=[thr], arrivals_s=run.arrival_s - run.arrival_s[0],
@@ -94,10 +107,13 @@ def main() -> None:
                          "predicted": pred, "replayed_arrivals": replay,
                          "p99_rel_error": (p99["mean"] - obs["latency_s"]["p99"]) / obs["latency_s"]["p99"],
                          "p99_inside": p99["lo"] <= obs["latency_s"]["p99"] <= p99["hi"],
-                         "p99_runs_inside": int(sum(p99["lo"] <= v <= p99["hi"] for v in p99_runs)),
+                         "p99_runs_inside": _inside(p99, p99_runs),
                          "tq_abs_error": tq["mean"] - obs["tail_quality"],
                          "tq_inside": tq["lo"] - 1e-9 <= obs["tail_quality"] <= tq["hi"] + 1e-9,
-                         "tq_runs_inside": int(sum(tq["lo"] - 1e-9 <= v <= tq["hi"] + 1e-9 for v in tq_runs))})
+                         "tq_runs_inside": _inside(tq, tq_runs),
+                         "fixed_stall_rate": pred_fixed,
+                         "fixed_p99_runs_inside": _inside(pred_fixed["latency_s"]["p99"], p99_runs),
+                         "fixed_tq_runs_inside": _inside(pred_fixed["tail_quality"], tq_runs)})
             r = rows[-1]
             print(f"{label} load {frac:.2f} ({rate:.0f}/s): p99 obs {obs['latency_s']['p99'] * 1e3:.2f} ms "
                   f"(runs {', '.join(f'{v * 1e3:.2f}' for v in p99_runs)}) "
@@ -131,6 +147,9 @@ def main() -> None:
           f"{', '.join(f'{100 * v:.0f}%' for v in spread)} max/min); single runs' p99 inside the 90% interval: "
           f"{sum(r['p99_runs_inside'] for r in rows)}/{n_runs}; tail quality inside: "
           f"{sum(r['tq_runs_inside'] for r in rows)}/{n_runs}")
+    print(f"the same forecasts with every simulated run at the pooled stall rate: p99 inside "
+          f"{sum(r['fixed_p99_runs_inside'] for r in rows)}/{n_runs}, tail quality inside "
+          f"{sum(r['fixed_tq_runs_inside'] for r in rows)}/{n_runs}")
     for label, *_ in SETUPS:
         mine = [r for r in rows if r["setup"] == label]
         light = mine[0]["observed"]["latency_s"]["p99"]

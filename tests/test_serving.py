@@ -146,3 +146,54 @@ def test_run_log_sd_recovers_a_known_run_level_and_widens_simulated_runs():
     assert sd <= np.log(levels).std() <= 1.4 * sd
     same = WithOverheads(ConstantService(1e-3), ServingOverheads())
     assert same.draw(rng).sample(np.ones(3, int), rng) == pytest.approx(np.full(3, 1e-3))
+
+
+def _stall_runs(rng, phi, runs_per_rate=20, n=2000, p=0.01):
+    """Runs at two rates whose stall rate is p × Gamma(1/φ, φ) per run (φ = 0: the same p everywhere)."""
+    from tqsim.measure.serving import ServingRun
+
+    runs, stalled = [], []
+    for rate in (500.0, 2000.0):
+        for _ in range(runs_per_rate):
+            m = rng.gamma(1 / phi, phi) if phi > 0 else 1.0
+            k = np.ones(n + rng.integers(-50, 50), dtype=int)
+            z = np.zeros(1)
+            runs.append(ServingRun(rate, 1, 1, 4, 0.0, "test", z, z, z, z.astype(int), z.astype(bool), k,
+                                   np.zeros(k.size), np.ones(k.size), np.ones(k.size), np.full(k.size, np.nan),
+                                   np.zeros(k.size, int), 1.0))
+            stalled.append(rng.random(k.size) < min(p * (1 + rate / 2000) * m, 1))  # p differs by rate
+    run_of_batch = np.repeat(np.arange(len(runs)), [r.batch_size.size for r in runs])
+    return runs, run_of_batch, np.concatenate(stalled)
+
+
+def test_stall_dispersion_recovers_how_much_the_stall_rate_moves_between_runs():
+    """φ (variance of a run's stall-rate multiplier) is recovered from repeated runs, whatever the
+    rate-specific stall probability; steady runs give φ near 0; no repeats give no draws."""
+    from tqsim.measure.serving import stall_dispersion_draws
+
+    rng = np.random.default_rng(11)
+    draws = np.array(stall_dispersion_draws(*_stall_runs(rng, 0.7)))
+    assert draws.size == 400 and 0.4 < np.median(draws) < 1.2
+    assert np.quantile(draws, 0.05) > 0.2  # 40 runs rule out a steady rate
+    steady = np.array(stall_dispersion_draws(*_stall_runs(rng, 0.0)))
+    assert np.median(steady) < 0.05
+    runs, rob, st = _stall_runs(rng, 0.7, runs_per_rate=1)
+    assert stall_dispersion_draws(runs, rob, st) == []
+
+
+def test_simulated_runs_draw_their_own_stall_rate():
+    """With φ = 1 each simulated run's stall fraction varies with a CV near 1 around the pooled rate;
+    without dispersion every run stalls at the pooled rate."""
+    from tqsim.whatif.service import ServingOverheads, WithOverheads
+
+    def stall_fractions(dispersion):
+        oh = ServingOverheads(shape=[0.9, 1.0, 1.1], stall_prob=0.02, stall_shape=[8.0, 12.0],
+                              stall_dispersion=dispersion)
+        svc = WithOverheads(ConstantService(1e-3), oh)
+        rng = np.random.default_rng(2)
+        return np.array([np.mean(svc.draw(rng).sample(np.ones(5000, int), rng) > 5e-3) for _ in range(400)])
+
+    varying, fixed = stall_fractions([1.0]), stall_fractions([])
+    assert varying.mean() == pytest.approx(0.02, rel=0.15) and fixed.mean() == pytest.approx(0.02, rel=0.05)
+    assert varying.std() / varying.mean() == pytest.approx(1.0, rel=0.2)
+    assert fixed.std() / fixed.mean() < 0.15  # binomial noise of 5,000 batches only

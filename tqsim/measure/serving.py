@@ -376,10 +376,13 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
     cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
     ratio = fwd / np.array([cal[int(s)] for s in k])
     scale = float(np.median(ratio))
-    # The spread of in-server forward times around their own median per batch size, pooled.
+    # The spread of in-server forward times around their own median per batch size, pooled: the
+    # body as quantiles, the stalls (> STALL_RATIO × the median) kept whole, since their rate is
+    # what moves from one run to the next.
     med_fwd = {int(s): float(np.median(fwd[k == s])) for s in sizes}
     rel = fwd / np.array([med_fwd[int(s)] for s in k])
-    shape = np.quantile(rel, np.linspace(0.0005, 0.9995, 1000)).tolist()
+    stalled = rel > STALL_RATIO
+    shape = np.quantile(rel[~stalled], np.linspace(0.0005, 0.9995, 1000)).tolist()
     over = busy - fwd
     med_k = np.array([np.median(over[k == s]) for s in sizes])
     w = np.array([np.sum(k == s) for s in sizes], dtype=float)
@@ -398,11 +401,57 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
     late = late[np.isfinite(late)]
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
     run_sd, run_dof = _run_log_sd(runs, g)
+    run_of_batch = np.repeat(np.arange(len(runs)), [r.batch_size.size for r in runs])
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
                             pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g,
                             window_log_sd=_window_log_sd(runs, med_fwd, window) if window else None,
-                            run_log_sd=run_sd, run_log_dof=run_dof)
+                            run_log_sd=run_sd, run_log_dof=run_dof,
+                            stall_prob=float(stalled.mean()), stall_shape=np.sort(rel[stalled]).tolist(),
+                            stall_dispersion=stall_dispersion_draws(runs, run_of_batch, stalled | pause))
+
+
+STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
+
+
+def stall_dispersion_draws(runs: Sequence[ServingRun], run_of_batch: np.ndarray, stalled: np.ndarray,
+                           n_draws: int = 400, seed: int = 0) -> list[float]:
+    """Posterior draws of φ, the squared coefficient of variation of a run's stall rate across runs.
+
+    Model: run r's stall rate is ``p · m_r`` with ``m_r ~ Gamma(1/φ, φ)`` (mean 1, variance φ), so
+    its stall count is negative binomial. Runs at one rate share p; conditioning on each rate's
+    total removes p exactly, leaving a Dirichlet-multinomial in φ over the runs at that rate (shape
+    ``n_r / (φ n̄)`` per run, n_r its batches: exposure-proportional, exact for equal exposures).
+    Prior φ ~ Exponential(1). The posterior is evaluated on a grid and drawn by inverse CDF; with few
+    runs it is wide, and that width reaches the forecast's intervals. [] without repeated rates.
+    """
+    from scipy.special import gammaln
+
+    by_rate: dict[float, list[int]] = {}
+    for i, r in enumerate(runs):
+        by_rate.setdefault(round(float(r.rate_rps), 1), []).append(i)
+    groups = []
+    for idx in by_rate.values():
+        if len(idx) < 2:
+            continue
+        n = np.array([np.sum(run_of_batch == i) for i in idx], dtype=float)
+        counts = np.array([np.sum(stalled[run_of_batch == i]) for i in idx], dtype=float)
+        if counts.sum() > 0 and n.min() > 0:
+            groups.append((counts, n / n.mean()))
+    if not groups:
+        return []
+    phi = np.r_[1e-6, np.geomspace(1e-3, 20.0, 600)]
+    loglik = np.zeros_like(phi)
+    for counts, expo in groups:
+        alpha = expo[None, :] / phi[:, None]  # [grid, run]
+        loglik += (gammaln(alpha.sum(1)) - gammaln(counts.sum() + alpha.sum(1))
+                   + np.sum(gammaln(counts[None, :] + alpha) - gammaln(alpha), axis=1))
+    logpost = loglik - phi  # Exponential(1) prior on φ
+    width = np.gradient(phi)
+    w = np.exp(logpost - logpost.max()) * width
+    cdf = np.cumsum(w) / w.sum()
+    u = (np.arange(n_draws) + np.random.default_rng(seed).random(n_draws)) / n_draws  # stratified
+    return np.round(np.interp(u, cdf, phi), 5).tolist()
 
 
 def _run_log_sd(runs: Sequence[ServingRun], g: float) -> tuple[float | None, int]:

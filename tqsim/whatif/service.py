@@ -266,6 +266,14 @@ class ServingOverheads:
     # over repeated serving-calibration runs, with its degrees of freedom; None: not measured
     run_log_sd: float | None = None
     run_log_dof: int = 0
+    # Stalls: in-server forward calls beyond STALL_RATIO × their median (``stall_shape``, as ratios to
+    # the median; ``shape`` is then the body without them), a fraction ``stall_prob`` of batches
+    # pooled over the calibration runs. A run's stall rate (and pause rate) is that times a Gamma
+    # draw of mean 1 and variance φ, φ drawn from ``stall_dispersion`` (posterior draws; [] = the
+    # pooled rate in every run): repeated runs at one rate here differed 20x in stalls and 4x in p99.
+    stall_prob: float = 0.0
+    stall_shape: list = dataclasses.field(default_factory=list)
+    stall_dispersion: list = dataclasses.field(default_factory=list)
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -287,8 +295,10 @@ class WithOverheads(ServiceModel):
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
         self._shape = np.sort(np.asarray(overheads.shape, dtype=float))
+        self._stall = np.asarray(overheads.stall_shape, dtype=float)
         self._factor = 1.0
         self._run = 1.0
+        self._stall_mult = 1.0  # this run's stall (and pause) rate over the pooled one
 
     def at_rate(self, rate_rps: float) -> "WithOverheads":
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
@@ -301,7 +311,16 @@ class WithOverheads(ServiceModel):
         new = copy.copy(self)
         new.base = self.base.draw(rng)
         new._run = self._run_level(rng)
+        new._stall_mult = self._run_stall_multiplier(rng)
         return new
+
+    def _run_stall_multiplier(self, rng: np.random.Generator) -> float:
+        """The run's stall rate over the pooled rate: Gamma(1/φ, φ), φ a posterior draw; 1 if unmeasured."""
+        draws = self.oh.stall_dispersion
+        if not draws:
+            return 1.0
+        phi = float(draws[rng.integers(len(draws))])
+        return float(rng.gamma(1.0 / phi, phi)) if phi > 1e-6 else 1.0
 
     def _run_level(self, rng: np.random.Generator) -> float:
         """The run's multiplicative service level, lognormal with mean 1. Its sd is itself uncertain
@@ -317,8 +336,13 @@ class WithOverheads(ServiceModel):
         k = np.asarray(batch_sizes, dtype=float)
         fwd = np.asarray(self.base.sample(batch_sizes, rng), dtype=float).ravel()
         if self._shape.size:  # keep the model's median per batch size, take the served spread
+            p_stall = min(self.oh.stall_prob * self._stall_mult, 1.0) if self._stall.size else 0.0
             for _, idx in _groups(np.asarray(batch_sizes, dtype=np.int64).ravel()):
-                fwd[idx] = np.median(fwd[idx]) * self._shape[rng.integers(0, self._shape.size, idx.size)]
+                rel = self._shape[rng.integers(0, self._shape.size, idx.size)]
+                if p_stall > 0:
+                    hit = rng.random(idx.size) < p_stall
+                    rel[hit] = self._stall[rng.integers(0, self._stall.size, int(hit.sum()))]
+                fwd[idx] = np.median(fwd[idx]) * rel
         return self._factor * self._run * (self.oh.scale * fwd.reshape(k.shape) + self.oh.per_batch_s
                                            + self.oh.per_request_s * k)
 
@@ -334,7 +358,7 @@ class WithOverheads(ServiceModel):
     def extra_batch_s(self, n, rng):
         if self.oh.pause_prob <= 0:
             return np.zeros(n)
-        hit = rng.random(n) < self.oh.pause_prob
+        hit = rng.random(n) < min(self.oh.pause_prob * self._stall_mult, 1.0)
         out = np.zeros(n)
         out[hit] = rng.choice(self._pause, size=int(hit.sum()))
         return out
