@@ -62,7 +62,7 @@ def main() -> None:
     ws = Workspace.at(args.home)
     if not ws.systems():
         print("forward-time calibration missing: running tqsim calibrate (~2 min)", file=sys.stderr)
-        subprocess.run(["tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home",
+        subprocess.run([sys.executable, "-m", "tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home",
                         args.home, "--workload", args.workload], check=True, stdout=subprocess.DEVNULL)
     workload = get_workload(args.workload)
     n_inst = workload.n_instances
