@@ -78,6 +78,29 @@ def test_fit_overheads_and_calibrate_serving(tmp_path):
     assert got2 is not None and "no r2-th1" in note2
 
 
+def test_serving_calibration_sets_its_rates_below_saturation_from_a_probe(tmp_path):
+    """Without rates, a probe run sets them from the capacity with overheads: the tiny model's
+    forward-only capacity is far beyond what the Python server sustains, and rates taken from it
+    saturated the replicas. Every calibration run stays below saturation, and progress sees each."""
+    import sys
+
+    from tqsim.measure.campaign import Progress
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_planner import make_workspace
+
+    make_workspace(tmp_path, sizes=(1, 2, 4), n_inst=64)
+    seen = []
+    path = calibrate_serving("toy", home=tmp_path, system="box", max_batch=4, duration_s=0.5, repeats=2,
+                             use_loadgen=False, workload=tiny_workload(),
+                             progress=Progress(start=seen.append, advance=seen.append))
+    entry = json.loads(path.read_text())["setups"]["r1-th1"]
+    assert seen[0] == 5 and seen[1:] == ["probe"] + [f"{r:g} req/s" for r in entry["rates_rps"]] * 2
+    lo, hi = entry["rates_rps"]
+    assert hi == pytest.approx(2.5 * lo, rel=0.01)
+    assert all(np.mean(o["utilisation"]) < 0.9 for o in entry["observed"])
+
+
 def test_inflation_fit_recovers_a_known_contention_term():
     from tqsim.measure.serving import ServingRun, _fit_inflation
 

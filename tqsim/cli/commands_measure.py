@@ -75,11 +75,15 @@ def calibrate(
     if serving is not None:
         from tqsim.measure.run import calibrate_serving_setup
 
-        path = calibrate_serving_setup(serving, home=home, system=system, workload=workload, seed=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = calibrate_serving_setup(serving, home=home, system=system, workload=workload, seed=seed,
+                                           show_progress=not json_out)
+        notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
         if json_out:
-            emit_json({"serving_calibration": str(path)})
-        else:
-            console().print(f"serving overheads stored in {path}")
+            emit_json({"serving_calibration": str(path), "warnings": notes})
+            return
+        _render_serving(path, notes)
         return
     from tqsim.measure.run import calibrate as run_calibration
 
@@ -93,6 +97,29 @@ def calibrate(
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})
         return
     _render_calibration(result, notes)
+
+
+def _render_serving(path, notes: list[str]) -> None:
+    """What the serving calibration measured, in the terms the what-if uses."""
+    import json
+
+    import numpy as np
+
+    out = console()
+    data = json.loads(path.read_text())
+    entry = max(data["setups"].values(), key=lambda e: e.get("created_at", ""))
+    phi = entry.get("stall_dispersion") or [0.0]
+    out.print(f"{entry['source']}")
+    out.print(f"service = {entry['scale']:.2f} × forward + {fmt_seconds(entry['per_batch_s'])} a batch + "
+              f"{fmt_seconds(entry['per_request_s'])} a request; stalls (> 5× median) in "
+              f"{100 * entry.get('stall_prob', 0):.2f} % of batches, their rate varying between runs with "
+              f"CV ≈ {np.sqrt(np.median(phi)):.2f}; pauses in {100 * entry['pause_prob']:.2f} %")
+    for o in entry["observed"]:
+        out.print(f"  {o['rate_rps']:>9.0f} req/s: p99 {fmt_seconds(o['latency_s']['p99'])}, busy "
+                  f"{100 * np.mean(o['utilisation']):.0f} %, mean batch {o['mean_batch_size']:.1f}")
+    out.print(f"serving overheads stored in {path}")
+    for note in notes:
+        out.print(f"[yellow]warning: {note}[/yellow]")
 
 
 def _render_calibration(result: dict, notes: list[str]) -> None:

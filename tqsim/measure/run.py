@@ -88,7 +88,7 @@ SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": s
 
 
 def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
-                            seed: int | None = None):
+                            seed: int | None = None, show_progress: bool = True):
     """``tqsim calibrate --serving 'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'``: short real serving
     runs at light and moderate load whose overheads the what-if simulator adds to forward time."""
     from tqsim.measure.serving import calibrate_serving
@@ -106,10 +106,11 @@ def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None,
             raise UserError(f"--serving {key}={value}: expected a whole number.") from None
     ws = Workspace.at(home)
     system = ws.resolve_system(system)
-    return calibrate_serving(
-        workload or ws.resolve_workload(system, None), ws.home, system, replicas=values.get("replicas", 1),
-        threads=values.get("threads", 1), max_batch=values.get("max_batch", 8),
-        max_wait_s=parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
-        precision=values.get("precision", "fp32"),
-        duration_s=parse_duration(values.get("duration", "8s"), "duration"), repeats=values.get("repeats", 3),
-        seed=seed or 0)
+    with _progress_bar(show_progress) as progress:
+        return calibrate_serving(
+            workload or ws.resolve_workload(system, None), ws.home, system, replicas=values.get("replicas", 1),
+            threads=values.get("threads", 1), max_batch=values.get("max_batch", 8),
+            max_wait_s=parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
+            precision=values.get("precision", "fp32"),
+            duration_s=parse_duration(values.get("duration", "8s"), "duration"), repeats=values.get("repeats", 3),
+            seed=seed or 0, progress=progress)

@@ -26,6 +26,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -528,23 +529,51 @@ def _fit_inflation(runs: Sequence[ServingRun], min_batches: int = 20) -> float:
     return max(float(np.asarray(est)[order][np.searchsorted(cw, cw[-1] / 2)]), 0.0)  # weighted median
 
 
+PROBE_LOAD = 0.05  # the probe's rate, as a fraction of the forward-time-only capacity
+SATURATED = 0.9  # a serving run whose replicas were busier than this measured a queue, not overheads
+
+
+def _rates_from_probe(server: BatchingServer, forward, setup, loads: Sequence[float], duration_s: float,
+                      seed: int, use_loadgen: bool | None) -> list[float]:
+    """``loads`` × the capacity predicted with the overheads of one light probe run.
+
+    Forward time alone overstates what a server sustains: with 2 replicas and batches of 16 the
+    forward-only capacity here was ~43,000 req/s and the server saturated below 13,000, so rates set
+    from it ran a calibration at saturation. The probe starts at ``PROBE_LOAD`` of the forward-only
+    capacity and is repeated 4× slower while its replicas are saturated.
+    """
+    from tqsim.whatif.service import WithOverheads
+    from tqsim.whatif.simulator import capacity_rps, saturation_rps
+
+    rate = PROBE_LOAD * capacity_rps(forward, setup)
+    for _ in range(4):
+        probe = run_load(server, round(rate, 1), duration_s, seed=seed + 999, use_loadgen=use_loadgen)
+        if np.mean(probe.utilisation) < SATURATED:
+            break
+        rate /= 4
+    served = saturation_rps(WithOverheads(forward, fit_overheads([probe], forward)), setup)
+    return [round(f * served, 1) for f in loads]
+
+
 def calibrate_serving(workload_spec: str, home=None, system: str | None = None, *, replicas: int = 1,
                       threads: int = 1, max_batch: int = 8, max_wait_s: float = 0.5e-3, precision: str = "fp32",
-                      rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.1, 0.3),
+                      rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.2, 0.5),
                       duration_s: float = 8.0, repeats: int = 3, seed: int = 0, use_loadgen: bool | None = None,
-                      workload: Any = None) -> Path:
+                      workload: Any = None, progress: Any = None) -> Path:
     """Measure the serving stack's overheads for one set-up and store them; return the file's path.
 
     Needs the forward-time calibration of ``threads``/``precision`` in the workspace (``tqsim
     calibrate``). Runs the real :class:`BatchingServer` at ``rates_rps`` (default: ``loads`` times
-    the forward-time-only capacity, i.e. light and moderate load once the overheads are counted)
-    for ``duration_s`` each, ``repeats`` times (how much a whole run's level moves from one run to
-    the next), fits :class:`~tqsim.whatif.service.ServingOverheads` and merges them
-    into ``calibration/<system>/<workload>/serving.json`` under ``r<replicas>-th<threads>``.
+    the capacity a probe run predicts, i.e. light and moderate load) for ``duration_s`` each,
+    ``repeats`` times (how much a whole run's level moves from one run to the next), fits
+    :class:`~tqsim.whatif.service.ServingOverheads` and merges them into
+    ``calibration/<system>/<workload>/serving.json`` under ``r<replicas>-th<threads>``.
+    ``progress`` (a :class:`~tqsim.measure.campaign.Progress`) is told of every run.
     """
     from tqsim.data.workspace import Workspace, default_system_name, safe_name, workload_name_of
+    from tqsim.measure.campaign import Progress
     from tqsim.whatif.service import SERVING_FILE, EmpiricalService, serving_key
-    from tqsim.whatif.simulator import ServingSetup, capacity_rps
+    from tqsim.whatif.simulator import ServingSetup
 
     ws = Workspace.at(home)
     system = system or (ws.systems()[0] if len(ws.systems()) == 1 else default_system_name())
@@ -556,13 +585,24 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
 
         workload = get_workload(workload_spec)
     setup = ServingSetup(replicas, threads, max_batch, max_wait_s, precision)
-    if rates_rps is None:
-        cap = capacity_rps(forward, setup)
-        rates_rps = [round(f * cap, 1) for f in loads]
     server = BatchingServer(workload, replicas, threads, max_batch, max_wait_s, precision)
+    repeats = max(int(repeats), 1)
+    progress = progress or Progress()
+    progress.start(repeats * len(rates_rps) if rates_rps is not None else repeats * len(loads) + 1)
+    if rates_rps is None:
+        rates_rps = _rates_from_probe(server, forward, setup, loads, min(duration_s, 4.0), seed, use_loadgen)
+        progress.advance("probe")
     # repeats interleaved over the rates, so that a slow minute does not pass for a rate effect
-    runs = [run_load(server, r, duration_s, seed=seed + i + 100 * j, use_loadgen=use_loadgen)
-            for j in range(max(int(repeats), 1)) for i, r in enumerate(rates_rps)]
+    runs = []
+    for j in range(repeats):
+        for i, r in enumerate(rates_rps):
+            runs.append(run_load(server, r, duration_s, seed=seed + i + 100 * j, use_loadgen=use_loadgen))
+            progress.advance(f"{r:g} req/s")
+    saturated = sorted({r.rate_rps for r in runs if np.mean(r.utilisation) > SATURATED})
+    if saturated:
+        warnings.warn(f"the serving runs at {', '.join(f'{r:g}' for r in saturated)} req/s saturated the replicas "
+                      f"(> {SATURATED:.0%} busy), so their overheads include queueing; calibrate again with lower "
+                      "rates (omit rates to let a probe run choose them).", stacklevel=2)
     oh = fit_overheads(runs, forward, window=workload.n_instances)
     oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s "
                  f"× {max(int(repeats), 1)}, {duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")

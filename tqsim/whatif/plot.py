@@ -11,6 +11,7 @@ def plot_sweep(out: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict = {}
@@ -29,8 +30,15 @@ def plot_sweep(out: dict, path: Path) -> Path:
                           color=line.get_color())
         ax_l.axhline(thr * 1e3, ls=":", color=line.get_color(), lw=1)
     ax_q.set(xlabel="arrival rate (requests/s)", ylabel="tail quality", title="tail quality vs load")
+    # A flat curve must read as flat: at least 5 points of quality in view, no offset notation.
+    shown = [v for r in out["results"] for v in (r["tail_quality"]["lo"], r["tail_quality"]["hi"])]
+    if max(shown) - min(shown) < 0.05:
+        ax_q.set_ylim(max(max(shown) - 0.05, 0.0), min(max(shown) + 0.01, 1.0))
+    ax_q.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax_l.set(xlabel="arrival rate (requests/s)", ylabel="p99 end-to-end latency (ms)", title="p99 vs load",
              yscale="log")
+    ax_l.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_l.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
     ax_q.legend(fontsize=8)
     ax_l.legend(fontsize=8)
     fig.suptitle(f"{out['workload']} on {out['system']} (bands: 90% intervals)")
