@@ -130,7 +130,7 @@ def predict(
 
 @app.command()
 def validate(
-    heldout: Annotated[Path, typer.Option("--heldout", help="Folder of held-out configuration files.")],
+    heldout: Annotated[Path, typer.Option("--heldout", help="Workspace the held-out runs were calibrated in (its --home), or a folder of their files.")],
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = 0, debug: Debug = False,
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws used.")] = 200,

@@ -18,8 +18,8 @@ def report(
                       "figures/.")] = None,
     threshold: Thresholds = None,
     tail_q: Annotated[float, typer.Option("--tail-q", help="Tail quantile q of TQ_q (0 < q < 1).")] = 0.01,
-    heldout: Annotated[Optional[Path], typer.Option("--heldout", help="Folder of held-out configuration files: "
-                                                    "adds the validation section (needs a fit).")] = None,
+    heldout: Annotated[Optional[Path], typer.Option("--heldout", help="Workspace of held-out runs (or a folder of "
+                                                    "their files): adds the validation section (needs a fit).")] = None,
     whatif_rate: Annotated[Optional[str], typer.Option("--whatif-rate", help="Arrival rates for the what-if "
                                                        "curves, e.g. 100,200,400 (default: 20–90% of the estimated "
                                                        "capacity, when a serving calibration exists).")] = None,

@@ -148,7 +148,7 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
         raise UserError(f"--draws {draws}: forecast bands need at least 10 posterior draws (default 100).")
     if heldout is not None and not Path(heldout).exists():
         raise UserError(f"--heldout {heldout}: no such folder; measure held-out configurations with "
-                        "`tqsim calibrate --home OTHER_DIR` and pass OTHER_DIR/calibration/<system>/<workload>.")
+                        "`tqsim calibrate --home OTHER_DIR` and pass --heldout OTHER_DIR.")
     if whatif_max_batch < 1:
         raise UserError(f"--whatif-max-batch {whatif_max_batch}: must be ≥ 1.")
     ws = Workspace.at(home)
@@ -543,8 +543,7 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
     if heldout is None:
         sec.available = False
         sec.missing = ("no held-out runs given: measure a few configurations separately "
-                       "(`tqsim calibrate --home OTHER_DIR --grid batch_size=8`) and pass "
-                       "--heldout OTHER_DIR/calibration/<system>/<workload>.")
+                       "(`tqsim calibrate --home OTHER_DIR --grid batch_size=8`) and pass --heldout OTHER_DIR.")
         return sec
     if ctx.fm is None:
         sec.available = False

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tqsim.plotting import plain_log_labels
 from tqsim.report.build import Figure, Report
 
 DPI = 110
@@ -169,6 +170,8 @@ def heatmap_figure(sec, folder: Path, title: str) -> Figure | None:
         im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto", origin="lower")
         cb = fig.colorbar(im, ax=ax, shrink=0.95, pad=0.01)
         cb.set_label(label, fontsize=9)
+        if isinstance(norm, LogNorm):
+            plain_log_labels(cb.ax.yaxis)
         for i in range(len(ys)):
             for j in range(len(xs)):
                 if not np.isfinite(z[i, j]):

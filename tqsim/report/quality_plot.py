@@ -13,15 +13,19 @@ def plot_quality_bands(curves: list[dict], path: Path, *, marks: dict[str, list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tqsim.plotting import plain_log_labels
+
     fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for i, c in enumerate(curves):
         color = f"C{i % 10}"
-        ax.fill_between(c["threshold_s"], c["min"], c["max"], color=color, alpha=0.25, linewidth=0)
-        ax.plot(c["threshold_s"], c["mean"], color=color, label=c["config_id"])
+        ms = [t * 1e3 for t in c["threshold_s"]]
+        ax.fill_between(ms, c["min"], c["max"], color=color, alpha=0.25, linewidth=0)
+        ax.plot(ms, c["mean"], color=color, label=c["config_id"])
         for tau in (marks or {}).get(c["config_id"], []):
-            ax.axvline(tau, color=color, linestyle=":", linewidth=0.8)
+            ax.axvline(tau * 1e3, color=color, linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("threshold τ (s)")
+    plain_log_labels(ax.xaxis)
+    ax.set_xlabel("threshold τ (ms)")
     ax.set_ylabel("Q@T (band: min–max over passes; line: mean)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title or "Quality at deadline")

@@ -11,7 +11,8 @@ def plot_sweep(out: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
+
+    from tqsim.plotting import plain_log_labels
 
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict = {}
@@ -37,8 +38,7 @@ def plot_sweep(out: dict, path: Path) -> Path:
     ax_q.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax_l.set(xlabel="arrival rate (requests/s)", ylabel="p99 end-to-end latency (ms)", title="p99 vs load",
              yscale="log")
-    ax_l.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax_l.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
+    plain_log_labels(ax_l.yaxis)
     ax_q.legend(fontsize=8)
     ax_l.legend(fontsize=8)
     fig.suptitle(f"{out['workload']} on {out['system']} (bands: 90% intervals)")
