@@ -19,8 +19,12 @@ from tqsim.whatif.simulator import HAVE_NUMBA, poisson_arrivals
 def main() -> None:
     rng = np.random.default_rng(0)
     base = EmpiricalService({k: 70e-6 * k**0.6 * np.exp(rng.normal(0, 0.1, (20, 200))) for k in (1, 2, 4, 8, 16)})
+    # every term a calibrated model carries: served spread (shape), stalls at a run-level rate, pauses
     svc = WithOverheads(base, ServingOverheads(scale=1.6, per_batch_s=20e-6, per_request_s=5e-6,
-                                               timer_late_s=[90e-6, 150e-6], pause_prob=1e-4, pause_s=[0.15]))
+                                               timer_late_s=[90e-6, 150e-6], pause_prob=1e-4, pause_s=[0.15],
+                                               shape=list(np.exp(np.linspace(-0.3, 0.6, 1000))),
+                                               stall_prob=0.003, stall_shape=[6.0, 9.0, 15.0],
+                                               stall_dispersion=[0.3, 0.5, 0.9]))
     setups = [("1 replica, no batching", ServingSetup(1, 1, 1, 0.0), 8000),
               ("2 replicas, batch≤16, wait 2ms", ServingSetup(2, 1, 16, 2e-3), 20000),
               ("4 replicas, batch≤8, wait 0.5ms", ServingSetup(4, 1, 8, 0.5e-3), 30000)]
