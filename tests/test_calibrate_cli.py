@@ -96,6 +96,8 @@ def test_sigint_keeps_every_finished_pass(tmp_path):
     (["--workload", "does/not/exist.py:make"], "does/not/exist.py"),
     (["--workload", "examples/my_workload.py:no_such_factory"], "no_such_factory"),
     (["--serving", "replicas=two"], "whole number"),
+    (["--serving", "replicas=0"], "replicas=0: must be a whole number ≥ 1"),  # refused before any run
+    (["--serving", "max_wait=-1ms"], "max_wait '-1ms' is not a duration"),
     (["--until-converged", "--rjsd", "2"], "--rjsd 2"),
 ])
 def test_bad_input_exits_2_with_one_or_two_lines_and_writes_nothing(tmp_path, args, message):

@@ -104,13 +104,16 @@ def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None,
             values[key] = SERVING_KEYS[key](value.strip())
         except ValueError:
             raise UserError(f"--serving {key}={value}: expected a whole number.") from None
+    from tqsim.whatif.simulator import ServingSetup
+
+    setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
+                         parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
+                         values.get("precision", "fp32"))  # refuses bad values before anything runs
     ws = Workspace.at(home)
     system = ws.resolve_system(system)
     with _progress_bar(show_progress) as progress:
         return calibrate_serving(
-            workload or ws.resolve_workload(system, None), ws.home, system, replicas=values.get("replicas", 1),
-            threads=values.get("threads", 1), max_batch=values.get("max_batch", 8),
-            max_wait_s=parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
-            precision=values.get("precision", "fp32"),
-            duration_s=parse_duration(values.get("duration", "8s"), "duration"), repeats=values.get("repeats", 3),
-            seed=seed or 0, progress=progress)
+            workload or ws.resolve_workload(system, None), ws.home, system, replicas=setup.replicas,
+            threads=setup.threads, max_batch=setup.max_batch, max_wait_s=setup.max_wait_s,
+            precision=setup.precision, duration_s=parse_duration(values.get("duration", "8s"), "duration"),
+            repeats=values.get("repeats", 3), seed=seed or 0, progress=progress)
