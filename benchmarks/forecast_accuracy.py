@@ -52,7 +52,7 @@ TRAIN, HELDOUT = grid(TRAIN_BS), grid(HELDOUT_BS)
 
 
 def calibrate(home: Path, workload: str, grid: tuple, passes: int) -> None:
-    cmd = ["tqsim", "calibrate", "--workload", workload, *grid, "--passes", str(passes), "--warmup", "1",
+    cmd = [sys.executable, "-m", "tqsim", "calibrate", "--workload", workload, *grid, "--passes", str(passes), "--warmup", "1",
            "--home", str(home)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 

@@ -17,7 +17,7 @@ from tqsim.workloads.registry import get_workload
 home = sys.argv[sys.argv.index("--home") + 1] if "--home" in sys.argv else "/tmp/tqsim-serving-drift"
 wl = "digits-cnn"
 if not Workspace.at(home).systems():
-    subprocess.run(["tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home", home,
+    subprocess.run([sys.executable, "-m", "tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home", home,
                     "--workload", wl], check=True, stdout=subprocess.DEVNULL)
 workload = get_workload(wl)
 reps, th, mb, mw = 1, 1, 8, 0.5e-3

@@ -149,3 +149,24 @@ def test_user_workload_example_from_the_readme_calibrates(tmp_path):
                 "--passes", "2", "--warmup", "0", "--json", home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["configs"][0]["passes"] == 2
+
+
+def test_serving_calibration_from_the_cli_feeds_whatif(tmp_path):
+    """`calibrate --serving` as a user runs it after a forward calibration: a probe picks the rates,
+    every run is summarised, the overheads land in serving.json, and `whatif` then uses them."""
+    res = tqsim("calibrate", "--workload", "digits-mlp", "--grid", "batch_size=1,2,4", "--passes", "3",
+                "--warmup", "0", "--system", "ci", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    res = tqsim("calibrate", "--serving", "replicas=1,max_batch=4,max_wait=0.5ms,duration=0.5s,repeats=2",
+                home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "serving overheads stored in" in res.stdout and res.stdout.count("req/s: p99") == 4
+    entry = json.loads((tmp_path / "calibration/ci/digits-mlp/serving.json").read_text())["setups"]["r1-th1"]
+    assert len(entry["rates_rps"]) == 2 and entry["rates_rps"][0] < entry["rates_rps"][1]
+    assert 0 <= entry["stall_prob"] < 0.2 and entry["scale"] > 0
+    res = tqsim("whatif", "--rate", "200", "--max-batch", "4", "--max-wait", "0.5ms", "-t", "50ms", "--json",
+                home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert any("serving overheads of r1-th1" in n for n in out["notes"])
+    assert out["results"][0]["latency_s"]["p99"]["mean"] > 0

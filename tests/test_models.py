@@ -190,3 +190,19 @@ def test_a_failed_fit_is_sampled_once_more_with_twice_the_tuning(campaign, monke
     assert not fit_mod.fit_campaign(campaign, family="mixture", sampler="nutpie", draws=100, tune=50,
                                     retry=False).diagnostics["ok"]
     assert calls == [(100, 50)]
+
+
+def test_a_student_tail_with_infinite_variance_is_flagged_for_automatic_choice():
+    """ν below 2 (measured 0.7-0.9 on digits-mlp, with forecast p99 40-700x too high) keeps the Student
+    family from being chosen automatically; a finite-variance tail, or another family, passes."""
+    import arviz as az
+
+    from tqsim.models.fit import NU_MIN, heavy_student_tail
+
+    rng = np.random.default_rng(0)
+    heavy = az.from_dict(posterior={"nu": rng.normal(0.8, 0.05, (2, 100))})
+    light = az.from_dict(posterior={"nu": rng.normal(3.2, 0.2, (2, 100))})
+    mixture = az.from_dict(posterior={"p_slow": rng.uniform(0, 0.1, (2, 100))})
+    assert heavy_student_tail(heavy) == pytest.approx(0.8, abs=0.02) and heavy_student_tail(heavy) < NU_MIN
+    assert heavy_student_tail(light) is None
+    assert heavy_student_tail(mixture) is None and heavy_student_tail(None) is None

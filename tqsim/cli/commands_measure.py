@@ -105,13 +105,15 @@ def _render_serving(path, notes: list[str]) -> None:
 
     import numpy as np
 
+    from tqsim.measure.serving import STALL_RATIO
+
     out = console()
     data = json.loads(path.read_text())
     entry = max(data["setups"].values(), key=lambda e: e.get("created_at", ""))
     phi = entry.get("stall_dispersion") or [0.0]
     out.print(f"{entry['source']}")
     out.print(f"service = {entry['scale']:.2f} × forward + {fmt_seconds(entry['per_batch_s'])} a batch + "
-              f"{fmt_seconds(entry['per_request_s'])} a request; stalls (> 5× median) in "
+              f"{fmt_seconds(entry['per_request_s'])} a request; stalls (> {STALL_RATIO:g}× median) in "
               f"{100 * entry.get('stall_prob', 0):.2f} % of batches, their rate varying between runs with "
               f"CV ≈ {np.sqrt(np.median(phi)):.2f}; pauses in {100 * entry['pause_prob']:.2f} %")
     for o in entry["observed"]:

@@ -348,6 +348,10 @@ def _run_poisson(server: BatchingServer, rate_rps: float, duration_s: float, see
 
 # -- serving calibration ---------------------------------------------------------------------------
 
+STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
+PROBE_LOAD = 0.05  # the probe's rate, as a fraction of the forward-time-only capacity
+SATURATED = 0.9  # a serving run whose replicas were busier than this measured a queue, not overheads
+
 def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None) -> "ServingOverheads":
     """Fit :class:`ServingOverheads` from loaded runs and the calibrated forward-time model ``forward``.
 
@@ -411,8 +415,6 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
                             stall_prob=float(stalled.mean()), stall_shape=np.sort(rel[stalled]).tolist(),
                             stall_dispersion=stall_dispersion_draws(runs, run_of_batch, stalled | pause))
 
-
-STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
 
 
 def stall_dispersion_draws(runs: Sequence[ServingRun], run_of_batch: np.ndarray, stalled: np.ndarray,
@@ -529,10 +531,6 @@ def _fit_inflation(runs: Sequence[ServingRun], min_batches: int = 20) -> float:
     return max(float(np.asarray(est)[order][np.searchsorted(cw, cw[-1] / 2)]), 0.0)  # weighted median
 
 
-PROBE_LOAD = 0.05  # the probe's rate, as a fraction of the forward-time-only capacity
-SATURATED = 0.9  # a serving run whose replicas were busier than this measured a queue, not overheads
-
-
 def _rates_from_probe(server: BatchingServer, forward, setup, loads: Sequence[float], duration_s: float,
                       seed: int, use_loadgen: bool | None) -> list[float]:
     """``loads`` × the capacity predicted with the overheads of one light probe run.
@@ -605,7 +603,7 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
                       "rates (omit rates to let a probe run choose them).", stacklevel=2)
     oh = fit_overheads(runs, forward, window=workload.n_instances)
     oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s "
-                 f"× {max(int(repeats), 1)}, {duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
+                 f"× {repeats}, {duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
     path = folder / SERVING_FILE
     data = json.loads(path.read_text()) if path.exists() else {"workload": name, "system": system, "setups": {}}
     entry = oh.to_dict()
