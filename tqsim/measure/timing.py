@@ -34,7 +34,7 @@ def time_pass(runner: Timeable, clock: Clock = time.perf_counter_ns, prime: int 
 
     ``prime`` untimed calls of the first batch run just before the timed ones: passes of different
     configurations are interleaved, and the first call after a switch (other weights in cache, the
-    thread pool resized, an idle GPU) measured 2.1x the median on the CPU and ~5x on an H200 —
+    thread pool resized, an idle GPU) measured 2.2x the median on the CPU and 4.4x on an H200 —
     a cost of the harness's interleaving, not of a pass (docs/method.md, "Priming").
 
     The garbage collector is paused for the pass (as ``timeit`` does) and run just before it,
