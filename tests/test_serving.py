@@ -185,8 +185,7 @@ def _stall_runs(rng, phi, runs_per_rate=20, n=2000, p=0.01):
                                    np.zeros(k.size), np.ones(k.size), np.ones(k.size), np.full(k.size, np.nan),
                                    np.zeros(k.size, int), 1.0))
             stalled.append(rng.random(k.size) < min(p * (1 + rate / 2000) * m, 1))  # p differs by rate
-    run_of_batch = np.repeat(np.arange(len(runs)), [r.batch_size.size for r in runs])
-    return runs, run_of_batch, np.concatenate(stalled)
+    return runs, np.concatenate(stalled)
 
 
 def test_stall_dispersion_recovers_how_much_the_stall_rate_moves_between_runs():
@@ -200,8 +199,8 @@ def test_stall_dispersion_recovers_how_much_the_stall_rate_moves_between_runs():
     assert np.quantile(draws, 0.05) > 0.2  # 40 runs rule out a steady rate
     steady = np.array(stall_dispersion_draws(*_stall_runs(rng, 0.0)))
     assert np.median(steady) < 0.05
-    runs, rob, st = _stall_runs(rng, 0.7, runs_per_rate=1)
-    assert stall_dispersion_draws(runs, rob, st) == []
+    runs, st = _stall_runs(rng, 0.7, runs_per_rate=1)
+    assert stall_dispersion_draws(runs, st) == []
 
 
 def test_simulated_runs_draw_their_own_stall_rate():

@@ -120,7 +120,6 @@ def validate(fm: FittedModel, heldout: str | Path, *, n_draws: int = 200, seed: 
              tail_q: float = 0.01) -> dict:
     """Score the fit against every configuration file under ``heldout``; DESIGN §7's ``validate`` object."""
     from tqsim.data.io import calibration_files, read_calibration
-
     from tqsim.data.workspace import Workspace
 
     folder = Path(heldout)

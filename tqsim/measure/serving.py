@@ -406,19 +406,18 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
     late = late[np.isfinite(late)]
     late_q = np.quantile(np.maximum(late, 0.0), np.linspace(0.005, 0.995, 100)).tolist() if late.size else [0.0]
     run_sd, run_dof = _run_log_sd(runs, g)
-    run_of_batch = np.repeat(np.arange(len(runs)), [r.batch_size.size for r in runs])
     return ServingOverheads(scale=scale, per_batch_s=per_batch, per_request_s=per_request, response_s=0.0,
                             timer_late_s=late_q, pause_prob=float(pause.mean()),
                             pause_s=(over[pause] - typical[pause]).tolist(), shape=shape, inflation_s=g,
                             window_log_sd=_window_log_sd(runs, med_fwd, window) if window else None,
                             run_log_sd=run_sd, run_log_dof=run_dof,
                             stall_prob=float(stalled.mean()), stall_shape=np.sort(rel[stalled]).tolist(),
-                            stall_dispersion=stall_dispersion_draws(runs, run_of_batch, stalled | pause))
+                            stall_dispersion=stall_dispersion_draws(runs, stalled | pause))
 
 
 
-def stall_dispersion_draws(runs: Sequence[ServingRun], run_of_batch: np.ndarray, stalled: np.ndarray,
-                           n_draws: int = 400, seed: int = 0) -> list[float]:
+def stall_dispersion_draws(runs: Sequence[ServingRun], stalled: np.ndarray, n_draws: int = 400,
+                           seed: int = 0) -> list[float]:
     """Posterior draws of φ, the squared coefficient of variation of a run's stall rate across runs.
 
     Model: run r's stall rate is ``p · m_r`` with ``m_r ~ Gamma(1/φ, φ)`` (mean 1, variance φ), so
@@ -426,10 +425,13 @@ def stall_dispersion_draws(runs: Sequence[ServingRun], run_of_batch: np.ndarray,
     total removes p exactly, leaving a Dirichlet-multinomial in φ over the runs at that rate (shape
     ``n_r / (φ n̄)`` per run, n_r its batches: exposure-proportional, exact for equal exposures).
     Prior φ ~ Exponential(1). The posterior is evaluated on a grid and drawn by inverse CDF; with few
-    runs it is wide, and that width reaches the forecast's intervals. [] without repeated rates.
+    runs it is wide, and that width reaches the forecast's intervals. ``stalled`` flags the batches of
+    all runs, concatenated in run order. [] without repeated rates.
     """
     from scipy.special import gammaln
 
+    sizes = np.array([r.batch_size.size for r in runs], dtype=float)
+    per_run = np.array([flags.sum() for flags in np.split(stalled, np.cumsum(sizes[:-1]).astype(int))], dtype=float)
     by_rate: dict[float, list[int]] = {}
     for i, r in enumerate(runs):
         by_rate.setdefault(round(float(r.rate_rps), 1), []).append(i)
@@ -437,8 +439,7 @@ def stall_dispersion_draws(runs: Sequence[ServingRun], run_of_batch: np.ndarray,
     for idx in by_rate.values():
         if len(idx) < 2:
             continue
-        n = np.array([np.sum(run_of_batch == i) for i in idx], dtype=float)
-        counts = np.array([np.sum(stalled[run_of_batch == i]) for i in idx], dtype=float)
+        n, counts = sizes[idx], per_run[idx]
         if counts.sum() > 0 and n.min() > 0:
             groups.append((counts, n / n.mean()))
     if not groups:

@@ -136,7 +136,7 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
         raise UserError(f"unknown family '{family}'; choose one of: auto, {', '.join(FAMILIES)}.")
     t_start = time.perf_counter()
     loo_table = None
-    chosen = family
+    chosen, choice = family, f"fixed ({family})"
     if family == "auto":
         if sampler == "advi":
             chosen = "mixture"
@@ -159,17 +159,18 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 cmp = az.compare(results, ic="loo")
-            chosen = str(cmp.index[0])
-            nu = heavy_student_tail(results.get("student"))
-            if chosen == "student" and nu is not None:
-                chosen = next(str(k) for k in cmp.index if str(k) != "student")
-                log(f"PSIS-LOO prefers the student family, but its tail has ν ≈ {nu:.2f} < {NU_MIN:g} (infinite "
-                    f"variance on the log scale: its forecast quantiles are unbounded); using the {chosen} family")
             loo_table = {str(k): {c: (float(v) if isinstance(v, (int, float, np.number)) else str(v))
                                   for c, v in row.items() if c in ("rank", "elpd_loo", "p_loo", "elpd_diff", "dse",
                                                                    "weight", "se", "warning")}
                          for k, row in cmp.iterrows()}
-            if chosen == str(cmp.index[0]):
+            chosen, choice = str(cmp.index[0]), "psis-loo"
+            nu = heavy_student_tail(results.get("student"))
+            if chosen == "student" and nu is not None:
+                chosen = next(str(k) for k in cmp.index if str(k) != "student")
+                choice = f"psis-loo; student excluded (ν < {NU_MIN:g})"
+                log(f"PSIS-LOO prefers the student family, but its tail has ν ≈ {nu:.2f} < {NU_MIN:g} (infinite "
+                    f"variance on the log scale: its forecast quantiles are unbounded); using the {chosen} family")
+            else:
                 log(f"PSIS-LOO prefers the {chosen} family: " + ", ".join(
                     f"{k} elpd {v['elpd_loo']:.1f}" for k, v in loo_table.items()))
     spec = make_spec(campaign, chosen, batches_per_pass, seed)
@@ -192,9 +193,6 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
         secs += more
         diag = diagnostics_of(idata, sampler)
         diag["retried_after"] = failed_first
-    choice = "psis-loo" if loo_table else f"fixed ({family})"
-    if loo_table and chosen != str(next(iter(loo_table))):
-        choice = f"psis-loo; student excluded (ν < {NU_MIN:g})"
     diag.update({"family": chosen, "family_choice": choice,
                  "loo": loo_table, "sample_seconds": round(secs, 2),
                  "total_seconds": round(time.perf_counter() - t_start, 2),

@@ -279,7 +279,8 @@ def make_spec(campaign: xr.Dataset, family: str = "mixture", batches_per_pass: i
         size_centre=float(sizes.mean()) if sizes.size else 0.0, size_scale=float(sizes.std() or 1.0),
         batches_per_pass=batches_per_pass, priors=priors, subsample_seed=seed,
         config_parameterisation="centred" if len(configs) - len(terms) - 1 >= CENTRED_MIN_DF else "non-centred",
-        mean_form=mean_form, pass_effects=pass_effects, round_model="ar1-marginal" if pass_effects else "ar1", work_pivot=float(L.max() - centre["L"]),
+        mean_form=mean_form, pass_effects=pass_effects, round_model="ar1-marginal" if pass_effects else "ar1",
+        work_pivot=float(L.max() - centre["L"]),
     )
 
 
