@@ -1,13 +1,13 @@
-"""Posterior + configuration -> predictive latency, Q@T and tail quality (DESIGN §5, §7 ``predict``).
+"""Posterior + configuration -> predictive latency, Q@T and tail quality (the ``predict`` object).
 
-For each posterior draw, simulate a run of ``n_passes`` passes made at another time: draw the run's
-machine-effect path from the fitted AR(1) (plus the uncertainty of the calibration's average
-machine state) and each pass's own level, draw every batch's latency with its position effect and
-residual (mixture or Student-t; the first batch has its own Normal noise), give every instance its
-batch's latency (the batch layout follows from the instance count and the batch size, last batch
-partial), mark late instances, score Q@T with the correctness
-vector of the configuration's quality-relevant levels. Every reported quantity is a per-draw
-statistic summarised by its posterior mean and a 90 % credible interval over draws.
+For each posterior draw, simulate a run of ``n_passes`` passes made in another session: the
+configuration's level (its own if calibrated, its GP conditional if not), a fresh session effect
+(or the one a check measured), each pass's deviation drawn from the configuration's pass quantile
+function, each batch from its within-pass quantile function (the first batch from its own), a
+partial last batch shifted along the level surface; every instance gets its batch's latency, late
+instances count as wrong, and Q@T is scored with the correctness vector of the configuration's
+quality-relevant levels. Every reported quantity is a per-draw statistic summarised by its
+posterior mean and a 90 % interval over draws.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.fit import REFIT, shortfall
-from tqsim.models.spec import batch_layout
+from tqsim.data.schema import batch_layout
 from tqsim.models.store import FittedModel, quality_level_id
 from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
                            tail_quality)
@@ -49,94 +49,101 @@ class Forecast:
 
 
 def _summary(x: np.ndarray, level: float = INTERVAL) -> dict[str, float]:
+    """Posterior mean, median and the central interval of a per-draw statistic. The median is the point
+    forecast tools should compare (it minimises the expected absolute log error; a tail percentile's
+    predictive is right-skewed, and its mean sat 36 % above the median on a real forecast)."""
     a = (1 - level) / 2
-    return {"mean": float(np.mean(x)), "lo": float(np.quantile(x, a)), "hi": float(np.quantile(x, 1 - a))}
+    return {"mean": float(np.mean(x)), "median": float(np.median(x)), "lo": float(np.quantile(x, a)),
+            "hi": float(np.quantile(x, 1 - a))}
+
+
+def pscale(u: np.ndarray) -> np.ndarray:
+    """The probability scale quantile functions are linear on between knots: log(2u) below the
+    median, −log(2(1−u)) above, so that a straight line beyond the last knot is an exponential tail."""
+    u = np.clip(np.asarray(u, float), 1e-12, 1 - 1e-12)
+    return np.where(u < 0.5, np.log(2 * u), -np.log(2 * (1 - u)))
+
+
+def quantile_draws(knots_u: np.ndarray, values: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Evaluate per-draw quantile functions (``values[D, K]`` at ``knots_u[K]``, sorted per draw: the
+    rearrangement of Chernozhukov et al. 2010) at ``u[D, ...]``: piecewise linear on :func:`pscale`,
+    extended linearly beyond the end knots, capped at ±RESID_CAP."""
+    q = np.sort(values, axis=1)
+    zk = pscale(knots_u)
+    z = pscale(u)
+    D = q.shape[0]
+    flat = z.reshape(D, -1)
+    if zk.size == 1:
+        return np.broadcast_to(q[:, :1], flat.shape).reshape(z.shape).copy()
+    idx = np.clip(np.searchsorted(zk, flat), 1, zk.size - 1)
+    lo, hi = np.take_along_axis(q, idx - 1, 1), np.take_along_axis(q, idx, 1)
+    slope = (hi - lo) / (zk[idx] - zk[idx - 1])
+    out = lo + slope * (flat - zk[idx - 1])
+    return np.clip(out, -RESID_CAP, RESID_CAP).reshape(z.shape)
+
+
+def _qf(shapes: dict[str, np.ndarray], kind: str, fixed: dict[float, float] | None = None):
+    """The knots and per-draw values of one quantile function (``within``, ``pass``, ``first``)."""
+    pts = {float(name.split(":")[1]): v for name, v in shapes.items() if name.startswith(kind + ":")}
+    D = next(iter(shapes.values())).shape[0] if shapes else 1
+    for u, v in (fixed or {}).items():
+        pts.setdefault(u, np.full(D, v))
+    if not pts:
+        return None
+    u = np.array(sorted(pts))
+    return u, np.stack([pts[k] for k in u], axis=1)
 
 
 def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_draws: int = 200,
-                     seed: int = 0, n_instances: int | None = None) -> tuple[np.ndarray, bool]:
-    """Predictive instance latencies ``[draw, pass, instance]`` (seconds) and whether ``config`` was calibrated."""
-    spec = fm.spec
+                     seed: int = 0, n_instances: int | None = None,
+                     session: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """Predictive instance latencies ``[draw, pass, instance]`` (seconds) and whether ``config`` was calibrated.
+
+    ``session``: ``[D]`` draws (or ``[D, n_passes]``) of the run's machine state relative to the
+    calibration's average; by default a fresh session (:func:`tqsim.models.conditional.session_offset`)."""
+    from tqsim.models.conditional import conditional, session_offset
+    from tqsim.models.summaries import batch_size_covariate, level_batches
+
     rng = np.random.default_rng(seed)
-    post = fm.posterior_draws(n_draws)
-    D = post["config_mean"].shape[0]
+    cond = conditional(fm, n_draws)
+    D = cond.D
     n = int(n_instances or fm.n_instances)
     bs = int(config.batch_size)
     batch = batch_layout(n, bs)
     nb = int(batch[-1]) + 1
-    ids = [c["id"] for c in fm.configs]
-    calibrated = config.id in ids
-    Z = spec.scaled([config])[0]
-    col = ids.index(config.id) if calibrated else None
-
-    def own(name: str, trend, sd):
-        """The config's own fitted term if it was calibrated, else its trend plus a fresh deviation."""
-        return post[name][:, col] if calibrated else trend + rng.normal(0.0, 1.0, D) * sd
-
-    if calibrated:
-        mean = post["config_mean"][:, col]
-    else:
-        X = spec.features([config])[0]
-        # the deviation of a new config, conditioned on the calibrated configs' deviations (kriging
-        # with the fit's prior correlation); σ_cfg² cancels from the weights
-        cal = [Config.from_mapping({k: v for k, v in c.items() if k != "id"}) for c in fm.configs]
-        K = spec.correlation(cal, cal) + 1e-9 * np.eye(len(cal))
-        k = spec.correlation([config], cal)[0]
-        wts = np.linalg.solve(K, k)
-        cond_sd = np.sqrt(max(spec.correlation([config], [config])[0, 0] - float(k @ wts), 1e-12))
-        dev = post["config_effect"] @ wts + rng.normal(0.0, 1.0, D) * post["config_sd"] * cond_sd
-        mean = spec.smooth_mean(post, X, spec.log_batch([config])[0]) + dev
-    if spec.pass_effects:  # the fast mode's centre relative to a pass's median level
-        # the offset's scale: fitted before session 4, a fixed prior sd since
-        sd = post["fast_offset_sd"] if "fast_offset_sd" in post else spec.priors["fast_offset"]["sd"]
-        mean = mean + own("fast_offset", post["fast_offset0"] + post["fast_offset_slope"] @ Z, sd)
-    # the run's machine effect: a fresh stationary AR(1) path (the config means already carry the
-    # uncertainty of the calibration's average machine state, except in fits whose latent round
-    # effects summed to zero: there it is added back)
-    sd, phi = post["round_sd"], post["round_phi"]
-    path = np.empty((D, n_passes))
-    path[:, 0] = rng.normal(0.0, 1.0, D) * sd
-    innov = sd * np.sqrt(np.clip(1 - phi ** 2, 0, None))
-    for t in range(1, n_passes):
-        path[:, t] = phi * path[:, t - 1] + rng.normal(0.0, 1.0, D) * innov
-    if spec.round_model == "ar1":
-        R = max(int(fm.diagnostics.get("n_rounds", 1)), 1)
-        sd_mean = sd * np.sqrt(np.clip((1 + phi) / np.clip(1 - phi, 1e-3, None), 0, None) / R)
-        path += (rng.normal(0.0, 1.0, D) * sd_mean)[:, None]
-    if spec.pass_effects:  # the config's own pass-to-pass level, beyond the shared machine effect
-        path += rng.normal(0.0, 1.0, (D, n_passes)) * post["pass_sd"][:, None]
-    log_t = (mean[:, None, None] + path[:, :, None]) * np.ones((1, 1, nb))
-    last = n - (nb - 1) * bs
-    if last < bs:
-        log_t[:, :, -1] += spec.partial_shift(post, config, last)[:, None]
-    # the first batch's additive cold-start cost (an unseen config: the trend plus a fresh deviation)
-    first = own("first_cost", post["first_cost0"] + post["first_cost_bs"] * Z[0], post["first_cost_sd"])
-    log_t[:, :, 0] = np.logaddexp(log_t[:, :, 0], first[:, None])
-    sigma = np.exp(post["log_sigma0"] + post["log_sigma_slope"] @ Z)[:, None, None]
-    shape = (D, n_passes, nb)
-    if spec.family == "student":
-        nu = post["nu"][:, None, None]
-        resid = sigma * rng.standard_t(np.broadcast_to(nu, shape))
-    else:
-        logit = own("slow_logit", post["slow_logit0"] + post["slow_logit_slope"] @ Z, post["slow_logit_sd"])
-        slow = rng.random(shape) < (1.0 / (1.0 + np.exp(-logit)))[:, None, None]
-        # a slow hit adds the delay e^d to the call: log(e^m + e^d) - m on top of m
-        hit = np.logaddexp(log_t, post["slow_delay"][:, None, None]) - log_t
-        resid = np.where(slow, hit + post["slow_sd"][:, None, None] * rng.standard_normal(shape),
-                         sigma * rng.standard_normal(shape))
-    # the first batch's own noise replaces the residual family there
-    first_sigma = post["first_sigma"][:, col] if calibrated else np.exp(
-        post["first_log_sigma0"] + post["first_log_sigma_slope"] @ Z)
-    resid[:, :, 0] = first_sigma[:, None] * rng.standard_normal((D, n_passes))
-    # a Student-t with small ν draws absurd log-residuals (exp overflows to inf and poisons the
-    # percentiles); cap at ±RESID_CAP in log space (e^8 ≈ 3000× the typical batch)
-    resid = np.clip(resid, -RESID_CAP, RESID_CAP)
-    return np.exp(log_t + resid)[:, :, batch], calibrated
+    counts = np.bincount(batch, minlength=nb)
+    calibrated = config.id in [c["id"] for c in fm.configs]
+    mu = cond.level([config], noise=True, rng=rng)[:, 0]                                  # [D]
+    if session is None:
+        session = session_offset(fm, cond.post, rng)
+    session = np.asarray(session, float)
+    offset = session[:, None] if session.ndim == 1 else session
+    shapes = cond.shapes(config, rng)
+    # the pass levels
+    pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
+    dev = quantile_draws(*pass_qf, rng.random((D, n_passes))) if pass_qf else np.zeros((D, n_passes))
+    level = mu[:, None] + offset + dev                                                    # [D, P]
+    # every batch around its pass level
+    within = _qf(shapes, "within", fixed={0.5: 0.0})
+    log_t = level[:, :, None] + quantile_draws(*within, rng.random((D, n_passes, nb)))
+    if "size:slope" in shapes and fm.instance_size is not None and fm.spec.size_sd > 0 and n == fm.n_instances:
+        z = batch_size_covariate(fm.instance_size, batch, fm.spec.size_mean, fm.spec.size_sd)
+        lb = level_batches(counts, bs)
+        log_t += shapes["size:slope"][:, None, None] * (z - np.median(z[lb]))[None, None, :]
+    lb = level_batches(counts, bs)
+    first = _qf(shapes, "first")
+    if first is not None and lb.size and lb[0] > 0:
+        log_t[:, :, 0] = level + quantile_draws(*first, rng.random((D, n_passes)))
+    last = int(counts[-1])
+    if last < bs:  # a partial last batch moves along the level surface from bs to its own size
+        pair = cond.level([config.replace(batch_size=last), config], noise=False)
+        log_t[:, :, -1] += (pair[:, 0] - pair[:, 1])[:, None]
+    return np.exp(log_t)[:, :, batch], calibrated
 
 
 def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
              n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
-             force: bool = False) -> Forecast:
+             force: bool = False, session: np.ndarray | None = None, session_note: str | None = None) -> Forecast:
     """Forecast ``config`` from a fitted model; the result's ``.result`` is DESIGN §7's ``predict`` object.
 
     Thresholds: absolute seconds, or ``pXX`` = that percentile of the forecast latency (posterior
@@ -157,7 +164,10 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     elif fm.diagnostics.get("status") == "warn":
         warns.append(f"the fit is usable but not clean ({shortfall(fm.diagnostics)}): intervals may be a little "
                      f"off; `{REFIT}` for final numbers.")
-    lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed)
+    if fm.summaries.sessions.size < 2 and session is None:
+        warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
+                     "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
+    lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=session)
     D = lat.shape[0]
     flat = lat.reshape(D, -1)
     pct = {name: np.percentile(flat, p, axis=1) for name, p in PERCENTILES}
@@ -180,9 +190,10 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     rows = []
     for k, tau in enumerate(taus_arr):
         m, t, mn = _summary(mean_q[:, k]), _summary(tail[:, k]), _summary(min_q[:, k])
-        rows.append({"threshold": labels[k], "threshold_s": float(tau), "mean": m["mean"], "mean_lo": m["lo"],
-                     "mean_hi": m["hi"], "tail": t["mean"], "tail_q": tail_q, "tail_lo": t["lo"], "tail_hi": t["hi"],
-                     "min": mn["mean"], "min_lo": mn["lo"], "min_hi": mn["hi"]})
+        rows.append({"threshold": labels[k], "threshold_s": float(tau), "mean": m["mean"], "mean_median": m["median"],
+                     "mean_lo": m["lo"], "mean_hi": m["hi"], "tail": t["mean"], "tail_median": t["median"],
+                     "tail_q": tail_q, "tail_lo": t["lo"], "tail_hi": t["hi"],
+                     "min": mn["mean"], "min_median": mn["median"], "min_lo": mn["lo"], "min_hi": mn["hi"]})
     result = {
         "system": fm.system, "workload": fm.workload, "config": config.as_dict(), "config_id": config.id,
         "calibrated": bool(calibrated), "interval": INTERVAL,
@@ -190,6 +201,9 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
         "quality": {"metric": fm.quality_metric, "no_deadline": no_deadline_quality(metric=fm.quality_metric, **kw),
                     "thresholds": rows},
         "passes_per_run": int(n_passes), "draws": int(D), "family": fm.spec.family,
+        "session": session_note or ("a new session (drift measured over "
+                                    f"{fm.summaries.sessions.size} sessions)" if fm.summaries.sessions.size > 1
+                                    else "a new session (drift assumed: one calibrated session)"),
         "diagnostics_ok": bool(fm.diagnostics_ok), "warnings": list(warns),
     }
     return Forecast(config=config, latency_s=lat, qat=qat, thresholds_s=taus_arr, threshold_labels=labels,

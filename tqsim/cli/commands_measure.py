@@ -64,6 +64,10 @@ def calibrate(
         "--until-converged", help="Stop each configuration once its Q@T estimate converged (rJSD < --rjsd).")] = False,
     rjsd: Annotated[float, typer.Option("--rjsd", help="Convergence threshold ε for --until-converged.")] = 0.05,
     max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Cap on passes with --until-converged.")] = None,
+    sessions: Annotated[int, typer.Option(
+        "--sessions", help="Spread the passes over N sessions (fresh processes), so the fit measures how much the "
+                           "machine's speed moves between runs instead of assuming it.")] = 1,
+    gap: Annotated[str, typer.Option("--gap", help="Wait between sessions, e.g. 5min, 30s.")] = "0",
     serving: Annotated[Optional[str], typer.Option(
         "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
                           "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (also duration=8s, repeats=3: runs per "
@@ -91,7 +95,8 @@ def calibrate(
         warnings.simplefilter("always")
         result = run_calibration(plan, grid, home=home, system=system, workload=workload, passes=passes,
                                  warmup=warmup, fresh=fresh, seed=seed, until_converged=until_converged,
-                                 rjsd=rjsd, max_passes=max_passes, show_progress=not json_out)
+                                 rjsd=rjsd, max_passes=max_passes, sessions=sessions, gap=gap,
+                                 show_progress=not json_out)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if json_out:
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})
@@ -135,7 +140,9 @@ def _render_calibration(result: dict, notes: list[str]) -> None:
         table.add_row(row["config_id"], str(row["passes"]), fmt_seconds(row["latency_s"]["p50"]),
                       fmt_seconds(row["latency_s"]["p99"]), f"{row['quality']:.4f}", flagged)
     out.print(table)
-    out.print(f"measured {result['measured_passes']} passes in {result['elapsed_s']:.1f} s → {result['folder']}")
+    ids = result.get("sessions") or []
+    where = f" in session{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else ""
+    out.print(f"measured {result['measured_passes']} passes{where} in {result['elapsed_s']:.1f} s → {result['folder']}")
     if any(r["outliers"] for r in result["configs"]):
         out.print("[yellow]some calls are statistical outliers (|x−median| > 10 MAD); they are kept. "
                   "Close other programs, or add passes, if they were not expected.[/yellow]")

@@ -30,6 +30,31 @@ def write_atomic(ds: xr.Dataset, path: Path) -> None:
             tmp.unlink()
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files (``.<name>.tmp-<pid>``) whose writer is no longer running: a kill between
+    the write and the rename leaves one behind; it never holds anything a complete file does not."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_dataset(path: Path) -> xr.Dataset:
     """Read a whole netCDF file into memory and close it (files are small; no handle leaks)."""
     path = Path(path)

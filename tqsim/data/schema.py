@@ -60,6 +60,17 @@ def instance_correct(ds: xr.Dataset) -> xr.DataArray:
     return ds["prediction"] == ds["label"]
 
 
+def batch_layout(n_instances: int, batch_size: int) -> np.ndarray:
+    """Batch index of each instance: fixed order, last batch partial (the harness's layout)."""
+    return np.arange(n_instances) // int(batch_size)
+
+
+def batch_starts(batch: np.ndarray) -> np.ndarray:
+    """Index of the first instance of each batch (batches are consecutive runs of equal ``batch``)."""
+    batch = np.asarray(batch)
+    return np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+
+
 def batch_latency(ds: xr.Dataset) -> xr.DataArray:
     """Latency of each batch (dims ``pass``, ``batch``): the raw per-call times, one per forward call."""
     batch = ds["batch"].values

@@ -15,10 +15,12 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from tqsim.data.io import calibration_files, read_calibration, write_atomic
+from tqsim.data.io import calibration_files, read_calibration, remove_stale_temporaries, write_atomic
+from tqsim.data.lock import calibration_lock
 from tqsim.data.workspace import Workspace
 from tqsim.errors import UserError
 from tqsim.factors import Config
+from tqsim.measure import load
 from tqsim.measure.plan import Plan
 from tqsim.measure.record import ConfigRecord
 from tqsim.measure.timing import PRIMING_CALLS, Clock, time_pass
@@ -38,6 +40,8 @@ class CampaignResult:
     records: list[ConfigRecord]
     measured_passes: int
     elapsed_s: float
+    session: int = 0
+    busy: str | None = None     # a warning when other programs shared the machine during this session
 
 
 def set_torch_threads(config: Config) -> None:
@@ -85,7 +89,15 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
     workspace.check_writable()
     validate_plan(plan, workload, check_supported)
     folder = workspace.calibration_dir(system, workload.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    with calibration_lock(folder):
+        remove_stale_temporaries(folder)
+        return _run_locked(plan, folder, system, workload=workload, prepare=prepare, activate=activate,
+                           fingerprint=fingerprint, fresh=fresh, clock=clock, progress=progress, stop_when=stop_when)
+
+
+def _run_locked(plan: Plan, folder: Path, system: str, *, workload: Any, prepare: Callable, activate: Callable,
+                fingerprint: dict | None, fresh: bool, clock: Clock, progress: Progress,
+                stop_when: Callable[[ConfigRecord], bool] | None) -> CampaignResult:
     records: dict[Config, ConfigRecord | None] = {}
     for config in plan.configs:
         path = folder / f"{config.id}.nc"
@@ -97,9 +109,16 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
             records[config] = rec
         else:
             records[config] = None
+    # rounds and sessions continue the numbering of every file in the folder, so that a round (one
+    # sweep) and a session (one invocation) mean the same thing in every configuration's file
     round_id = 1 + max((max(rec.rounds, default=-1) for rec in records.values() if rec is not None), default=-1)
-    others = [p for p in calibration_files(folder) if p.stem not in {c.id for c in plan.configs}]
-    round_id = max([round_id] + [int(np.max(read_calibration(p)["round"].values, initial=-1)) + 1 for p in others])
+    session = 1 + max((max(rec.sessions, default=-1) for rec in records.values() if rec is not None), default=-1)
+    for p in calibration_files(folder):
+        if p.stem in {c.id for c in plan.configs}:
+            continue
+        ds = read_calibration(p)
+        round_id = max(round_id, int(np.max(ds["round"].values, initial=-1)) + 1)
+        session = max(session, int(np.max(ds["session"].values, initial=-1)) + 1 if "session" in ds else 1)
 
     def needs_more(config: Config) -> bool:
         rec = records[config]
@@ -112,6 +131,7 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
     todo = sum(plan.passes - (records[c].n_passes if records[c] else 0) for c in plan.configs)
     progress.start(max(todo, 0))
     runners: dict[Config, Any] = {}
+    session_loads: list[dict] = []
     measured = 0
     t_start = time.perf_counter()
     fp = fingerprint if fingerprint is not None else {}
@@ -134,8 +154,11 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
                     rec = _new_record(config, workload, system, runner, fp, plan, clock)
                     records[config] = rec
                 started = time.time()
+                before = load.read()
                 ns = time_pass(runner, clock)
-                rec.add_pass(ns, round_id, started)
+                reading = load.between(before, load.read())
+                session_loads.append(reading)
+                rec.add_pass(ns, round_id, started, session, reading)
                 write_atomic(rec.to_dataset(), folder / f"{config.id}.nc")
                 measured += 1
                 progress.advance(config.id)
@@ -146,7 +169,9 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
         for runner in runners.values():
             runner.close()
     final = [records[c] for c in plan.configs if records[c] is not None]
-    return CampaignResult(folder, final, measured, time.perf_counter() - t_start)
+    busy = load.busy_note([d["other_cpu"] for d in session_loads], [d["steal"] for d in session_loads],
+                          (fp or {}).get("cpu_count")) if session_loads else None
+    return CampaignResult(folder, final, measured, time.perf_counter() - t_start, session, busy)
 
 
 def _new_record(config: Config, workload: Any, system: str, runner: Any, fp: dict, plan: Plan,

@@ -18,6 +18,13 @@ from tqsim.data.schema import SCHEMA_VERSION
 from tqsim.factors import FACTORS, Config
 
 
+LOAD_VARS = {
+    "other_cpu": "CPU used by other programs during the pass, in cores (NaN where unreadable)",
+    "steal": "share of CPU time stolen by the hypervisor during the pass",
+    "load_avg": "1-minute load average at the start of the pass",
+}
+
+
 @dataclasses.dataclass
 class ConfigRecord:
     config: Config
@@ -34,6 +41,8 @@ class ConfigRecord:
     pass_ns: list[np.ndarray] = dataclasses.field(default_factory=list)
     rounds: list[int] = dataclasses.field(default_factory=list)
     started_at: list[float] = dataclasses.field(default_factory=list)
+    sessions: list[int] = dataclasses.field(default_factory=list)
+    loads: list[dict] = dataclasses.field(default_factory=list)  # other_cpu, steal, load_avg per pass
     created_at: str = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     extra_attrs: dict = dataclasses.field(default_factory=dict)
 
@@ -41,10 +50,13 @@ class ConfigRecord:
     def n_passes(self) -> int:
         return len(self.pass_ns)
 
-    def add_pass(self, ns: np.ndarray, round_id: int, started_at: float) -> None:
+    def add_pass(self, ns: np.ndarray, round_id: int, started_at: float, session: int = 0,
+                 load: dict | None = None) -> None:
         self.pass_ns.append(np.asarray(ns, dtype=np.int64))
         self.rounds.append(int(round_id))
         self.started_at.append(float(started_at))
+        self.sessions.append(int(session))
+        self.loads.append(dict(load or {}))
 
     def batch_latency_s(self) -> np.ndarray:
         """(pass, batch) seconds."""
@@ -68,7 +80,12 @@ class ConfigRecord:
             "round": ("pass", np.asarray(self.rounds, dtype=np.int64)),
             "pass_started_at": ("pass", np.asarray(self.started_at, dtype=np.float64),
                                 {"long_name": "wall-clock start of the pass, seconds since the Unix epoch"}),
+            "session": ("pass", np.asarray(self.sessions, dtype=np.int64),
+                        {"long_name": "the tqsim calibrate invocation (or resume) that measured the pass"}),
         }
+        for key, long_name in LOAD_VARS.items():
+            values = [d.get(key, np.nan) for d in self.loads]
+            data[key] = ("pass", np.asarray(values, dtype=np.float64), {"long_name": long_name})
         if self.instance_size is not None:
             data["instance_size"] = ("instance", np.asarray(self.instance_size, dtype=np.float64))
         attrs = {
@@ -101,6 +118,11 @@ class ConfigRecord:
         to_ns = lambda a: np.rint(a[first] * 1e9).astype(np.int64)  # noqa: E731
         if "warmup_latency_s" in ds:
             rec.warmup_ns = [to_ns(row) for row in ds["warmup_latency_s"].values]
-        for row, r, t in zip(ds["latency_s"].values, ds["round"].values, ds["pass_started_at"].values):
-            rec.add_pass(to_ns(row), int(r), float(t))
+        n = ds.sizes["pass"]
+        # files written before sessions were recorded: one session (0) for all their passes
+        sessions = ds["session"].values if "session" in ds else np.zeros(n, np.int64)
+        loads = [{k: float(ds[k].values[i]) for k in LOAD_VARS if k in ds} for i in range(n)]
+        for row, r, t, s, ld in zip(ds["latency_s"].values, ds["round"].values, ds["pass_started_at"].values,
+                                    sessions, loads):
+            rec.add_pass(to_ns(row), int(r), float(t), int(s), ld)
         return rec

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import warnings
 from pathlib import Path
 
 from tqsim.data.workspace import Workspace, default_system_name, safe_name
@@ -47,33 +48,120 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
               system: str | None = None, workload: str | None = None, passes: int | None = None,
               warmup: int | None = None, fresh: bool = False, seed: int | None = None,
               until_converged: bool = False, rjsd: float = 0.05, max_passes: int | None = None,
-              show_progress: bool = True) -> dict:
-    """Run (or resume) a calibration campaign and return the JSON-ready summary."""
+              sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True) -> dict:
+    """Run (or resume) a calibration campaign and return the JSON-ready summary.
+
+    ``sessions > 1`` spreads the passes over that many sessions, each a fresh process started
+    ``gap`` after the previous one ended, so that the fit can measure how much the machine's speed
+    moves between sessions (docs/method.md, "Sessions") instead of assuming it.
+    """
+    from tqsim.whatif.objective import parse_duration
+
     if until_converged:
         if not 0 < rjsd < 1:
             raise UserError(f"--rjsd {rjsd}: must lie in (0, 1); 0.05 is a common choice.")
         passes = max_passes if max_passes is not None else (passes or 200)
+    if sessions < 1:
+        raise UserError(f"--sessions {sessions}: need at least 1 session (3 or more to learn the drift).")
+    gap_s = parse_duration(gap, "--gap")
     plan = build_plan(plan_file, grid, workload=workload, passes=passes, warmup=warmup, seed=seed)
+    if sessions > plan.passes:
+        raise UserError(f"--sessions {sessions} with --passes {plan.passes}: each session needs at least one pass; "
+                        f"use at most {plan.passes} sessions.")
     ws = Workspace.at(home)
     ws.check_writable()
     system = safe_name(system) if system else default_system_name()
 
+    from tqsim.measure.backends import check_supported
+
+    for config in plan.configs:  # cheap checks first: nothing trained or measured on a bad level
+        check_supported(config)
+    kwargs = dict(home=ws.home, system=system, workload=plan.workload, warmup=plan.warmup, seed=plan.seed,
+                  until_converged=until_converged, rjsd=rjsd, show_progress=show_progress)
+    if sessions == 1:
+        return _one_session(plan_file, grid, passes=plan.passes, fresh=fresh, **kwargs)
+    return _spread_sessions(plan_file, grid, plan, sessions, gap_s, fresh=fresh, **kwargs)
+
+
+def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, seed, fresh, until_converged,
+                 rjsd, show_progress) -> dict:
+    """One session: this process measures every pass still missing, up to ``passes``."""
+    plan = build_plan(plan_file, grid, workload=workload, passes=passes, warmup=warmup, seed=seed)
     from tqsim.measure.backends import check_supported, prepare
     from tqsim.measure.fingerprint import fingerprint
     from tqsim.workloads import get_workload
 
-    for config in plan.configs:  # cheap checks first: nothing trained or measured on a bad level
-        check_supported(config)
     wl = get_workload(plan.workload)
     stop_when = _convergence_rule(rjsd) if until_converged else None
     with _sigterm_as_interrupt(), _progress_bar(show_progress) as progress:
-        result = run_campaign(plan, ws, system, workload=wl, prepare=prepare, check_supported=check_supported,
-                              fingerprint=fingerprint(), fresh=fresh, progress=progress, stop_when=stop_when)
+        result = run_campaign(plan, Workspace.at(home), system, workload=wl, prepare=prepare,
+                              check_supported=check_supported, fingerprint=fingerprint(), fresh=fresh,
+                              progress=progress, stop_when=stop_when)
+    if result.busy:
+        warnings.warn(result.busy, UserWarning, stacklevel=2)
     return {
         "system": system, "workload": wl.name, "metric": wl.metric, "folder": str(result.folder),
         "plan": plan.to_dict(), "measured_passes": result.measured_passes, "elapsed_s": result.elapsed_s,
+        "sessions": [result.session] if result.measured_passes else [], "busy": result.busy,
         "configs": summarise(result.records),
     }
+
+
+def _spread_sessions(plan_file, grid, plan, sessions: int, gap_s: float, *, fresh: bool, **kwargs) -> dict:
+    """Session k measures up to ⌈k·passes/N⌉ passes per configuration, in a process of its own (a new
+    process is what a later run of the user's is); sessions whose share is already on disk are skipped."""
+    import concurrent.futures
+    import math
+    import multiprocessing
+    import time
+
+    from tqsim.data.io import calibration_files, read_dataset
+
+    folder = Workspace.at(kwargs["home"]).calibration_dir(kwargs["system"], safe_name(_stored_name(plan.workload)))
+    on_disk = {p.stem: read_dataset(p).sizes.get("pass", 0) for p in calibration_files(folder)} if folder.is_dir() \
+        and not fresh else {}
+    have = min((on_disk.get(c.id, 0) for c in plan.configs), default=0)
+    out: dict = {}
+    t0, ran, measured, ids, busy = time.perf_counter(), 0, 0, [], []
+    for k in range(1, sessions + 1):
+        target = math.ceil(k * plan.passes / sessions)
+        if target <= have:
+            continue
+        if ran:
+            _wait(gap_s, k, sessions, kwargs["show_progress"])
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+            out = pool.submit(_one_session, plan_file, grid, passes=target, fresh=fresh and not ran,
+                              **kwargs).result()
+        ran += 1
+        measured += out["measured_passes"]
+        ids += out["sessions"]
+        if out.get("busy"):
+            busy.append(out["busy"])
+            warnings.warn(out["busy"], UserWarning, stacklevel=2)
+        have = target
+    if not out:  # everything was on disk already: one ordinary (empty) session reports it
+        out = _one_session(plan_file, grid, passes=plan.passes, fresh=False, **kwargs)
+    out.update({"plan": plan.to_dict(), "measured_passes": measured, "elapsed_s": time.perf_counter() - t0,
+                "sessions": ids, "busy": busy[-1] if busy else None})
+    return out
+
+
+def _stored_name(workload: str) -> str:
+    from tqsim.data.workspace import workload_name_of
+
+    return workload_name_of(workload)
+
+
+def _wait(gap_s: float, k: int, n: int, show: bool) -> None:
+    import time
+
+    if show and gap_s > 0:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[dim]session {k} of {n} starts in {gap_s:.0f} s (Ctrl-C stops; the same "
+                                   "command resumes)[/dim]")
+    time.sleep(gap_s)
 
 
 def _convergence_rule(eps: float):

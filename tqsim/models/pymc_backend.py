@@ -1,6 +1,10 @@
-"""Compile a :class:`~tqsim.models.spec.ModelSpec` to PyMC and sample it (nutpie, PyMC NUTS or ADVI).
+"""Compile a :class:`~tqsim.models.spec.ModelSpec` and its summaries to PyMC, and sample it.
 
-Parameter names here are the names in the saved posterior; :mod:`tqsim.forecast` reads them back.
+Every configuration-level quantity is a Gaussian process over the factors observed with a known
+standard error, so the configuration deviations are integrated out exactly (a multivariate normal
+per summary): the sampler sees only the trends, the GP scales, the session scale and the session
+effects — a few dozen parameters whatever the number of passes, and no funnel. Parameter names are
+the names in the saved posterior; :mod:`tqsim.models.conditional` reads them back.
 """
 
 from __future__ import annotations
@@ -12,326 +16,132 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tqsim.models.spec import Design, ModelSpec
+from tqsim.models.spec import ModelSpec
+from tqsim.models.summaries import Summaries
+
+MAX_TREE_DEPTH = 7
+MISSING_SE = 1e3     # an unobserved summary enters as a value with this se: it informs nothing
+# every summary is also off by a small discrepancy beyond its bootstrap se (two halves of one campaign
+# differ by ~1 % in level and in the body's quantiles); without it the trends must thread summaries
+# known to ±0.2 % as a GP scale shrinks, a funnel that diverged on real data (3-5 per fit)
+DISCREPANCY = 0.01
 
 
-def build_model(spec: ModelSpec, design: Design):
-    """The PyMC model; data enter through ``pm.Data`` containers."""
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    pr = spec.priors
-    C, P = design.X.shape
-    R = design.rounds.size
-    coords = {"config": [c.id for c in design.configs], "config_": [c.id for c in design.configs], "term": list(spec.terms), "round": design.rounds.tolist(),
-              "scale_input": ["Lz", "Tz"]}
-    with pm.Model(coords=coords) as model:
-        X = pm.Data("X", design.X, dims=("config", "term"))
-        Z = pm.Data("Z", design.Z, dims=("config", "scale_input"))
-
-        ell = pm.Data("ell", design.ell, dims="config")
-        if spec.mean_form == "affine":
-            # overhead + work·batch^κ: a fixed per-call cost (dispatch, allocation) plus work that grows
-            # with the batch; both parts shift with threads and the categorical levels
-            # sampled in coordinates whitened by the least-squares fit through the config medians (a
-            # fixed dense mass matrix for this block): sampled directly, o0, w0 and κ correlated up to
-            # 0.87 and NUTS took 17 leapfrog steps per draw with r-hat 1.02. The map is linear, so the
-            # priors below are exactly the priors on o0, w0, κ and the coefficients.
-            v_hat, chol = _smooth_least_squares(spec, design, _config_medians(design))
-            z = pm.Flat("smooth_z", shape=v_hat.size)
-            params = {k: pm.Deterministic(k, v, dims="term" if k.endswith("_coef") else None)
-                      for k, v in _unpack_smooth(v_hat + pt.dot(chol, z), P).items()}
-            for name, (mu, sd) in {"overhead0": (pr["intercept"]["mu"], pr["intercept"]["sigma"]),
-                                   "work0": (pr["intercept"]["mu"], pr["intercept"]["sigma"]),
-                                   "work_exponent": (pr["work_exponent"]["mu"], pr["work_exponent"]["sigma"]),
-                                   "overhead_coef": (0.0, pr["slopes"]["sigma"]),
-                                   "work_coef": (0.0, pr["slopes"]["sigma"])}.items():
-                pm.Potential(f"{name}_prior", pm.logp(pm.Normal.dist(mu, sd), params[name]).sum())
-        else:
-            params = {"beta0": pm.Normal("beta0", pr["intercept"]["mu"], pr["intercept"]["sigma"]),
-                      "beta": pm.Normal("beta", 0.0, pr["slopes"]["sigma"], dims="term")}
-        # config means: every config has hundreds of batches, so the data inform each mean well ->
-        # centred parameterisation, written on the mean itself (m_c ~ N(smooth_c, σ_cfg)) so that the
-        # data pin m_c directly and the smooth surface is a regression on well-known means (docs/method.md).
-        config_sd = pm.LogNormal("config_sd", pr["config_sd"]["lognormal_mu"], pr["config_sd"]["lognormal_sigma"])
-        smooth = pm.Deterministic("config_smooth", spec.smooth_mean(params, X, ell, xp=pt), dims="config")
-        if spec.config_parameterisation == "centred" and spec.corr_share == 0:
-            mean_c = pm.Normal("config_mean", smooth, config_sd, dims="config")
-        elif spec.config_parameterisation == "centred":
-            K = pm.Data("K", design.K, dims=("config", "config_"))
-            mean_c = pm.MvNormal("config_mean", mu=smooth, cov=config_sd ** 2 * K + 1e-9 * pt.eye(C),
-                                 dims="config")
-        else:  # few configs beyond the smooth terms: σ_cfg is weakly identified -> non-centred
-            z_c = pm.Normal("config_z", 0.0, 1.0, dims="config")
-            mean_c = pm.Deterministic("config_mean", smooth + config_sd * z_c, dims="config")
-        pm.Deterministic("config_effect", mean_c - smooth, dims="config")
-        # shared machine effect: a stationary AR(1) over rounds, shared by the configs of a round
-        round_sd = pm.Gamma("round_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
-        phi01 = pm.Beta("round_phi01", pr["round_phi"]["beta_a"], pr["round_phi"]["beta_b"])
-        phi = pm.Deterministic("round_phi", 2.0 * phi01 - 1.0)
-        if spec.round_model == "ar1":
-            # latent and centred, constrained to sum to zero over the calibration's rounds so that it does
-            # not trade off with every config mean at once; forecasts add back that mean's uncertainty
-            r = _latent_rounds(round_sd, phi, R)
-        # the first batch of a pass pays a cold-start cost that is ADDED in seconds (measured here:
-        # +0.8 ms on digits-cnn and +0.4 ms on digits-mlp at every batch size from 1 to 128), so its
-        # log shift shrinks as the batch grows; each config deviates a little (non-centred: one first
-        # batch per pass gives each deviation only ~20 observations)
-        f0 = pm.Normal("first_cost0", pr["first_cost"]["mu"], pr["first_cost"]["sigma"])
-        f1 = pm.Normal("first_cost_bs", 0.0, 0.5)
-        first_sd = pm.HalfNormal("first_cost_sd", 0.5)
-        first_z = pm.Normal("first_cost_z", 0.0, 1.0, dims="config")
-        first_c = pm.Deterministic("first_cost", f0 + f1 * Z[:, 0] + first_sd * first_z, dims="config")
-        if spec.pass_effects:
-            # each pass's level is measured (its full batches' median, ModelSpec.pass_effects): the
-            # config means, round effects and the config's own pass-to-pass sd are fitted to those
-            # levels; the batches are modelled around their pass's level plus the fast mode's offset
-            pass_sd = pm.Gamma("pass_sd", pr["round_sd"]["gamma_alpha"], pr["round_sd"]["gamma_beta"])
-            s2 = pass_sd ** 2 + design.cell_se ** 2
-            if spec.round_model == "ar1":
-                pm.Normal("pass_level", mean_c[design.cell_cfg] + r[design.cell_rnd], pt.sqrt(s2),
-                          observed=design.cell_level)
-            else:
-                # "ar1-marginal": the round effects integrated out. Latent and centred, they made a funnel
-                # as σ_round → 0 (18 divergences on a main-job calibration, where the 8 configs of a
-                # round inform its effect about as much as the prior does)
-                pm.Potential("pass_level", _marginal_levels_logp(design.cell_level - mean_c[design.cell_cfg],
-                                                                 s2, design.cell_rnd, R, round_sd, phi))
-            # δ_c: a trend in batch size and threads plus a per-config deviation of FIXED prior scale
-            # (priors["fast_offset"]): the deviations were 0.1-0.7 % on real fits, and a fitted scale diverged
-            # in either parameterisation (39 divergences non-centred, where the data pin each offset;
-            # 5 centred, in the funnel at 0). Centred: the data pin each δ_c.
-            o0 = pm.Normal("fast_offset0", 0.0, 0.5)
-            o1 = pm.Normal("fast_offset_slope", 0.0, 0.5, dims="scale_input")
-            offset = pm.Normal("fast_offset", o0 + pt.dot(Z, o1), pr["fast_offset"]["sd"], dims="config")
-            level = lambda i: design.cell_level[design.cp[i]] + offset[design.cfg[i]]  # noqa: E731
-        else:
-            level = lambda i: mean_c[design.cfg[i]] + r[design.rnd[i]]  # noqa: E731
-        g_size = pm.Normal("size_effect", 0.0, pr["position"]["sigma"]) if spec.size_term else 0.0
-
-        def row_mean(i):
-            """The location of rows ``i`` (the first batches and the others are modelled apart)."""
-            return level(i) + design.size[i] * g_size
-
-        # the first batch (~4 % of the rows) adds a cold-start cost in seconds and has its own noise,
-        # outside the residual family: its cost varies from pass to pass (log sd 0.1-0.2 here), and
-        # inside the mixture that spread was read as slow hits, widening the slow mode that sets
-        # every p99 where the first batch is > 1 %. Its scale moves with batch size and threads: with
-        # 2 threads on 2 vCPUs a first batch now and then waits milliseconds for the second thread
-        # (log sd 0.4-0.75 against 0.15-0.2). (A Student-t here took ν ≈ 1 from those stalls and
-        # forecast batch-128 p99s 90x too high.)
-        fi = np.flatnonzero(design.first > 0)
-        if fi.size:
-            fs0 = pm.Normal("first_log_sigma0", math.log(0.15), 1.0)
-            fs = pm.Normal("first_log_sigma_slope", 0.0, 0.5, dims="scale_input")
-            first_sigma = pm.Deterministic("first_sigma", pt.exp(fs0 + pt.dot(Z, fs)), dims="config")
-            pm.Normal("y_first", pt.logaddexp(row_mean(fi), first_c[design.cfg[fi]]), first_sigma[design.cfg[fi]],
-                      observed=design.y[fi])
-        rows = np.flatnonzero(design.first == 0)
-        mu, cfg = row_mean(rows), design.cfg[rows]
-        s0 = pm.Normal("log_sigma0", pr["log_sigma"]["mu"], pr["log_sigma"]["sigma"])
-        s = pm.Normal("log_sigma_slope", 0.0, 0.5, dims="scale_input")
-        log_sigma_c = s0 + pt.dot(Z, s)
-        if spec.family == "student":
-            nu = pm.Gamma("nu", pr["nu"]["gamma_alpha"], pr["nu"]["gamma_beta"])
-            pm.StudentT("y", nu=nu, mu=mu, sigma=pt.exp(log_sigma_c)[cfg], observed=design.y[rows])
-        else:
-            # a slow hit ADDS a delay (a timer tick, a preemption) rather than scaling the call, so the
-            # slow component sits at log(e^mu + e^d): ordered above the fast one by construction
-            # d = floor + excess: a smooth floor (logaddexp) left a flat direction when the data
-            # press against it, and the sampler wandered along it (bulk ESS 30)
-            excess = pm.HalfNormal("slow_delay_excess", pr["slow_delay"]["sigma"])
-            d = pm.Deterministic("slow_delay", pr["slow_delay"]["floor"] + excess)
-            slow_sd = pm.HalfNormal("slow_sd", pr["slow_sd"]["halfnormal_sigma"])
-            a0 = pm.Normal("slow_logit0", pr["slow_logit"]["mu"], pr["slow_logit"]["sigma"])
-            a = pm.Normal("slow_logit_slope", 0.0, 1.0, dims="scale_input")
-            # configs differ in how often they are hit beyond the trend (threads on a busy core, ...)
-            w_sd = pm.HalfNormal("slow_logit_sd", 1.0)
-            w_z = pm.Normal("slow_logit_z", 0.0, 1.0, dims="config")
-            logit_c = pm.Deterministic("slow_logit", a0 + pt.dot(Z, a) + w_sd * w_z, dims="config")
-            # per-config terms (precision, log weight - log scale) are computed per config, then gathered
-            # per row, so that no exp or softplus runs per row
-            log_slow_sd = pt.log(slow_sd)
-            pm.CustomDist("y", mu, pt.exp(-log_sigma_c)[cfg], (-pt.softplus(logit_c) - log_sigma_c)[cfg],
-                          (-pt.softplus(-logit_c) - log_slow_sd)[cfg], d, pt.exp(-log_slow_sd),
-                          logp=_mixture_logp, observed=design.y[rows])
-    return model
+def noise_sd(se: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.asarray(se, float) ** 2 + DISCREPANCY ** 2)
 
 
-def _latent_rounds(round_sd, phi, R: int):
-    """Round effects as free values summing to zero, with the stationary AR(1) density as a potential."""
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    if R == 1:
-        return pm.Deterministic("round_effect", pt.zeros(1), dims="round")
-    r_free = pm.Flat("round_free", shape=R - 1)
-    r = pm.Deterministic("round_effect", pt.concatenate([r_free, -r_free.sum(keepdims=True)]), dims="round")
-    innov = round_sd * pt.sqrt(1.0 - phi ** 2)
-    pm.Potential("round_ar1", pm.logp(pm.Normal.dist(0.0, round_sd), r[0])
-                 + pm.logp(pm.Normal.dist(phi * r[:-1], innov), r[1:]).sum())
-    return r
+def shape_priors(summ: Summaries) -> dict[str, np.ndarray]:
+    """Per shape summary: the prior centre and scale of its trend, and the centre of its GP scale
+    (Bambi's data-scaled defaults: the spread of that summary over the calibrated configurations)."""
+    y = summ.shape
+    obs = np.isfinite(y)
+    mean = np.array([np.mean(r[o]) if o.any() else 0.0 for r, o in zip(y, obs)])
+    sd = np.array([np.std(r[o]) if o.sum() > 1 else 0.05 for r, o in zip(y, obs)])
+    return {"centre": mean, "scale": np.maximum(sd, 0.02), "gp": np.maximum(sd, 2 * DISCREPANCY)}
 
 
-def _marginal_levels_logp(u, s2, rnd: np.ndarray, R: int, round_sd, phi):
-    """log N(u | 0, diag(s2) + B Σ Bᵀ): cell residuals ``u`` with independent variances ``s2`` plus a
-    shared round effect ``r ~ AR(1)`` (Σ_ts = σ² φ^|t-s|; ``B`` maps cells to rounds), by Woodbury with
-    the AR(1)'s tridiagonal precision Q: ``M = Q + BᵀD⁻¹B`` is R × R, so a gradient costs O(R³), not O(cells³)."""
+def shape_inputs(summ: Summaries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The observed shape summaries with unobserved entries filled in (value: the block mean; se: huge),
+    and the list of blocks with at least one observation."""
+    y = summ.shape.copy()
+    se = summ.shape_se.copy()
+    live = np.flatnonzero(np.isfinite(y).any(axis=1))
+    centre = shape_priors(summ)["centre"]
+    miss = ~np.isfinite(y) | ~np.isfinite(se)
+    y[miss] = np.broadcast_to(centre[:, None], y.shape)[miss]
+    se = noise_sd(se)
+    se[miss] = MISSING_SE
+    return y[live], se[live], live
+
+
+def shape_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> tuple[np.ndarray, np.ndarray]:
+    """Prior mean ``[block, len(a)]`` and the trend's prior covariance ``[block, len(a), len(b)]`` of
+    every shape summary: intercept ~ N(centre, (2·scale + 0.05)²), slopes ~ N(0, scale²)."""
+    sp = shape_priors(summ)
+    Xa, _ = spec.basis(a, 1.0, 1.0)
+    Xb, _ = spec.basis(b, 1.0, 1.0)
+    var = np.concatenate([(2 * sp["scale"] + 0.05)[:, None] ** 2,
+                          np.repeat(sp["scale"][:, None] ** 2, Xa.shape[1] - 1, 1)], axis=1)   # [block, term]
+    mean = np.broadcast_to(sp["centre"][:, None], (var.shape[0], len(a))).copy()
+    return mean, np.einsum("ct,bt,dt->bcd", Xa, var, Xb)
+
+
+def level_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> tuple[np.ndarray, np.ndarray]:
+    """Prior mean ``[len(a)]`` and covariance ``[len(a), len(b)]`` of the level trend."""
+    pr = spec.priors["level_trend"]
+    Xa, sd = spec.basis(a, pr["intercept_sd"], pr["slope_sd"])
+    Xb, _ = spec.basis(b, pr["intercept_sd"], pr["slope_sd"])
+    return np.full(len(a), float(np.median(summ.level))), (Xa * sd ** 2) @ Xb.T
+
+
+def _mvn_logp(r, cov, n_obs):
+    """log N(r | 0, cov) for a batch ``[B, C]`` of residuals with covariances ``[B, C, C]``."""
     import pytensor.tensor as pt
     from pytensor.tensor.slinalg import cholesky, solve_triangular
 
-    B = np.zeros((rnd.size, R))
-    B[np.arange(rnd.size), rnd] = 1.0
-    inv = 1.0 / s2
-    w = pt.dot(B.T, inv)                       # per round: Σ 1/s²
-    a = pt.dot(B.T, u * inv)                   # per round: Σ u/s²
-    if R == 1:
-        q_diag, q_off = 1.0 / round_sd ** 2, 0.0
-    else:  # Q·σ²(1-φ²): diagonal 1, 1+φ², ..., 1+φ², 1; off-diagonal -φ
-        inner = np.ones(R)
-        inner[[0, -1]] = 0.0
-        q_diag = (1.0 + inner * phi ** 2) / (round_sd ** 2 * (1.0 - phi ** 2))
-        q_off = -phi / (round_sd ** 2 * (1.0 - phi ** 2))
-    M = pt.diag(q_diag + w) + q_off * (np.eye(R, k=1) + np.eye(R, k=-1))
-    L = cholesky(M)
-    v = solve_triangular(L, a, lower=True)
-    quad = pt.sum(u * u * inv) - pt.sum(v * v)
-    logdet = (-pt.sum(pt.log(inv)) + R * pt.log(round_sd ** 2) + (R - 1) * pt.log(1.0 - phi ** 2)
-              + 2.0 * pt.sum(pt.log(pt.diag(L))))
-    return -0.5 * (quad + logdet + rnd.size * math.log(2 * math.pi))
+    L = cholesky(cov)
+    z = solve_triangular(L, r[..., None], lower=True)[..., 0]
+    logdet = pt.log(pt.diagonal(L, axis1=-2, axis2=-1)).sum()
+    return -0.5 * (z ** 2).sum() - logdet - 0.5 * n_obs * math.log(2 * math.pi)
 
 
-def _mixture_logp(y, mu, inv_sigma, c_fast, c_slow, delay, inv_slow_sd):
-    """Pointwise log density of the two-component mixture: fast ``N(mu, σ)`` and slow
-    ``N(log(e^mu + e^delay), σ_slow)`` with weights ``1-w`` and ``w``; ``c_fast = log(1-w) - log σ``,
-    ``c_slow = log w - log σ_slow``.
+def build_model(spec: ModelSpec, summ: Summaries):
+    """The PyMC model of the summaries."""
+    import pymc as pm
 
-    (A delay with its own spread, ``e^mu + e^(d+σ_d·ξ)``, is the more physical law, but its
-    delta-method likelihood sampled bimodally on real data: r-hat 1.83.)"""
-    import pytensor.tensor as pt
+    pr = spec.priors
+    configs = summ.configs
+    C, S = len(configs), summ.sessions.size
+    K = spec.correlation(configs, configs)
+    y_shape, se_shape, live = shape_inputs(summ)
+    blocks = [spec.blocks[i] for i in live]
+    sp = shape_priors(summ)
+    coords = {"config": [c.id for c in configs], "session": summ.sessions.tolist(), "block": blocks}
+    with pm.Model(coords=coords) as model:
+        # ---- the configuration level: trend + GP, observed per (config, session) -----------------
+        level_sd = pm.LogNormal("level_sd", pr["level_sd"]["lognormal_mu"], pr["level_sd"]["lognormal_sigma"])
+        session_sd = pm.LogNormal("session_sd", pr["session_sd"]["lognormal_mu"], pr["session_sd"]["lognormal_sigma"])
+        obs_level = summ.level
+        if S > 1:
+            d = pm.ZeroSumNormal("session_effect", sigma=session_sd, dims="session")
+            obs_level = obs_level - d[summ.level_session]
+        ci = summ.level_cfg
+        trend, cov_t = level_prior_moments(spec, summ, configs, configs)
+        cov = cov_t[np.ix_(ci, ci)] + level_sd ** 2 * K[np.ix_(ci, ci)] + np.diag(noise_sd(summ.level_se) ** 2)
+        pm.Potential("level_obs", _mvn_logp((obs_level - trend[ci])[None, :], cov[None], ci.size))
+        # ---- the shape summaries: one trend + GP each, all at once -----------------------------
+        # the trend coefficients are Gaussian too and integrated out with the deviations (a GP with
+        # explicit basis functions, Rasmussen & Williams 2006 §2.7): only one scale per summary is
+        # sampled, which removed the funnel between a small scale and the trend (2-6 divergences per fit)
+        B = len(live)
+        if B:
+            mean_s, cov_s0 = shape_prior_moments(spec, summ, configs, configs)
+            # a zero-avoiding Gamma(2) scale (Chung et al. 2013)
+            tau = pm.Gamma("shape_sd", alpha=2.0, beta=2.0 / sp["gp"][live], dims="block")
+            cov_s = cov_s0[live] + tau[:, None, None] ** 2 * K[None] + se_shape[:, :, None] ** 2 * np.eye(C)[None]
+            n_obs = int(np.isfinite(summ.shape[live]).sum())
+            pm.Potential("shape_obs", _mvn_logp(y_shape - mean_s[live], cov_s, n_obs))
+    return model
 
-    z_f = (y - mu) * inv_sigma
-    z_s = (y - pt.logaddexp(mu, delay)) * inv_slow_sd
-    return pt.logaddexp(c_fast - 0.5 * z_f * z_f, c_slow - 0.5 * z_s * z_s) - 0.5 * math.log(2 * math.pi)
 
-
-def initial_point(spec: ModelSpec, design: Design, seed: int = 0) -> dict[str, Any]:
-    """Data-driven start: config means by least squares, round effects from medians, and the mixture
-    components from scikit-learn's ``GaussianMixture`` on within-pass residuals (DESIGN §9: PyMC's
-    default start got stuck on 2 of 3 seeds; this start converged on 10 of 10)."""
-    y, cfg, rnd = design.y, design.cfg, design.rnd
-    C, P = design.X.shape
-    R = design.rounds.size
-    body = design.first == 0
-    med_c = _config_medians(design)
-    resid = y - med_c[cfg]
-    r0 = np.array([np.median(resid[(rnd == t) & body]) if ((rnd == t) & body).any() else 0.0 for t in range(R)])
-    r0 -= r0.mean()
-    resid = resid - r0[rnd]
-    start: dict[str, Any] = dict(_smooth_start(spec, design, med_c))
-    if spec.pass_effects:  # residuals around each pass's measured level
-        resid = y - design.cell_level[design.cp]
-        # the fast centre sits below a pass's median when some batches are slow: start at the 40th
-        # percentile (a start where every gradient component is nonzero: nutpie scales its first
-        # mass matrix by 1/|gradient| and refuses a zero)
-        off = float(np.percentile(resid[body], 40))
-        start.update({"pass_sd": 0.1, "fast_offset0": off, "fast_offset_slope": np.full(2, 1e-3),
-                      "fast_offset": np.full(C, off)})
-        resid = resid - off
-    start.update({
-        "config_mean": med_c.astype(float), "config_sd": 0.05,
-        "round_sd": max(float(np.std(r0)), 0.01), "round_phi01": 0.6,
-        "first_cost_bs": 0.0, "first_cost_sd": 0.1, "first_cost_z": np.zeros(C),
-        "log_sigma_slope": np.zeros(2), "first_log_sigma0": math.log(0.15), "first_log_sigma_slope": np.full(2, 1e-3),
-    })
-    # first batch: the median extra seconds over the config's typical batch
-    is_first = design.first == 1
-    extra = [np.median(np.exp(y[is_first & (cfg == c)])) - math.exp(med_c[c]) for c in range(C)
-             if (is_first & (cfg == c)).any()]
-    extra = [e for e in extra if e > 0]
-    start["first_cost0"] = math.log(np.median(extra)) if extra else float(np.median(y)) - 1.0
-    if spec.size_term:
-        start["size_effect"] = 0.0
-    if spec.round_model == "ar1" and R > 1:
-        start["round_free"] = r0[:-1]
-    if spec.config_parameterisation != "centred":
-        start.pop("config_mean")
-        start["config_z"] = np.zeros(C)
-    rb = resid[body]
-    if spec.family == "student":
-        mad = float(np.median(np.abs(rb - np.median(rb)))) * 1.4826
-        start.update({"log_sigma0": math.log(max(mad, 1e-3)), "nu": 4.0})
-        return start
-    from sklearn.mixture import GaussianMixture
-
-    gm = GaussianMixture(2, random_state=seed, n_init=2).fit(rb.reshape(-1, 1))
-    means = gm.means_.ravel()
-    sds = np.sqrt(gm.covariances_.ravel())
-    order = np.argsort(means)
-    fast, slow = order
-    w = float(gm.weights_[slow])
-    if not 0.002 < w < 0.5 or means[slow] - means[fast] < 0.02:  # degenerate: start from a small slow mode
-        mad = float(np.median(np.abs(rb - np.median(rb)))) * 1.4826
-        means = np.array([np.median(rb), np.median(rb) + 0.5])
-        sds = np.array([max(mad, 1e-3), 0.3])
-        fast, slow, w = 0, 1, 0.03
-    # the slow mode's log shift at the typical batch, turned into an additive delay
-    typical = float(np.median(y[body]))
-    shift = float(max(means[slow] - means[fast], 0.02))
-    start.update({
-        "log_sigma0": math.log(max(float(sds[fast]), 1e-3)),
-        "slow_delay_excess": max(typical + math.log(math.expm1(shift)) - spec.priors["slow_delay"]["floor"], 0.1),
-        "slow_sd": float(max(sds[slow], 1e-3)),
-        "slow_logit0": math.log(w / (1 - w)), "slow_logit_slope": np.zeros(2),
-        "slow_logit_sd": 0.3, "slow_logit_z": np.zeros(C),
-    })
+def initial_point(spec: ModelSpec, summ: Summaries) -> dict[str, Any]:
+    """A start where every gradient component is non-zero (nutpie scales its first mass matrix by
+    1/|gradient| and refuses a zero; one factor level left a slope with an exactly zero gradient)."""
+    _, _, live = shape_inputs(summ)
+    sp = shape_priors(summ)
+    # the session scale starts off its prior's mode: with one session nothing else moves it
+    start: dict[str, Any] = {"level_sd": 0.05, "session_sd": 1.1 * math.exp(spec.priors["session_sd"]["lognormal_mu"])}
+    if summ.sessions.size > 1:
+        start["session_effect"] = np.linspace(-1e-3, 1e-3, summ.sessions.size)
+    if live.size:
+        start["shape_sd"] = sp["gp"][live] / 2
     return start
 
 
-def _config_medians(design: Design) -> np.ndarray:
-    """Each config's median log latency over its full batches after the first."""
-    body = design.first == 0
-    return np.array([np.median(design.y[(design.cfg == c) & body]) if ((design.cfg == c) & body).any()
-                     else np.median(design.y[design.cfg == c]) for c in range(design.X.shape[0])])
-
-
-def _unpack_smooth(v, P: int) -> dict:
-    return {"overhead0": v[0], "work0": v[1], "work_exponent": v[2], "overhead_coef": v[3:3 + P],
-            "work_coef": v[3 + P:]}
-
-
-def _smooth_least_squares(spec: ModelSpec, design: Design, med_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The overhead + work surface fitted by least squares through the config medians: the estimate
-    ``[o0, w0, κ, α, β]`` and the Cholesky factor of its approximate covariance (σ̂²(JᵀJ)⁻¹)."""
-    from scipy.optimize import least_squares
-
-    X, ell = design.X, design.ell
-    P = X.shape[1]
-    v0 = np.r_[med_c.min(), med_c.max(), 1.0, np.zeros(2 * P)]
-    # a weak pull toward the priors keeps the parts apart when the data cannot
-    prior = lambda v: np.r_[0.3 * (v[2] - 1.0), 0.1 * v[3:]]  # noqa: E731
-    fit = least_squares(lambda v: np.r_[spec.smooth_mean(_unpack_smooth(v, P), X, ell) - med_c, prior(v)], v0)
-    resid = fit.fun[:len(med_c)]
-    sigma = max(float(np.sqrt(np.mean(resid ** 2))), 0.02)
-    cov = sigma ** 2 * np.linalg.pinv(fit.jac.T @ fit.jac)
-    return fit.x, np.linalg.cholesky(cov + 1e-12 * np.eye(len(fit.x)))
-
-
-def _smooth_start(spec: ModelSpec, design: Design, med_c: np.ndarray) -> dict[str, Any]:
-    """Start for the smooth surface: the least-squares fit (at ``smooth_z = 0`` for the affine form)."""
-    X = design.X
-    if spec.mean_form != "affine":
-        coef, *_ = np.linalg.lstsq(np.c_[np.ones(len(med_c)), X], med_c, rcond=None)
-        return {"beta0": float(coef[0]), "beta": coef[1:].astype(float)}
-    return {"smooth_z": np.full(3 + 2 * X.shape[1], 1e-3)}  # nutpie refuses a zero gradient component
-
-
-MAX_TREE_DEPTH = 7
-
-
 def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int, chains: int, seed: int,
-           progress: bool = True, log: Callable[[str], None] | None = None):
-    """Sample; returns (InferenceData, seconds). ``sampler``: nutpie | nuts | advi."""
+           progress: bool = False, log: Callable[[str], None] | None = None):
+    """Sample the posterior; returns (InferenceData, seconds)."""
     import pymc as pm
 
     log = log or (lambda msg: None)
@@ -341,15 +151,11 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
         if sampler == "nutpie":
             import nutpie
 
+            log(f"compiling the model for nutpie ({_nutpie_backend().get('backend', 'numba')})")
             names = {v.name for v in model.free_RVs}
             compiled = nutpie.compile_pymc_model(model, initial_points={k: v for k, v in start.items() if k in names},
                                                  jitter_rvs=set(), **_nutpie_backend())
-            log(f"compiled the model in {time.perf_counter() - t0:.1f} s; sampling {chains} chains with nutpie")
-            # a low-rank mass matrix: the config means share one direction (the calibration's average
-            # machine state, with the round effects integrated out) that a diagonal one cannot follow
-            # (ESS 37, r-hat 1.04); it also halved real mixture fits' steps per draw (43 -> 17). Trees
-            # capped at depth 7: from the start point the first warm-up draws ran to 1,023 steps and took
-            # 40 % of all gradients (docs/method.md, "Sampling")
+            log(f"sampling {chains} chains × ({tune} tuning + {draws} draws)")
             idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=min(chains, 2), seed=seed,
                                   progress_bar=progress, save_warmup=False, target_accept=0.9,
                                   low_rank_modified_mass_matrix=True, maxdepth=MAX_TREE_DEPTH)
@@ -357,14 +163,11 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
             with model:
                 idata = pm.sample(draws=draws, tune=tune, chains=chains, cores=min(chains, 2), random_seed=seed,
                                   initvals=start, progressbar=progress, compute_convergence_checks=False,
-                                  init="adapt_diag")
+                                  init="adapt_diag", target_accept=0.9)
         elif sampler == "advi":
             with model:
-                # start narrow (sd 0.05 on the unconstrained scale, not PyMC's 0.69): from a wide start the
-                # stochastic gradients threw the mixture into a 97 %-slow, σ = 1.4 optimum
                 approx = pm.fit(n=max(40 * tune, 10000), method="advi", random_seed=seed, progressbar=progress,
-                                start=start, start_sigma={v.name: 0.05 for v in model.value_vars},
-                                obj_optimizer=pm.adam(learning_rate=0.02),
+                                start=start, obj_optimizer=pm.adam(learning_rate=0.02),
                                 callbacks=[pm.callbacks.CheckParametersConvergence(tolerance=1e-3, diff="relative")])
                 idata = approx.sample(draws * chains, random_seed=seed)
         else:
@@ -375,20 +178,9 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
 
 
 def _nutpie_backend() -> dict:
-    """JAX when installed: XLA compiles this model in ~3 s where numba takes 25-50 s, and samples
-    at the same speed (measured on digits-mlp, 3,400 rows: 3.4 s + 61 s against 51 s + 50 s)."""
+    """JAX when installed: XLA compiles this model in a few seconds where numba takes far longer."""
     try:
         import jax  # noqa: F401
     except ImportError:
         return {}
     return {"backend": "jax", "gradient_backend": "jax"}
-
-
-def log_likelihood(model, idata):
-    """Pointwise log-likelihood of ``y`` (for PSIS-LOO), computed from the posterior draws."""
-    import pymc as pm
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pm.compute_log_likelihood(idata, model=model, var_names=["y"], extend_inferencedata=False,
-                                         progressbar=False)

@@ -1,9 +1,10 @@
 """Save and load a fitted model: ``models/<system>/<workload>.nc``, an ArviZ InferenceData file.
 
-Groups: ``posterior``, ``sample_stats``, ``observed_data`` (the subsampled log batch latencies),
-``constant_data`` (the design), and ``tqsim`` (what the fit saw: per-config factors, the
-correctness vector of every quality-relevant level, the instance count; attrs: the spec,
-diagnostics, the family choice and its LOO table, schema and tqsim versions, created_at).
+Groups: ``posterior``, ``sample_stats``, ``observed_data`` (the per-configuration summaries the model
+was fitted to: session levels and shape quantiles), ``constant_data`` (their standard errors and
+indices), and ``tqsim`` (what the fit saw: per-config factors, the correctness vector of every
+quality-relevant level, the instance count and sizes; attrs: the spec, diagnostics, schema and tqsim
+versions, created_at).
 ArviZ's own summaries and plots work on the file.
 """
 
@@ -23,8 +24,9 @@ import xarray as xr
 import tqsim
 from tqsim.errors import UserError
 from tqsim.models.spec import ModelSpec
+from tqsim.models.summaries import Summaries
 
-MODEL_SCHEMA_VERSION = 3
+MODEL_SCHEMA_VERSION = 4
 
 
 @dataclasses.dataclass
@@ -40,12 +42,23 @@ class FittedModel:
     n_instances: int
     quality_levels: dict[str, dict]     # level id -> {"correct": array, "prediction"?, "label"?}
     configs: list[dict]                 # factors of each calibrated config
+    summaries: Summaries | None = None  # what the model was fitted to (needed to condition on it)
+    instance_size: np.ndarray | None = None
     created_at: str = ""
     tqsim_version: str = tqsim.__version__
+    cache_: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def diagnostics_ok(self) -> bool:
         return bool(self.diagnostics.get("ok", False))
+
+    def add_config_levels(self, draws: np.ndarray) -> None:
+        """Add each calibrated configuration's level (``config_level[chain, draw, config]``) to the posterior,
+        so ArviZ's summaries and plots show it; derived from the sampled parameters, never sampled."""
+        post = self.idata.posterior
+        shape = (post.sizes["chain"], post.sizes["draw"], draws.shape[-1])
+        post["config_level"] = (("chain", "draw", "config"), draws.reshape(shape))
+        post.coords["config"] = [c["id"] for c in self.configs]
 
     def posterior_draws(self, max_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """Posterior as flat arrays ``[draw, ...]`` (chains stacked), thinned evenly to ``max_draws``."""
@@ -83,6 +96,8 @@ def to_inference_data(fm: FittedModel):
     for f in ("batch_size", "threads", "precision", "backend", "device", "compile"):
         vals = [c[f] for c in fm.configs]
         extra[f] = ("fit_config", np.asarray([int(v) for v in vals]) if f == "compile" else np.asarray(vals))
+    if fm.instance_size is not None:
+        extra["instance_size"] = (("instance",), np.asarray(fm.instance_size, float))
     extra.attrs.update({
         "spec": fm.spec.to_json(), "diagnostics": json.dumps(fm.diagnostics, default=_json_default),
         "system": fm.system, "workload": fm.workload, "quality_metric": fm.quality_metric,
@@ -92,9 +107,8 @@ def to_inference_data(fm: FittedModel):
     })
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        keep = {g: getattr(idata, g) for g in ("posterior", "sample_stats", "observed_data", "constant_data")
-                if hasattr(idata, g)}
-        keep["posterior"] = keep["posterior"].drop_vars([v for v in ("round_free",) if v in keep["posterior"]])
+        keep = {g: getattr(idata, g) for g in ("posterior", "sample_stats") if hasattr(idata, g)}
+        keep.update(_summary_groups(fm.summaries, fm.spec))
         out = az.InferenceData(**keep)
         out.add_groups({"tqsim": extra})
         for g in out.groups():
@@ -102,6 +116,33 @@ def to_inference_data(fm: FittedModel):
             ds.attrs.update({"tqsim_version": fm.tqsim_version, "created_at": fm.created_at,
                              "workload": fm.workload, "system": fm.system})
     return out
+
+
+def _summary_groups(summ: Summaries, spec: ModelSpec) -> dict[str, xr.Dataset]:
+    """The summaries as ArviZ's ``observed_data`` (the values) and ``constant_data`` (se, indices)."""
+    obs = xr.Dataset({"level": ("level_obs", summ.level), "shape": (("block", "config"), summ.shape)},
+                     coords={"block": spec.blocks, "config": [c.id for c in summ.configs]})
+    const = xr.Dataset({"level_se": ("level_obs", summ.level_se), "level_cfg": ("level_obs", summ.level_cfg),
+                        "level_session": ("level_obs", summ.level_session),
+                        "level_passes": ("level_obs", summ.level_passes),
+                        "shape_se": (("block", "config"), summ.shape_se), "sessions": ("session", summ.sessions),
+                        "n_passes": ("config", summ.n_passes)},
+                       coords={"block": spec.blocks, "config": [c.id for c in summ.configs]},
+                       attrs={"n_batches_total": int(summ.n_batches_total), "size_mean": summ.size_mean,
+                              "size_sd": summ.size_sd})
+    return {"observed_data": obs, "constant_data": const}
+
+
+def _summaries_from(idata, configs: list) -> Summaries:
+    obs, const = idata.observed_data, idata.constant_data
+    return Summaries(configs=configs, sessions=const["sessions"].values.astype(np.int64),
+                     level=obs["level"].values, level_se=const["level_se"].values,
+                     level_cfg=const["level_cfg"].values.astype(np.int64),
+                     level_session=const["level_session"].values.astype(np.int64),
+                     level_passes=const["level_passes"].values.astype(np.int64), shape=obs["shape"].values,
+                     shape_se=const["shape_se"].values, n_batches_total=int(const.attrs["n_batches_total"]),
+                     n_passes=const["n_passes"].values.astype(np.int64), size_mean=float(const.attrs["size_mean"]),
+                     size_sd=float(const.attrs["size_sd"]))
 
 
 def _json_default(o):
@@ -173,11 +214,15 @@ def load(path: str | os.PathLike, workload: str | None = None, system: str | Non
             v = extra[f].values[j]
             c[f] = bool(v) if f == "compile" else (int(v) if f in ("batch_size", "threads") else str(v))
         configs.append(c)
+    from tqsim.factors import Config
+
+    cfg_objs = [Config.from_mapping({k: v for k, v in c.items() if k != "id"}) for c in configs]
     return FittedModel(idata=idata, spec=ModelSpec.from_json(attrs["spec"]), diagnostics=json.loads(attrs["diagnostics"]),
                        system=str(attrs["system"]), workload=str(attrs["workload"]),
                        quality_metric=str(attrs["quality_metric"]), n_instances=int(attrs["n_instances"]),
-                       quality_levels=levels, configs=configs, created_at=str(attrs["created_at"]),
-                       tqsim_version=str(attrs["tqsim_version"]))
+                       quality_levels=levels, configs=configs, summaries=_summaries_from(idata, cfg_objs),
+                       instance_size=extra["instance_size"].values if "instance_size" in extra else None,
+                       created_at=str(attrs["created_at"]), tqsim_version=str(attrs["tqsim_version"]))
 
 
 def now() -> str:

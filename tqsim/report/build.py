@@ -309,7 +309,7 @@ def _overview_section(ctx: _Ctx) -> Section:
 def _forecast_calls(ctx: _Ctx, config, n_passes: int, seed: int) -> np.ndarray:
     """Per-call predictive latencies ``[draw, call]`` of one configuration."""
     from tqsim.forecast import simulate_latency
-    from tqsim.models.spec import batch_layout
+    from tqsim.data.schema import batch_layout
 
     lat, _ = simulate_latency(ctx.fm, config, n_passes=n_passes, n_draws=ctx.draws, seed=seed)
     calls = per_call(lat, batch_layout(lat.shape[-1], config.batch_size))

@@ -126,7 +126,7 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
     """
     from tqsim.factors import Config
     from tqsim.forecast import simulate_latency
-    from tqsim.models.spec import batch_layout
+    from tqsim.data.schema import batch_layout
 
     pools: dict = {}
 

@@ -20,8 +20,8 @@ import numpy as np
 from tqsim.errors import UserError
 
 GRAMMAR = "tail_quality>=X@T | mean_quality>=X@T | miss_rate<=X@T | p50|p99|p99.9<=T  (e.g. tail_quality>=0.95@20ms)"
-_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs|ns)?\s*$")
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0, "m": 60.0, "h": 3600.0}
+_DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs|ns|min|m|h)?\s*$")
 
 
 def parse_duration(text: str | float, what: str = "duration") -> float:
@@ -31,7 +31,7 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     else:
         m = _DUR.match(str(text))
         if not m:
-            raise UserError(f"{what} '{text}' is not a duration; write e.g. 20ms, 250us or 0.02 (seconds).")
+            raise UserError(f"{what} '{text}' is not a duration; write e.g. 20ms, 250us, 0.02 (seconds) or 5min.")
         value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if not (np.isfinite(value) and value >= 0):
         raise UserError(f"{what} '{text}' must be a non-negative duration.")

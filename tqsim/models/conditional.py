@@ -1,0 +1,111 @@
+"""What the posterior says about any configuration, calibrated or not: Gaussian-process conditionals.
+
+Given one posterior draw (trends, GP scales, session effects), every configuration-level quantity —
+the level μ_c and each shape quantile — is Gaussian, conditionally on the summaries the fit saw
+(their values and standard errors). For a calibrated configuration this is its own summary, shrunk
+a little toward its neighbours by its se; for a configuration never run it is the trend plus the
+kriged deviations of its neighbours, with the GP's conditional variance. Draws are exact
+(Rao-Blackwellised): the deviations were integrated out in the fit and are drawn back here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tqsim.factors import Config
+from tqsim.models.pymc_backend import level_prior_moments, noise_sd, shape_inputs, shape_prior_moments
+
+
+class Conditional:
+    """Per posterior draw, the conditionals of the level and the shape summaries of any configuration."""
+
+    def __init__(self, fm, n_draws: int | None = 200):
+        spec, summ = fm.spec, fm.summaries
+        self.fm, self.spec, self.summ = fm, spec, summ
+        self.post = post = fm.posterior_draws(n_draws)
+        self.D = D = next(iter(post.values())).shape[0]
+        self.calibrated = summ.configs
+        # ---- level: observations per (config, session) ------------------------------------------
+        ci = summ.level_cfg
+        obs_cfg = [summ.configs[i] for i in ci]
+        self.level_obs_cfg = obs_cfg
+        y = np.broadcast_to(summ.level, (D, ci.size)).copy()
+        if "session_effect" in post:
+            y -= post["session_effect"][:, summ.level_session]
+        K = spec.correlation(obs_cfg, obs_cfg)
+        tau2 = post["level_sd"] ** 2
+        cov = tau2[:, None, None] * K[None] + np.diag(noise_sd(summ.level_se) ** 2)[None]
+        m, S = level_prior_moments(spec, summ, obs_cfg, obs_cfg)
+        trend, cov = m[None], cov + S[None]
+        self._lev_cov = cov
+        self._lev_alpha = np.linalg.solve(cov, (y - trend)[..., None])[..., 0]  # [D, n]
+        # ---- shapes: one GP per live summary -----------------------------------------------------
+        ys, ses, live = shape_inputs(summ)
+        self.live = live
+        self.blocks = [spec.blocks[i] for i in live]
+        if live.size:
+            m, S = shape_prior_moments(spec, summ, summ.configs, summ.configs)
+            Kc = spec.correlation(summ.configs, summ.configs)
+            st2 = post["shape_sd"] ** 2                                               # [D, B]
+            cov_s = S[live][None] + st2[:, :, None, None] * Kc[None, None] + \
+                (ses[:, :, None] ** 2 * np.eye(len(summ.configs)))[None]
+            self._shp_cov = cov_s
+            self._shp_alpha = np.linalg.solve(cov_s, (ys - m[live])[None, ..., None])[..., 0]   # [D, B, C]
+
+    # ---- the level ---------------------------------------------------------------------------
+    def level(self, configs: list[Config], noise: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``[D, len(configs)]``: each configuration's level (its calibration-session average), with the
+        GP's conditional noise (independent per configuration) when ``noise``, else its conditional mean."""
+        spec, post = self.spec, self.post
+        k = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, self.level_obs_cfg)[None]  # [D, m, n]
+        prior = post["level_sd"][:, None] ** 2 * np.diag(spec.correlation(configs, configs))[None]
+        m, S_xo = level_prior_moments(spec, self.summ, configs, self.level_obs_cfg)
+        _, S_xx = level_prior_moments(spec, self.summ, configs, configs)
+        trend, k, prior = m[None], k + S_xo[None], prior + np.diag(S_xx)[None]
+        mean = trend + np.einsum("dmn,dn->dm", k, self._lev_alpha)
+        if not noise:
+            return mean
+        v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
+        var = np.maximum(prior - np.einsum("dmn,dnm->dm", k, v), 0.0)
+        return mean + np.sqrt(var) * rng.standard_normal(mean.shape)
+
+    # ---- shapes ------------------------------------------------------------------------------
+    def shapes(self, config: Config, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Per live summary name, ``[D]`` draws for ``config`` (conditional mean + conditional noise)."""
+        if not self.live.size:
+            return {}
+        spec, post, summ = self.spec, self.post, self.summ
+        m_x, S_xc = shape_prior_moments(spec, summ, [config], summ.configs)                      # [B,1], [B,1,C]
+        _, S_xx = shape_prior_moments(spec, summ, [config], [config])
+        kc = spec.correlation([config], summ.configs)[0]                                          # [C]
+        k = S_xc[self.live][None, :, 0, :] + post["shape_sd"][:, :, None] ** 2 * kc[None, None, :]   # [D, B, C]
+        mean = m_x[self.live][None, :, 0] + np.einsum("dbc,dbc->db", k, self._shp_alpha)
+        v = np.linalg.solve(self._shp_cov, k[..., None])[..., 0]
+        prior = S_xx[self.live][None, :, 0, 0] + post["shape_sd"] ** 2 * spec.correlation([config], [config])[0, 0]
+        var = np.maximum(prior - np.einsum("dbc,dbc->db", k, v), 0.0)
+        draws = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
+        return {name: draws[:, i] for i, name in enumerate(self.blocks)}
+
+
+def conditional(fm, n_draws: int | None = 200) -> Conditional:
+    """The model's conditionals, computed once per fitted model and draw count."""
+    key = ("conditional", n_draws)
+    if key not in fm.cache_:
+        fm.cache_[key] = Conditional(fm, n_draws)
+    return fm.cache_[key]
+
+
+def config_level_draws(fm) -> np.ndarray:
+    """``[all draws, config]``: the calibrated configurations' levels, for the saved posterior."""
+    cond = Conditional(fm, None)
+    return cond.level(fm.summaries.configs, noise=True, rng=np.random.default_rng(0))
+
+
+def session_offset(fm, post: dict, rng: np.random.Generator) -> np.ndarray:
+    """``[D]``: a run in a new session, relative to the calibration's sessions' average level: the new
+    session's effect minus the mean of the S calibrated ones, ``N(0, σ²(1 + 1/S))``."""
+    S = max(int(fm.summaries.sessions.size), 1)
+    sd = post["session_sd"] * math.sqrt(1 + 1 / S)
+    return sd * rng.standard_normal(sd.shape)

@@ -1,0 +1,208 @@
+"""A campaign reduced to what the latency model is fitted on: per-configuration summaries with standard errors.
+
+Each configuration's per-call latencies are split the way they vary (docs/method.md, "The model"):
+
+* the **level** of a pass, ``λ[p]`` = the median log latency of its level batches (the full batches
+  after the first), summarised per session by the median over that session's passes;
+* the **pass** quantile function: the quantiles over passes of ``λ[p]`` minus its session's level;
+* the **within** quantile function: the quantiles of ``log latency − λ[p]`` over every level batch of
+  every pass (the body and the rare far stalls, each configuration's own);
+* the **first** quantile function: the same for the first batch of each pass (a position effect);
+* the **size** slope: how a batch's log latency moves with the mean standardised size of its instances
+  (variable-length inputs), removed from the within residuals before their quantiles are taken.
+
+Every summary carries a standard error from a bootstrap over passes (moving blocks of consecutive
+passes for the levels, whose machine state persists from pass to pass). Summaries a configuration's
+data cannot pin (a 0.999 quantile of 300 calls) are left unobserved; the model fills them from the
+other configurations. The cost is linear in the data and the model's size does not grow with passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import xarray as xr
+
+from tqsim.data.schema import batch_starts
+from tqsim.factors import Config
+
+# probability levels of the three quantile functions
+U_WITHIN = (0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
+U_PASS = (0.005, 0.01, 0.02, 0.1, 0.25, 0.75, 0.9, 0.98, 0.99, 0.995)
+U_FIRST = (0.1, 0.5, 0.9)
+# a quantile is observed when this many values are expected beyond it (calls / passes)
+MIN_BEYOND_WITHIN = 5.0
+MIN_BEYOND_PASS = 1.0
+SE_FLOOR = 0.002          # log units: below this a bootstrap se only says the bootstrap ran out of values
+N_BOOT = 120
+
+
+def block_names() -> list[str]:
+    """Names of the shape summaries, in the order of ``Summaries.shape``: ``within:0.99``, ``pass:0.1``..."""
+    return ([f"within:{u:g}" for u in U_WITHIN] + [f"pass:{u:g}" for u in U_PASS]
+            + [f"first:{u:g}" for u in U_FIRST] + ["size:slope"])
+
+
+@dataclasses.dataclass
+class Summaries:
+    """Everything the fit sees, per configuration (``configs``) and, for levels, per session."""
+
+    configs: list[Config]
+    sessions: np.ndarray            # session ids, in order
+    level: np.ndarray               # [obs] median pass level of (config, session), log seconds
+    level_se: np.ndarray            # [obs]
+    level_cfg: np.ndarray           # [obs] config index
+    level_session: np.ndarray       # [obs] session index
+    level_passes: np.ndarray        # [obs] passes behind it
+    shape: np.ndarray               # [block, config] (NaN: unobserved)
+    shape_se: np.ndarray            # [block, config]
+    n_batches_total: int
+    n_passes: np.ndarray            # [config]
+    size_mean: float = 0.0          # of log instance size, for standardising a batch's mean size
+    size_sd: float = 0.0            # 0: no size covariate
+
+    @property
+    def blocks(self) -> list[str]:
+        return block_names()
+
+
+def level_batches(counts: np.ndarray, batch_size: int) -> np.ndarray:
+    """The batches a pass's level is read from: full ones after the first (all full ones, or all, if none)."""
+    nb = counts.size
+    full = counts == batch_size
+    idx = np.flatnonzero(full & (np.arange(nb) > 0))
+    if idx.size == 0:
+        idx = np.flatnonzero(full)
+    return idx if idx.size else np.arange(nb)
+
+
+def batch_size_covariate(sizes: np.ndarray | None, batch: np.ndarray, mean: float, sd: float) -> np.ndarray:
+    """Mean standardised log instance size of each batch (zeros without sizes)."""
+    nb = int(batch[-1]) + 1
+    if sizes is None or sd <= 0:
+        return np.zeros(nb)
+    z = (np.log(np.maximum(np.asarray(sizes, float), 1e-12)) - mean) / sd
+    return np.bincount(batch, weights=z, minlength=nb) / np.bincount(batch, minlength=nb)
+
+
+def _blocks(n: int, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """Moving-block bootstrap indices ``[n_boot, n]`` over a series of ``n`` passes."""
+    L = max(1, int(round(n ** (1 / 3))))
+    starts = rng.integers(0, max(n - L + 1, 1), (n_boot, math.ceil(n / L)))
+    idx = (starts[:, :, None] + np.arange(L)[None, None, :]).reshape(n_boot, -1)[:, :n]
+    return np.minimum(idx, n - 1)
+
+
+def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles at ``u`` of ``values`` (``[pass]`` or ``[pass, call]``) and their se by resampling passes;
+    NaN where fewer than ``min_beyond`` values are expected beyond the quantile."""
+    u = np.asarray(u)
+    values = np.asarray(values, float)
+    q = np.quantile(values, u)
+    if boot_idx.shape[0] > 1:
+        reps = np.quantile(values[boot_idx].reshape(boot_idx.shape[0], -1), u, axis=1)
+        se = np.maximum(np.std(reps, axis=1, ddof=1), SE_FLOOR)
+    else:
+        se = np.full(u.size, np.inf)
+    ok = values.size * np.minimum(u, 1 - u) >= min_beyond
+    return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
+
+
+def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summaries:
+    """Reduce a campaign (``tqsim.data.io.load_campaign``) to the model's summaries."""
+    from tqsim.models.spec import campaign_configs
+
+    rng = np.random.default_rng(seed)
+    configs = campaign_configs(campaign)
+    lat_all = campaign["latency_s"].values                      # [config, pass, instance]
+    rounds = campaign["round"].values
+    sessions_all = campaign["session"].values if "session" in campaign else np.zeros_like(rounds)
+    has_size = "instance_size" in campaign
+    size_mean = size_sd = 0.0
+    if has_size:
+        logs = np.log(np.maximum(campaign["instance_size"].values[0].astype(float), 1e-12))
+        size_mean, size_sd = float(logs.mean()), float(logs.std())
+    finite_sessions = sessions_all[np.isfinite(sessions_all)] if sessions_all.dtype.kind == "f" else sessions_all
+    session_ids = np.unique(finite_sessions).astype(np.int64)
+    names = block_names()
+    shape = np.full((len(names), len(configs)), np.nan)
+    shape_se = np.full_like(shape, np.nan)
+    lv, lv_se, lv_cfg, lv_ses, lv_n = [], [], [], [], []
+    total, n_passes = 0, []
+    for c, cfg in enumerate(configs):
+        keep = np.isfinite(lat_all[c]).all(axis=1)
+        batch = campaign["batch"].values[c].astype(np.int64)
+        starts = batch_starts(batch)
+        counts = np.diff(np.r_[starts, batch.size])
+        y = np.log(lat_all[c][keep][:, starts])              # [pass, batch]
+        order = np.argsort(rounds[c][keep], kind="stable")    # passes in the order they were measured
+        y = y[order]
+        ses = np.asarray(sessions_all[c][keep][order]).astype(np.int64)
+        P, nb = y.shape
+        n_passes.append(P)
+        total += P * nb
+        lb = level_batches(counts, cfg.batch_size)
+        lam = np.median(y[:, lb], axis=1)
+        # the level of each session, and the passes' deviations from it
+        dev = np.empty(P)
+        meds = {}
+        for s in np.unique(ses):
+            m = ses == s
+            meds[s] = float(np.median(lam[m]))
+            dev[m] = lam[m] - meds[s]
+        pass_sd = 1.4826 * float(np.median(np.abs(dev))) if P > 2 else math.nan
+        for s, med in meds.items():
+            m = ses == s
+            n = int(m.sum())
+            se = float(np.std(np.median(lam[m][_blocks(n, rng, n_boot)], axis=1), ddof=1)) if n > 1 else 0.0
+            # a session of a few passes bootstraps a too-small se: at least that of a median of n passes
+            if np.isfinite(pass_sd):
+                se = max(se, 1.2533 * pass_sd / math.sqrt(n)) if n < 8 else se
+            elif n < 3:
+                se = max(se, 0.1)
+            lv.append(med)
+            lv_se.append(max(se, SE_FLOOR))
+            lv_cfg.append(c)
+            lv_ses.append(int(np.searchsorted(session_ids, s)))
+            lv_n.append(n)
+        boot = _blocks(P, rng, n_boot) if P > 1 else np.zeros((0, P), np.int64)
+        k = 0
+        # within: each level batch around its pass level, the size effect removed
+        zb = batch_size_covariate(campaign["instance_size"].values[c] if has_size else None, batch, size_mean,
+                                  size_sd)
+        resid = y[:, lb] - lam[:, None]
+        slope, slope_se = _size_slope(resid, zb[lb], boot)
+        if has_size and size_sd > 0:
+            resid = resid - slope * (zb[lb] - np.median(zb[lb]))[None, :]
+        q, se = _quantiles(resid, U_WITHIN, MIN_BEYOND_WITHIN, boot)
+        shape[k:k + len(U_WITHIN), c], shape_se[k:k + len(U_WITHIN), c] = q, se
+        k += len(U_WITHIN)
+        if P > 1:
+            q, se = _quantiles(dev, U_PASS, MIN_BEYOND_PASS, boot)
+            shape[k:k + len(U_PASS), c], shape_se[k:k + len(U_PASS), c] = q, se
+        k += len(U_PASS)
+        if lb.size and lb[0] > 0 and P > 1:  # the first batch is not a level batch: its own offsets
+            first = y[:, 0] - lam
+            q, se = _quantiles(first, U_FIRST, MIN_BEYOND_PASS, boot)
+            shape[k:k + len(U_FIRST), c], shape_se[k:k + len(U_FIRST), c] = q, se
+        k += len(U_FIRST)
+        if has_size and size_sd > 0 and np.ptp(zb[lb]) > 0:
+            shape[k, c], shape_se[k, c] = slope, slope_se
+    return Summaries(configs=configs, sessions=session_ids, level=np.array(lv), level_se=np.array(lv_se),
+                     level_cfg=np.array(lv_cfg, np.int64), level_session=np.array(lv_ses, np.int64),
+                     level_passes=np.array(lv_n, np.int64), shape=shape, shape_se=shape_se, n_batches_total=total,
+                     n_passes=np.array(n_passes, np.int64), size_mean=size_mean, size_sd=size_sd)
+
+
+def _size_slope(resid: np.ndarray, z: np.ndarray, boot: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of a batch's residual on its size covariate, with a bootstrap se over passes."""
+    zc = z - z.mean()
+    ss = float(zc @ zc)
+    if ss <= 0:
+        return 0.0, np.nan
+    per_pass = resid @ zc / ss                       # one slope per pass
+    slope = float(per_pass.mean())
+    reps = per_pass[boot].mean(axis=1) if boot.size else np.array([slope])
+    return slope, max(float(np.std(reps, ddof=1)) if reps.size > 1 else np.inf, SE_FLOOR)
