@@ -75,9 +75,9 @@ def test_model_of_other_workload_refused(tmp_path, capsys, monkeypatch):
 
 def test_fit_command_advi_writes_model(tmp_path, capsys, monkeypatch):
     write_campaign(simulate_campaign(grid((1, 16), (1,)), passes=3, seed=0), tmp_path)
-    code, out, err = run(["fit", "--home", str(tmp_path), "--sampler", "advi", "--family", "student",
-                          "--draws", "50", "--tune", "50", "--batches-per-pass", "4", "--json"], capsys, monkeypatch)
+    code, out, err = run(["fit", "--home", str(tmp_path), "--sampler", "advi", "--draws", "50", "--tune", "50",
+                          "--json"], capsys, monkeypatch)
     assert code == 0, err
     obj = json.loads(out)
-    assert obj["family"] == "student" and obj["diagnostics"]["sampler"] == "advi"
+    assert obj["family"] == "quantile" and obj["diagnostics"]["sampler"] == "advi"
     assert (tmp_path / "models" / "simbox" / "sim.nc").exists()

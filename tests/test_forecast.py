@@ -66,7 +66,7 @@ def test_resolve_config_fills_single_levels_and_asks_for_others(quick):
 
 
 def test_true_p99_inside_interval_for_unseen_config():
-    _, fm, law = example_fit(sampler="nutpie", passes=10, draws=300, tune=300, batches_per_pass=16)
+    _, fm, law = example_fit(passes=10)
     for cfg in (Config(8, 2), Config(32, 1)):
         fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True)
         truth = law.truth(cfg, 540, fc.thresholds_s, n_runs=60, passes_per_run=20)
@@ -89,7 +89,7 @@ def test_coverage_near_nominal_over_seeds():
     for seed in range(4):
         home = tempfile.mkdtemp()
         camp = load_campaign(write_campaign(simulate_campaign(grid(), passes=10, seed=seed, law=law), home))
-        fm = fit_campaign(camp, family="mixture", draws=300, tune=300, seed=seed, batches_per_pass=16)
+        fm = fit_campaign(camp, draws=300, tune=300, seed=seed)
         for cfg in (Config(8, 1), Config(32, 2), Config(2, 2)):
             fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True, seed=seed)
             truth = law.truth(cfg, 540, [], n_runs=20, passes_per_run=20, seed=seed)

@@ -1,6 +1,4 @@
-"""The Bayesian engine on the simulated system: spec, design, fit, save/load, ground truth."""
-
-import math
+"""The Bayesian engine on the simulated system: summaries, spec, fit, conditionals, save/load, ground truth."""
 
 import numpy as np
 import pytest
@@ -8,104 +6,105 @@ import pytest
 from tqsim.data.io import load_campaign
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.models import load, make_spec, save
-from tqsim.models.spec import build_design
-from tqsim.testing import example_fit, grid, simulate_campaign, write_campaign
+from tqsim.models import fit_campaign, load, make_spec, save
+from tqsim.models.summaries import U_PASS, U_WITHIN, block_names, summarise
+from tqsim.testing import Law, example_fit, grid, simulate_campaign, write_campaign
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     home = tmp_path_factory.mktemp("sim")
-    return load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16), (1, 2)), passes=5, seed=0), home))
+    return load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16), (1, 2)), passes=6, seed=0, sessions=2),
+                                        home))
 
 
-def test_spec_is_printable_and_round_trips(campaign):
-    spec = make_spec(campaign, "mixture", batches_per_pass=6)
-    text = str(spec)
-    assert "AR(1)" in text and "overhead + work" in text and "additive delay" in text
-    assert spec.mean_form == "affine" and spec.terms[0] == "Tz"
+def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_them(campaign):
+    s = summarise(campaign)
+    assert len(s.configs) == 6 and s.sessions.size == 2
+    assert s.level.size == 12 and set(s.level_passes) == {3}       # (config, session) cells of 3 passes
+    names = block_names()
+    # batch 1: 539 level batches × 6 passes = 3234 calls: the 0.999 quantile (3.2 beyond) is not observed
+    c1 = [i for i, c in enumerate(s.configs) if c.batch_size == 1][0]
+    assert np.isfinite(s.shape[names.index("within:0.99"), c1])
+    assert np.isnan(s.shape[names.index("within:0.999"), c1])
+    # 6 passes: the pass quantile at 0.25 is observed (1.5 passes beyond), 0.1 is not (0.6)
+    assert np.isfinite(s.shape[names.index("pass:0.25"), c1]) and np.isnan(s.shape[names.index("pass:0.1"), c1])
+    # the first batch pays an added cost: its offsets sit above the within-pass median
+    assert s.shape[names.index("first:0.5"), c1] > 0.3
+    assert (s.shape_se[np.isfinite(s.shape)] > 0).all() and (s.level_se > 0).all()
+    assert len(U_WITHIN) + len(U_PASS) + 4 == len(names)
+
+
+def test_level_summary_matches_the_law(campaign):
+    """Level differences between configurations follow the law (the session offset is shared; each level
+    has the sd of 6 pass medians, 0.05/√6 = 0.02)."""
+    s = summarise(campaign)
+    law = Law()
+    est = np.array([s.level[s.level_cfg == c].mean() for c in range(len(s.configs))])
+    true = np.array([law.config_mean(c) for c in s.configs])
+    assert np.max(np.abs((est - est.mean()) - (true - true.mean()))) < 0.08
+
+
+def test_spec_is_printable_round_trips_and_drops_single_level_factors(campaign):
+    spec = make_spec(summarise(campaign).configs)
+    assert "GP" in str(spec) and "quantile functions" in str(spec)
+    assert spec.terms[:3] == ["Lz", "Tz", "Lz:Tz"]
     assert type(spec).from_json(spec.to_json()) == spec
-
-
-def test_design_subsamples_full_batches_and_keeps_the_first(campaign):
-    spec = make_spec(campaign, "student", batches_per_pass=6)
-    d = build_design(campaign, spec)
-    # per pass: bs1 540 batches -> 1 + 6; bs4 135 (full last) -> 1 + 6; bs16 34 (partial left out) -> 1 + 6
-    assert d.y.size == 5 * 2 * (7 + 7 + 7)
-    assert d.first.sum() == 5 * 6
-    # no row of batch 16 is its partial 34th batch (12 instances, from instance 528 on)
-    lat = campaign["latency_s"].values[2]
-    partial = {float(v) for v in np.log(lat[:, 528])}
-    assert not partial & set(d.y[d.cfg == 2].tolist())
-    assert d.n_batches_total == 5 * 2 * (540 + 135 + 34)
-    assert set(d.rnd.tolist()) == set(range(5))
-
-
-def test_partial_batch_follows_the_smooth_surface(campaign):
-    """Overhead-bound: a partial batch costs a full one; work-bound with κ = 1: proportionally less."""
-    spec = make_spec(campaign, "mixture")
-    assert spec.mean_form == "affine"
-    P = len(spec.terms)
-    config = Config(batch_size=16, threads=1)
-
-    def surface(o0, w0, kappa):
-        return {"overhead0": np.array([o0]), "work0": np.array([w0]), "work_exponent": np.array([kappa]),
-                "overhead_coef": np.zeros((1, P)), "work_coef": np.zeros((1, P))}
-
-    assert spec.partial_shift(surface(-5.0, -30.0, 1.0), config, 12)[0] == pytest.approx(0.0, abs=1e-6)
-    assert spec.partial_shift(surface(-30.0, -5.0, 1.0), config, 12)[0] == pytest.approx(math.log(12 / 16))
-    mixed = spec.partial_shift(surface(-9.0, -9.0, 1.0), config, 4)[0]
-    assert math.log(4 / 16) < mixed < 0.0
-
-
-def test_design_measures_each_pass_level_from_its_full_batches(campaign):
-    spec = make_spec(campaign, "mixture", batches_per_pass=6)
-    assert spec.pass_effects and "λ[c, pass] = median" in str(spec)
-    d = build_design(campaign, spec)
-    assert d.cell_level.size == 3 * 2 * 5 == int(d.cp.max()) + 1
-    # config 2 is batch 16: 33 full batches + a partial one; the level is the median of batches 1..32
-    lat = campaign["latency_s"].values[2, 3]
-    per_batch = np.log(lat[::16][:34])
-    k = int(np.flatnonzero(d.cell_cfg == 2)[3])
-    assert d.cell_level[k] == pytest.approx(np.median(per_batch[1:33]))
-    assert d.cell_cfg[k] == 2 and d.cell_rnd[k] == 3
-    assert (d.cell_se > 0).all() and (d.cell_se < 0.05).all()
-
-
-def test_pass_levels_off_when_a_pass_has_too_few_full_batches(tmp_path):
-    big = load_campaign(write_campaign(simulate_campaign(grid((4, 256), (1,)), passes=3, seed=0), tmp_path))
-    spec = make_spec(big, "mixture")
-    assert not spec.pass_effects and "λ[c, pass]" not in str(spec)
-    assert build_design(big, spec).y.size > 0
+    one_thread = make_spec([Config(1, 1), Config(4, 1), Config(16, 1)])
+    assert one_thread.terms == ["Lz"]      # threads calibrated at one level is no dimension of the model
+    assert make_spec([Config(8, 1), Config(8, 2)]).terms == ["Tz"]
 
 
 def test_fit_needs_two_configurations(tmp_path):
     one = load_campaign(write_campaign(simulate_campaign([Config()], passes=3, seed=0), tmp_path))
     with pytest.raises(UserError, match="at least two"):
-        make_spec(one)
+        fit_campaign(one)
 
 
 def test_uncalibrated_quality_level_refused_and_extrapolation_warned(campaign):
-    spec = make_spec(campaign)
+    spec = make_spec(summarise(campaign).configs)
     with pytest.raises(UserError, match="precision=bf16"):
         spec.check_forecastable(Config(precision="bf16"))
     assert spec.check_forecastable(Config(batch_size=8, threads=2)) == []
     assert "outside the calibrated range" in spec.check_forecastable(Config(batch_size=128))[0]
 
 
-def test_advi_fit_saves_and_loads_with_provenance(tmp_path):
+def test_mvn_potential_equals_scipy():
+    import pytensor.tensor as pt
+    from scipy.stats import multivariate_normal
+
+    from tqsim.models.pymc_backend import _mvn_logp
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(3, 5, 5))
+    cov = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(5)
+    r = rng.normal(size=(3, 5))
+    want = sum(multivariate_normal(np.zeros(5), cov[b]).logpdf(r[b]) for b in range(3))
+    assert _mvn_logp(pt.as_tensor(r), pt.as_tensor(cov), 15).eval() == pytest.approx(want, rel=1e-10)
+
+
+def test_fit_on_one_thread_level_converges(tmp_path):
+    """A calibration with one threads level (the README's user-workload example) fits cleanly: the factor
+    drops out instead of leaving a slope with a zero gradient (it failed with 'All initialization points
+    failed', or aborted)."""
+    camp = load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16), (1,)), passes=5, seed=3), tmp_path))
+    fm = fit_campaign(camp, draws=200, tune=200, seed=0)
+    assert fm.diagnostics["divergences"] == 0 and fm.diagnostics["rhat_max"] < 1.05
+
+
+def test_save_load_round_trip_with_provenance(tmp_path):
     home, fm, _ = example_fit()
     path = save(fm, tmp_path / "m.nc")
     back = load(path, workload="sim")
-    assert back.spec == fm.spec
-    assert back.diagnostics["family"] == "mixture"
+    assert back.spec == fm.spec and back.diagnostics["family"] == "quantile"
     assert set(back.quality_levels) == {"fp32-torch-cpu"}
     assert back.n_instances == 540 and len(back.configs) == 8
     for group in ("posterior", "observed_data", "constant_data"):
         assert group in back.idata.groups()
     assert back.idata.tqsim.attrs["tqsim_version"]
-    w = back.posterior_draws()
-    assert w["config_mean"].shape[1] == 8
+    np.testing.assert_allclose(back.summaries.shape, fm.summaries.shape)
+    np.testing.assert_array_equal(back.summaries.level_cfg, fm.summaries.level_cfg)
+    assert back.posterior_draws()["config_level"].shape[1] == 8
 
 
 def test_load_refuses_other_workload_missing_file_and_old_schema(tmp_path):
@@ -117,47 +116,69 @@ def test_load_refuses_other_workload_missing_file_and_old_schema(tmp_path):
         load(tmp_path / "missing.nc")
     import arviz as az
     idata = az.from_netcdf(str(path))
-    idata.tqsim.attrs["model_schema_version"] = 0
+    idata.tqsim.attrs["model_schema_version"] = 3
     idata.to_netcdf(str(tmp_path / "old.nc"))
-    with pytest.raises(UserError, match="schema version 0"):
+    with pytest.raises(UserError, match="schema version 3"):
         load(tmp_path / "old.nc")
 
 
-def test_nutpie_ground_truth_recovered():
-    """24 draws of nothing: a real fit (nutpie) on the simulated law recovers its parameters."""
-    _, fm, law = example_fit(sampler="nutpie", passes=10, draws=300, tune=300, batches_per_pass=16)
+def test_ground_truth_recovered_and_fit_is_clean():
+    """A real fit (nutpie) on the simulated law: clean diagnostics, and configuration levels whose
+    differences match the law's (the calibration's own session offset is common to all)."""
+    _, fm, law = example_fit()
     d = fm.diagnostics
-    assert d["rhat_max"] < 1.05 and d["divergences"] <= 5
-    post = fm.posterior_draws()
-    true_means = np.array([law.config_mean(Config(**{k: c[k] for k in ("batch_size", "threads")}))
-                           for c in fm.configs])
-    # μ_c is the typical pass's median; the fast mode sits δ_c away from it
-    est = (post["config_mean"] + post["fast_offset"]).mean(axis=0)
-    assert np.max(np.abs(est - true_means)) < 0.03
-    # the additive first-batch cost and slow delay, in log seconds
-    assert abs(post["first_cost0"].mean() - math.log(law.first_cost_s)) < 0.2
-    assert abs(post["slow_delay"].mean() - math.log(law.slow_delay_s)) < 0.2
-    assert abs(math.log(post["round_sd"].mean()) - math.log(law.round_sd)) < math.log(2.5)
-    # the configuration's own pass-to-pass level, from the measured pass medians
-    assert abs(math.log(post["pass_sd"].mean()) - math.log(law.pass_sd)) < math.log(1.5)
+    assert d["rhat_max"] <= 1.01 and d["divergences"] == 0
+    est = fm.posterior_draws()["config_level"].mean(axis=0)
+    true = np.array([law.config_mean(Config(c["batch_size"], c["threads"])) for c in fm.configs])
+    assert np.max(np.abs((est - est.mean()) - (true - true.mean()))) < 0.04
 
 
-@pytest.mark.parametrize("R, phi", [(1, 0.5), (2, -0.4), (9, 0.8)])
-def test_marginal_pass_levels_equal_the_dense_gaussian(R, phi):
-    """Round effects integrated out by Woodbury give exactly the dense N(0, D + BΣBᵀ) density."""
-    import pytensor.tensor as pt
-    from scipy.stats import multivariate_normal
+def test_calibrated_conditional_reproduces_its_own_summary_and_unseen_is_wider():
+    from tqsim.models.conditional import conditional
 
-    from tqsim.models.pymc_backend import _marginal_levels_logp
+    _, fm, _ = example_fit()
+    cond = conditional(fm, 200)
+    rng = np.random.default_rng(0)
+    names = fm.spec.blocks
+    seen, unseen = Config(4, 2), Config(8, 2)
+    j = [c.id for c in fm.summaries.configs].index(seen.id)
+    own = cond.shapes(seen, rng)
+    for name in ("within:0.5", "within:0.9", "within:0.99"):
+        assert own[name].mean() == pytest.approx(fm.summaries.shape[names.index(name), j], abs=0.02)
+    new = cond.shapes(unseen, rng)
+    assert new["within:0.99"].std() > own["within:0.99"].std()
+    lev_seen = cond.level([seen], noise=True, rng=rng)[:, 0]
+    lev_new = cond.level([unseen], noise=True, rng=rng)[:, 0]
+    assert lev_new.std() > lev_seen.std()
 
-    rng = np.random.default_rng(R)
-    rnd = np.r_[np.arange(R), rng.integers(0, R, 4 * R)]
-    u, s2, sd = rng.normal(0, 0.1, rnd.size), rng.uniform(1e-3, 1e-2, rnd.size), 0.05
-    lag = np.abs(np.subtract.outer(np.arange(R), np.arange(R)))
-    B = np.eye(R)[rnd]
-    dense = multivariate_normal(np.zeros(rnd.size), np.diag(s2) + B @ (sd ** 2 * phi ** lag) @ B.T).logpdf(u)
-    got = _marginal_levels_logp(pt.as_tensor(u), pt.as_tensor(s2), rnd, R, pt.as_tensor(sd), pt.as_tensor(phi)).eval()
-    assert got == pytest.approx(dense, rel=1e-10)
+
+def test_session_effects_are_learned_from_several_sessions(tmp_path):
+    law = Law(session_sd=0.15)
+    camp = load_campaign(write_campaign(simulate_campaign(grid((1, 8, 64), (1, 2)), passes=12, seed=5, law=law,
+                                                          sessions=4), tmp_path))
+    fm = fit_campaign(camp, draws=300, tune=300, seed=0)
+    s = fm.summaries
+    # the empirical session deviations (each config's session level minus its mean), averaged over configs
+    emp = np.zeros(4)
+    for c in range(len(s.configs)):
+        m = s.level_cfg == c
+        emp[s.level_session[m]] += s.level[m] - s.level[m].mean()
+    post = fm.posterior_draws()["session_effect"].mean(axis=0)
+    assert np.corrcoef(emp, post)[0, 1] > 0.95
+    assert fm.diagnostics["n_sessions"] == 4 and fm.diagnostics["divergences"] == 0
+
+
+def test_interrupted_sampling_raises_and_never_returns_a_model(campaign, monkeypatch):
+    """nutpie returns the draws it had when interrupted; a fit with fewer draws than asked is an interrupt
+    (the CLI exits 130 and leaves the old model file untouched), never a model."""
+    import arviz as az
+
+    from tqsim.models import pymc_backend
+
+    monkeypatch.setattr(pymc_backend, "sample", lambda model, start, **kw: (
+        az.from_dict(posterior={"shape_sd": np.zeros((2, 7, 3))}), 1.0))
+    with pytest.raises(KeyboardInterrupt):
+        fit_campaign(campaign, draws=100, tune=50)
 
 
 def test_shortfall_names_only_what_failed():
@@ -167,42 +188,6 @@ def test_shortfall_names_only_what_failed():
     assert shortfall({"divergences": 0, "rhat_max": 1.02, "ess_bulk_min": 80}) == "r-hat max 1.020 > 1.01, bulk ESS min 80 < 100"
 
 
-def test_a_failed_fit_is_sampled_once_more_with_twice_the_tuning(campaign, monkeypatch):
-    import arviz as az
-
-    import tqsim.models.fit as fit_mod
-    from tqsim.models import pymc_backend
-
-    calls, verdicts = [], iter([{"status": "fail", "ok": False, "divergences": 9, "rhat_max": 1.002},
-                                {"status": "ok", "ok": True, "divergences": 0, "rhat_max": 1.002}])
-
-    def fake_sample(model, start, *, draws, tune, **kw):
-        calls.append((draws, tune))
-        return az.from_dict(posterior={"x": np.zeros((2, draws))}), 1.0
-
-    monkeypatch.setattr(pymc_backend, "sample", fake_sample)
-    monkeypatch.setattr(fit_mod, "diagnostics_of", lambda idata, sampler: dict(next(verdicts)))
-    fm = fit_mod.fit_campaign(campaign, family="mixture", sampler="nutpie", draws=100, tune=50)
-    assert calls == [(100, 50), (200, 100)]
-    assert fm.diagnostics["ok"] and fm.diagnostics["retried_after"] == "9 divergences"
-    calls.clear()
-    verdicts = iter([{"status": "fail", "ok": False, "divergences": 9, "rhat_max": 1.002}])
-    assert not fit_mod.fit_campaign(campaign, family="mixture", sampler="nutpie", draws=100, tune=50,
-                                    retry=False).diagnostics["ok"]
-    assert calls == [(100, 50)]
-
-
-def test_a_student_tail_with_infinite_variance_is_flagged_for_automatic_choice():
-    """ν below 2 (measured 0.7-0.9 on digits-mlp, with forecast p99 40-700x too high) keeps the Student
-    family from being chosen automatically; a finite-variance tail, or another family, passes."""
-    import arviz as az
-
-    from tqsim.models.fit import NU_MIN, heavy_student_tail
-
-    rng = np.random.default_rng(0)
-    heavy = az.from_dict(posterior={"nu": rng.normal(0.8, 0.05, (2, 100))})
-    light = az.from_dict(posterior={"nu": rng.normal(3.2, 0.2, (2, 100))})
-    mixture = az.from_dict(posterior={"p_slow": rng.uniform(0, 0.1, (2, 100))})
-    assert heavy_student_tail(heavy) == pytest.approx(0.8, abs=0.02) and heavy_student_tail(heavy) < NU_MIN
-    assert heavy_student_tail(light) is None
-    assert heavy_student_tail(mixture) is None and heavy_student_tail(None) is None
+def test_unknown_family_refused(campaign):
+    with pytest.raises(UserError, match="drop --family"):
+        fit_campaign(campaign, family="mixture")

@@ -32,7 +32,7 @@ def test_batch_latency_constant_within_batch_and_last_partial_is_faster():
 
 
 def test_law_mean_matches_simulation():
-    law = Law(slow_logit=-30.0)
+    law = Law(slow_logit=-30.0, session_sd=0.0)
     cfg = Config(batch_size=16, threads=2)
     rng = np.random.default_rng(0)
     lat = law.simulate_passes(cfg, 400, 160, rng)

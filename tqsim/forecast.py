@@ -151,6 +151,9 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     unless ``force``; warns outside the calibrated batch-size/thread range.
     """
     warns = fm.spec.check_forecastable(config)
+    if fm.summaries.sessions.size < 2 and session is None:
+        warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
+                     "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
     level = quality_level_id(config.as_dict())
     if level not in fm.quality_levels:
         raise UserError(f"quality-relevant levels {level} were never calibrated (calibrated: "
@@ -164,9 +167,6 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     elif fm.diagnostics.get("status") == "warn":
         warns.append(f"the fit is usable but not clean ({shortfall(fm.diagnostics)}): intervals may be a little "
                      f"off; `{REFIT}` for final numbers.")
-    if fm.summaries.sessions.size < 2 and session is None:
-        warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
-                     "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
     lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=session)
     D = lat.shape[0]
     flat = lat.reshape(D, -1)

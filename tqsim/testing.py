@@ -10,6 +10,8 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
 * ``mean(c) = intercept + bs_slope·L + bs_curv·L² + th_slope·T + bs_th·L·T + shifts(precision,
   backend, device, compile)`` with ``L = log(batch_size)``, ``T = log(threads)``: cost grows with
   the batch, falls sub-linearly with threads (more so for large batches).
+* ``session``: a level shift ``N(0, session_sd)`` shared by every pass of one session (a
+  ``tqsim calibrate`` invocation): the machine's speed moving between runs minutes apart.
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
   shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5),
   plus the configuration's own pass level ``N(0, pass_sd)`` (real pass medians correlate only
@@ -55,6 +57,7 @@ class Law:
     backend_shift: tuple[tuple[str, float], ...] = (("torch", 0.0), ("onnxruntime", -0.15))
     device_shift: tuple[tuple[str, float], ...] = (("cpu", 0.0), ("cuda", -1.0))
     compile_shift: float = -0.1
+    session_sd: float = 0.08
     round_sd: float = 0.05
     round_phi: float = 0.6
     pass_sd: float = 0.05
@@ -99,14 +102,15 @@ class Law:
                         instance_size: np.ndarray | None = None) -> np.ndarray:
         """Instance latencies ``[pass, instance]`` (seconds) for ``n_passes`` passes of ``config``.
 
-        ``round_effects`` (n_passes,) gives each pass's shared machine effect; drawn from the AR(1)
-        stationary process when omitted (a run at another time).
+        ``round_effects`` (n_passes,) gives each pass's shared machine effect (session + round); when
+        omitted, a run in a new session: a session effect plus an AR(1) path.
         """
         bs = config.batch_size
         batch = np.arange(n_instances) // bs
         nb = int(batch[-1]) + 1
         if round_effects is None:
-            round_effects = ar1_path(n_passes, self.round_sd, self.round_phi, rng)
+            round_effects = (ar1_path(n_passes, self.round_sd, self.round_phi, rng)
+                             + rng.normal(0.0, self.session_sd))
         log_t = np.full((n_passes, nb), self.config_mean(config))
         log_t += np.asarray(round_effects, dtype=float)[:, None] + rng.normal(0.0, self.pass_sd, (n_passes, 1))
         if self.first_cost_s > 0:
@@ -134,7 +138,8 @@ class Law:
               passes_per_run: int = 20, seed: int = 0, tail_q: float = 0.01) -> dict:
         """Monte Carlo truth for ``config``: pooled latency quantiles and Q@T over many runs.
 
-        Each run is ``passes_per_run`` passes at another time (its own AR(1) path). Returns the
+        Each run is ``passes_per_run`` passes in a new session (its own session effect and AR(1)
+        path). Returns the
         long-run latency quantiles (``p50``...), and per threshold the mean Q@T and the expected
         per-run tail quality and minimum (for the given number of passes per run).
         """
@@ -180,15 +185,21 @@ def grid(batch_sizes: Iterable[int] = (1, 4, 16, 64), threads: Iterable[int] = (
 
 def simulate_campaign(configs: Sequence[Config], passes: int = 20, seed: int = 0, n_instances: int = 540,
                       law: Law | None = None, *, workload: str = "sim", system: str = "simbox",
-                      first_round: int = 0, instance_sizes: bool = False) -> list[xr.Dataset]:
-    """One dataset per configuration, measured in ``passes`` interleaved rounds (DESIGN §3–4).
+                      first_round: int = 0, instance_sizes: bool = False, sessions: int = 1,
+                      session_ids: Sequence[int] | None = None) -> list[xr.Dataset]:
+    """One dataset per configuration, measured in ``passes`` interleaved rounds split over ``sessions``
+    sessions (the harness's campaign).
 
-    Every configuration measured in round ``t`` shares that round's machine effect. The datasets
-    pass :func:`tqsim.data.schema.check_calibration`.
+    Every configuration measured in round ``t`` shares that round's machine effect, and every pass of
+    a session that session's effect. The datasets pass :func:`tqsim.data.schema.check_calibration`.
     """
     law = law or Law()
     rng = np.random.default_rng(seed)
     rounds = ar1_path(passes, law.round_sd, law.round_phi, rng)
+    which = np.minimum(np.arange(passes) * sessions // max(passes, 1), sessions - 1)
+    ids = np.asarray(session_ids if session_ids is not None else
+                     [int(1.8e15) + seed * 1000 + k for k in range(sessions)], dtype=np.int64)
+    rounds = rounds + rng.normal(0.0, law.session_sd, sessions)[which]
     sizes = rng.gamma(4.0, 1.0, n_instances) if instance_sizes else None
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     fingerprint = json.dumps({"cpu": "simulated", "cores": 2, "simulated": True})
@@ -204,6 +215,7 @@ def simulate_campaign(configs: Sequence[Config], passes: int = 20, seed: int = 0
                 "correct": (("instance",), law.correct(cfg, n_instances)),
                 "round": (("pass",), np.arange(first_round, first_round + passes, dtype=np.int64)),
                 "pass_started_at": (("pass",), started),
+                "session": (("pass",), ids[which]),
             },
             coords={"pass": np.arange(passes), "instance": np.arange(n_instances)},
         )
@@ -238,9 +250,9 @@ def write_campaign(datasets: Sequence[xr.Dataset], home: str | Path, *, folder: 
 
 
 @functools.lru_cache(maxsize=8)
-def example_fit(sampler: str = "advi", family: str = "mixture", seed: int = 0, passes: int = 8,
+def example_fit(sampler: str = "nutpie", seed: int = 0, passes: int = 8,
                 batch_sizes: tuple[int, ...] = (1, 4, 16, 64), threads: tuple[int, ...] = (1, 2),
-                draws: int = 150, tune: int = 150, batches_per_pass: int = 12):
+                draws: int = 600, tune: int = 300, sessions: int = 1):
     """A fitted model of a simulated campaign, cached per process so several test modules share it.
 
     Returns ``(home, fitted_model, law)``; ``home`` is a temporary workspace holding the calibration
@@ -255,10 +267,10 @@ def example_fit(sampler: str = "advi", family: str = "mixture", seed: int = 0, p
 
     law = Law()
     home = Path(tempfile.mkdtemp(prefix="tqsim-example-"))
-    folder = write_campaign(simulate_campaign(grid(batch_sizes, threads), passes=passes, seed=seed, law=law), home)
+    folder = write_campaign(simulate_campaign(grid(batch_sizes, threads), passes=passes, seed=seed, law=law,
+                                              sessions=sessions), home)
     write_campaign(simulate_campaign([Config(8, 1), Config(32, 2)], passes=10, seed=seed + 1000, law=law,
                                      first_round=1000), home, folder=home / "heldout")
-    fm = fit_campaign(load_campaign(folder), family=family, sampler=sampler, draws=draws, tune=tune, seed=seed,
-                      batches_per_pass=batches_per_pass)
+    fm = fit_campaign(load_campaign(folder), sampler=sampler, draws=draws, tune=tune, seed=seed)
     save(fm, Workspace.at(home).model_path("simbox", "sim"))
     return home, fm, law

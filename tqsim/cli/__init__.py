@@ -23,6 +23,7 @@ from tqsim.cli import commands_quality  # noqa: E402,F401
 from tqsim.cli import commands_model  # noqa: E402,F401
 from tqsim.cli import commands_whatif  # noqa: E402,F401
 from tqsim.cli import commands_report  # noqa: E402,F401
+from tqsim.cli import commands_check  # noqa: E402,F401
 
 
 def main() -> None:

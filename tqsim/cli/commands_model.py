@@ -11,6 +11,7 @@ import typer
 
 from tqsim.cli import app
 from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.errors import UserError
 
 
 def _where(home, system, workload):
@@ -35,10 +36,8 @@ def fit(
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws per chain.")] = 1000,
     tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 500,
     chains: Annotated[int, typer.Option("--chains", help="Chains.")] = 2,
-    family: Annotated[str, typer.Option("--family", help="Residual family: auto (PSIS-LOO), student, mixture.")] = "auto",
-    batches_per_pass: Annotated[Optional[int], typer.Option(
-        "--batches-per-pass", help="Random batches kept per pass (plus the first and last); default 24, "
-                                   "down to 8 on large campaigns (about 6,000 in all).")] = None,
+    family: Annotated[str, typer.Option("--family", help="Kept for old scripts: auto (the only model: each "
+                                                       "configuration's own quantile functions).")] = "auto",
 ) -> None:
     """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
     from tqsim.data.io import load_campaign
@@ -46,25 +45,30 @@ def fit(
     from tqsim.models.fit import REFIT, shortfall
 
     ws, sys_name, wl = _where(home, system, workload)
+    target = ws.model_path(sys_name, wl)
+    ws.check_writable(target.parent)  # before sampling, not after
     campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
     err = console(stderr=True)
     say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
-    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
-                      batches_per_pass=batches_per_pass, progress=not json_out, log=say)
-    path = save(fm, ws.model_path(sys_name, wl))
+    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains,
+                      seed=seed if seed is not None else 0, progress=not json_out, log=say)
+    path = save(fm, target)
     d = fm.diagnostics
     out = {"system": sys_name, "workload": wl, "model": str(path), "family": d["family"], "diagnostics": d}
     if json_out:
         emit_json(out)
         return
     c = console()
-    c.print(f"fitted {d['n_configs']} configurations ({d['n_obs']} of {d['n_batches_total']} batches) "
-            f"with {d['sampler']} in {d['total_seconds']:.1f} s; family: {d['family']} ({d['family_choice']})")
+    c.print(f"fitted {d['n_configs']} configurations ({d['n_passes']} passes, {d['n_batches_total']} calls, "
+            f"{d['n_sessions']} session{'s' if d['n_sessions'] != 1 else ''}) with {d['sampler']} in "
+            f"{d['total_seconds']:.1f} s")
     if d.get("rhat_max") is not None:
         c.print(f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}")
-    if d.get("retried_after"):
-        c.print(f"the first sampling failed its diagnostics ({d['retried_after']}); these are from a second one "
-                "with twice the tuning and draws")
+    if d["n_sessions"] < 2:
+        c.print("[yellow]one calibrated session: the drift between sessions is assumed, not measured "
+                "(`tqsim calibrate --sessions 3 --gap 5min` measures it).[/yellow]")
+    for note in d.get("notes", []):
+        c.print(f"[yellow]{note}[/yellow]")
     if not d["ok"]:
         c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
                 "without --force.")
@@ -90,18 +94,33 @@ def predict(
     passes: Annotated[int, typer.Option("--passes", help="Passes per simulated run.")] = 100,
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws used.")] = 200,
     force: Annotated[bool, typer.Option("--force", help="Forecast from a fit whose diagnostics failed.")] = False,
+    now: Annotated[bool, typer.Option("--now", help="Condition on the machine's state measured by the last "
+                                                    "`tqsim check` (instead of drawing a new session).")] = False,
 ) -> None:
     """Forecast latency, Q@T and tail quality of a configuration (run or not), with 90% intervals."""
     from tqsim.factors import parse_assignment
     from tqsim.forecast import forecast, resolve_config
 
+    seed = seed if seed is not None else 0
     fm = _load(home, system, workload)
     values = {}
     for text in set_ or []:
         factor, levels = parse_assignment(text)
+        if len(levels) != 1 or factor in values:
+            raise UserError(f"--set {text}: give one value per factor, once (e.g. --set batch_size=8).")
         values[factor] = levels[0]
     config = resolve_config(fm, values)
-    fc = forecast(fm, config, thresholds, n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed, force=force)
+    session = note = None
+    if now:
+        from tqsim.drift import anchor_offsets, describe, sentence
+        from tqsim.measure.check import load_checks
+
+        ws, sys_name, wl = _where(home, system, workload)
+        last = load_checks(ws, sys_name, wl)[-1]
+        session = anchor_offsets(fm, _anchors(last), n_draws=draws, seed=seed)
+        note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
+    fc = forecast(fm, config, thresholds, n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed, force=force,
+                  session=session, session_note=note)
     r = fc.result
     if json_out:
         emit_json(r)
@@ -113,19 +132,25 @@ def predict(
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     c = console()
     c.print(f"{r['workload']} on {r['system']}: {config.id} ({'calibrated' if r['calibrated'] else 'never run'}); "
-            f"runs of {passes} passes, 90% intervals")
-    t = Table("latency", "mean", "90% interval")
+            f"runs of {passes} passes in {r['session']}; posterior medians with 90% intervals")
+    t = Table("latency", "forecast", "90% interval")
     for k, v in r["latency_s"].items():
-        t.add_row(k, fmt_seconds(v["mean"]), f"{fmt_seconds(v['lo'])} – {fmt_seconds(v['hi'])}")
+        t.add_row(k, fmt_seconds(v["median"]), f"{fmt_seconds(v['lo'])} – {fmt_seconds(v['hi'])}")
     c.print(t)
     t = Table("threshold", "mean Q@T", f"tail (q={tail_q:g})", "min Q@T")
     for row in r["quality"]["thresholds"]:
         t.add_row(f"{row['threshold']} = {fmt_seconds(row['threshold_s'])}",
-                  f"{_pct(row['mean'])} [{_pct(row['mean_lo'])}, {_pct(row['mean_hi'])}]",
-                  f"{_pct(row['tail'])} [{_pct(row['tail_lo'])}, {_pct(row['tail_hi'])}]",
-                  f"{_pct(row['min'])} [{_pct(row['min_lo'])}, {_pct(row['min_hi'])}]")
+                  f"{_pct(row['mean_median'])} [{_pct(row['mean_lo'])}, {_pct(row['mean_hi'])}]",
+                  f"{_pct(row['tail_median'])} [{_pct(row['tail_lo'])}, {_pct(row['tail_hi'])}]",
+                  f"{_pct(row['min_median'])} [{_pct(row['min_lo'])}, {_pct(row['min_hi'])}]")
     c.print(t)
     c.print(f"{r['quality']['metric']} without a deadline: {_pct(r['quality']['no_deadline'])}")
+
+
+def _anchors(record: dict):
+    from tqsim.factors import Config
+
+    return [(Config.from_mapping(a["config"]), a["levels"]) for a in record["anchors"]]
 
 
 @app.command()
@@ -156,17 +181,23 @@ def validate(
     t = Table(title=(f"all {common}; " if common else "") + "relative errors; in 90%: p50 p90 p99 inside "
                     "the interval; W1, CRPS per median latency; TQ err: pp at T90/T95/T99", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
-    for name in ("config", "p50", "p90", "p99", "in 90%", "rJSD/floor", "W1", "CRPS", "TQ err"):
+    for name in ("config", "p50", "p90", "p99", "in 90%", "cond. p99", "rJSD/floor", "W1", "TQ err"):
         t.add_column(name, no_wrap=True)
     for row, parts in zip(res["configs"], ids):
         lat = row["latency_s"]
         inside = "".join("✓" if lat[k]["inside"] else "✗" for k in ("p50", "p90", "p99"))
+        cond = row.get("conditioned")
         t.add_row("-".join(parts[:len(parts) - shared]),
                   *[f"{100 * lat[k]['rel_error']:+.0f}%" for k in ("p50", "p90", "p99")], inside,
-                  f"{row['rjsd']:.2f}/{row['rjsd_floor']:.2f}", f"{row['w1_rel']:.2f}", f"{row['crps_rel']:.2f}",
+                  f"{100 * cond['latency_s']['p99']['rel_error']:+.0f}%" if cond else "–",
+                  f"{row['rjsd']:.2f}/{row['rjsd_floor']:.2f}", f"{row['w1_rel']:.2f}",
                   "/".join(f"{100 * tq['abs_error']:.0f}" for tq in row["tail_quality"]))
     c.print(t)
-    s = res["summary"]
-    c.print(f"median |rel error| p99 {100 * s['median_rel_error_p99']:.1f}%, worst {100 * s['max_rel_error_p99']:.1f}%;"
-            f" 90% interval coverage {100 * s['coverage']:.0f}%; median tail-quality error "
-            f"{100 * s['median_abs_error_tail_quality']:.2f} pp")
+    for label, s in (("as a new session", res["summary"]), ("conditioned on the machine state",
+                                                               res["summary_conditioned"])):
+        if s:
+            c.print(f"{label}: median |rel error| p99 {100 * s['median_rel_error_p99']:.1f}%, worst "
+                    f"{100 * s['max_rel_error_p99']:.1f}%; 90% interval coverage {100 * s['coverage']:.0f}%; "
+                    f"median tail-quality error {100 * s['median_abs_error_tail_quality']:.2f} pp")
+    if res["anchors"]:
+        c.print(f"anchors (calibrated configurations in the held-out runs): {', '.join(res['anchors'])}")

@@ -80,15 +80,17 @@ class Workspace:
             raise UserError(f"system '{system}' has no calibrated workload; run `tqsim calibrate` first.")
         raise UserError(f"system '{system}' has several workloads ({', '.join(known)}); pick one with --workload.")
 
-    def check_writable(self) -> None:
+    def check_writable(self, folder: Path | None = None) -> None:
+        """Refuse at once (before any measuring or sampling) a home, or a folder of it, we cannot write."""
+        folder = Path(folder) if folder is not None else self.home
         try:
-            self.home.mkdir(parents=True, exist_ok=True)
-            probe = self.home / f".tqsim-write-probe-{os.getpid()}"
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".tqsim-write-probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise UserError(f"cannot write to the home folder {self.home} ({exc.strerror}); "
-                            "pass a writable --home or set TQSIM_HOME.") from None
+            raise UserError(f"cannot write to {folder} ({exc.strerror or exc}); pass a writable --home or set "
+                            "TQSIM_HOME.") from None
 
 
 def workload_name_of(spec: str) -> str:

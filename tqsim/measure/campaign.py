@@ -109,16 +109,14 @@ def _run_locked(plan: Plan, folder: Path, system: str, *, workload: Any, prepare
             records[config] = rec
         else:
             records[config] = None
-    # rounds and sessions continue the numbering of every file in the folder, so that a round (one
-    # sweep) and a session (one invocation) mean the same thing in every configuration's file
+    # rounds continue the numbering of every file in the folder, so that a round means one sweep in every
+    # configuration's file; a session is this invocation, named by its start (µs since the epoch), so
+    # that its id is the same in every file it wrote and differs from every other session's, in any workspace
     round_id = 1 + max((max(rec.rounds, default=-1) for rec in records.values() if rec is not None), default=-1)
-    session = 1 + max((max(rec.sessions, default=-1) for rec in records.values() if rec is not None), default=-1)
     for p in calibration_files(folder):
-        if p.stem in {c.id for c in plan.configs}:
-            continue
-        ds = read_calibration(p)
-        round_id = max(round_id, int(np.max(ds["round"].values, initial=-1)) + 1)
-        session = max(session, int(np.max(ds["session"].values, initial=-1)) + 1 if "session" in ds else 1)
+        if p.stem not in {c.id for c in plan.configs}:
+            round_id = max(round_id, int(np.max(read_calibration(p)["round"].values, initial=-1)) + 1)
+    session = time.time_ns() // 1000
 
     def needs_more(config: Config) -> bool:
         rec = records[config]

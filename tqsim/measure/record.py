@@ -58,6 +58,11 @@ class ConfigRecord:
         self.sessions.append(int(session))
         self.loads.append(dict(load or {}))
 
+    def keep_passes(self, n: int) -> None:
+        """Drop every pass after the first ``n`` (what a kill in the middle of a round leaves)."""
+        for name in ("pass_ns", "rounds", "started_at", "sessions", "loads"):
+            setattr(self, name, getattr(self, name)[:n])
+
     def batch_latency_s(self) -> np.ndarray:
         """(pass, batch) seconds."""
         n_batches = int(self.batch_of_instance.max()) + 1

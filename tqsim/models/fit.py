@@ -131,6 +131,12 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
     model = backend.build_model(spec, summ)
     idata, secs = backend.sample(model, backend.initial_point(spec, summ), sampler=sampler, draws=draws, tune=tune,
                                  chains=chains, seed=seed, progress=progress, log=log)
+    # nutpie also stores the sampler's unconstrained coordinates (``shape_sd_log__``): not the model's
+    # parameters, and their folded r-hat differs from the parameters' own
+    idata.posterior = idata.posterior.drop_vars([v for v in idata.posterior.data_vars if str(v).endswith("__")])
+    got = int(idata.posterior.sizes.get("draw", 0))
+    if sampler != "advi" and got < draws:  # nutpie returns what it had when interrupted: never a model
+        raise KeyboardInterrupt(f"sampling stopped after {got} of {draws} draws")
     diag = diagnostics_of(idata, sampler)
     diag.update({"family": spec.family, "family_choice": "fixed", "sample_seconds": round(secs, 2),
                  "total_seconds": round(time.perf_counter() - t_start, 2),
@@ -146,6 +152,5 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
                      instance_size=(campaign["instance_size"].values[0].astype(float)
                                     if "instance_size" in campaign else None),
                      created_at=now())
-    if diag["draws"] if "draws" in diag else True:
-        fm.add_config_levels(config_level_draws(fm))
+    fm.add_config_levels(config_level_draws(fm))
     return fm
