@@ -1,9 +1,13 @@
-"""Fit speed on a simulated campaign shaped like digits-cnn: ~24 configurations × 20 passes, 540 instances.
+"""Fit speed against the number of passes: does a long calibration still fit in a minute?
 
-Target (issue 4): ≤ 60 s on 2 cores with warm compile caches, r-hat ≤ 1.01, no divergences.
-Runs the fit twice (the first warms PyTensor's/numba's caches) and prints both.
+Each case is fitted in a fresh process, the way `tqsim fit` runs (model compile included), on a
+simulated campaign shaped like digits-cnn (540 instances): 14 configurations (batch 1–128 ×
+threads 1/2) × 20 / 100 / 300 passes, and 4 configurations × 300 passes. ``--real HOME ...`` adds
+real calibrations (every configuration of the workspace's only system/workload).
 
-    python benchmarks/fit_speed.py [--family mixture|student|auto] [--sampler nutpie|nuts|advi]
+Targets (issue 19): 14 × 100 and 4 × 300 in ≤ 60 s on 2 cores, r-hat ≤ 1.01, 0 divergences, no retry.
+
+    python benchmarks/fit_speed.py [--seeds 0 1] [--real /tmp/home1 /tmp/home2]
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -18,33 +24,63 @@ import warnings
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
 warnings.simplefilter("ignore")
 
+CASES = [(14, 20), (14, 100), (14, 300), (4, 300)]
+
+
+def configs_for(n: int):
+    from tqsim.testing import grid
+
+    if n == 4:
+        return grid(batch_sizes=(1, 32), threads=(1, 2))
+    return grid(batch_sizes=(1, 2, 4, 8, 16, 32, 64), threads=(1, 2))[:n]
+
+
+def one(n_configs: int, passes: int, seed: int, real: str | None) -> dict:
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models import fit_campaign
+    from tqsim.testing import simulate_campaign, write_campaign
+
+    if real:
+        ws = Workspace.at(real)
+        system = ws.resolve_system(None)
+        folder = ws.calibration_dir(system, ws.resolve_workload(system, None))
+    else:
+        folder = write_campaign(simulate_campaign(configs_for(n_configs), passes=passes, seed=seed, sessions=2),
+                                tempfile.mkdtemp())
+    t0 = time.perf_counter()
+    fm = fit_campaign(load_campaign(folder), seed=seed)
+    d = fm.diagnostics
+    return {"configs": d["n_configs"], "passes": d["n_passes"] // d["n_configs"], "calls": d["n_batches_total"],
+            "seed": seed, "source": real or "simulated", "wall_s": round(time.perf_counter() - t0, 1),
+            "sample_s": d["sample_seconds"], "rhat_max": round(d["rhat_max"], 4), "ess_bulk_min": round(d["ess_bulk_min"]),
+            "divergences": d["divergences"], "status": d["status"]}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--family", default="mixture")
-    ap.add_argument("--sampler", default=None)
-    ap.add_argument("--passes", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--batches-per-pass", type=int, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--real", nargs="*", default=[])
+    ap.add_argument("--one", nargs=3, metavar=("CONFIGS", "PASSES", "SEED"), help=argparse.SUPPRESS)
+    ap.add_argument("--one-real", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    from tqsim.data.io import load_campaign
-    from tqsim.testing import grid, simulate_campaign, write_campaign
-    from tqsim.models import fit_campaign
-
-    configs = grid(batch_sizes=(1, 2, 4, 8, 16, 32, 64, 128, 3, 6, 12, 24), threads=(1, 2))  # 24 configs
-    home = tempfile.mkdtemp()
-    camp = load_campaign(write_campaign(simulate_campaign(configs, passes=args.passes, seed=0, n_instances=540), home))
-    for rep in range(args.repeats):
-        t0 = time.perf_counter()
-        fm = fit_campaign(camp, family=args.family, sampler=args.sampler, seed=rep,
-                          batches_per_pass=args.batches_per_pass)
-        secs = time.perf_counter() - t0
-        d = fm.diagnostics
-        print(json.dumps({"repeat": rep, "wall_s": round(secs, 1), "family": d["family"], "sampler": d["sampler"],
-                          "sample_s": d["sample_seconds"], "rhat_max": d["rhat_max"], "ess_bulk_min": d["ess_bulk_min"],
-                          "divergences": d["divergences"], "n_obs": d["n_obs"], "n_batches_total": d["n_batches_total"],
-                          "ok": d["ok"], "loo": d["loo"]}))
+    if args.one or args.one_real:
+        c, p, s = (int(v) for v in (args.one or (0, 0, 0)))
+        print(json.dumps(one(c, p, s, args.one_real)))
+        return
+    jobs = [["--one", str(c), str(p), str(s)] for c, p in CASES for s in args.seeds]
+    jobs += [["--one-real", h] for h in args.real]
+    rows = []
+    for job in jobs:
+        out = subprocess.run([sys.executable, __file__, *job], capture_output=True, text=True, check=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print("\n| source | configs × passes | calls | fit (s, fresh process) | sampling (s) | r-hat max | ESS min | divergences |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['source']} | {r['configs']} × {r['passes']} | {r['calls']:,} | {r['wall_s']} | {r['sample_s']} | "
+              f"{r['rhat_max']} | {r['ess_bulk_min']} | {r['divergences']} |")
 
 
 if __name__ == "__main__":

@@ -123,14 +123,18 @@ def test_load_refuses_other_workload_missing_file_and_old_schema(tmp_path):
 
 
 def test_ground_truth_recovered_and_fit_is_clean():
-    """A real fit (nutpie) on the simulated law: clean diagnostics, and configuration levels whose
-    differences match the law's (the calibration's own session offset is common to all)."""
+    """A real fit (nutpie) on the simulated law: clean diagnostics, configuration levels that reproduce
+    their own summaries (a calibrated configuration is barely shrunk) and whose differences match the
+    law's within the noise of 8 passes (the calibration's own session offset is common to all)."""
     _, fm, law = example_fit()
     d = fm.diagnostics
     assert d["rhat_max"] <= 1.01 and d["divergences"] == 0
     est = fm.posterior_draws()["config_level"].mean(axis=0)
+    s = fm.summaries
+    raw = np.array([s.level[s.level_cfg == c].mean() for c in range(len(fm.configs))])
     true = np.array([law.config_mean(Config(c["batch_size"], c["threads"])) for c in fm.configs])
-    assert np.max(np.abs((est - est.mean()) - (true - true.mean()))) < 0.04
+    assert np.max(np.abs(est - raw)) < 0.025
+    assert np.max(np.abs((est - est.mean()) - (true - true.mean()))) < 0.08
 
 
 def test_calibrated_conditional_reproduces_its_own_summary_and_unseen_is_wider():
