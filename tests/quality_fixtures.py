@@ -1,4 +1,4 @@
-"""Tiny calibration files for the quality tests, written like the harness writes them (DESIGN §4)."""
+"""Tiny calibration files for the quality tests, written like the harness writes them (docs/schema.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Import boundaries (DESIGN §2) and a fast `tqsim --help`, checked in fresh subprocesses."""
+"""Import boundaries (docs/design.md, layout) and a fast `tqsim --help`, checked in fresh subprocesses."""
 
 import subprocess
 import sys

@@ -223,3 +223,16 @@ def test_random_samples_spread_window_quality_like_loadgen():
     assert acc - 4 * sd < rand["tail_quality"]["mean"] < acc - 0.5 * sd
     with pytest.raises(UserError, match="replay"):
         simulate(ConstantService(1e-4), ServingSetup(), samples="shuffled", **kw)
+
+
+def test_a_huge_max_batch_costs_memory_by_the_work_not_the_knob():
+    """--max-batch 1000000 was killed by the kernel at ~24 GB: the pool of service draws covered every
+    batch size up to the knob. Now it covers what can occur (at most the run's requests)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    run = simulate_run(ConstantService(1e-4), ServingSetup(max_batch=1_000_000, max_wait_s=1e-3),
+                       poisson_arrivals(2000.0, 2000, np.random.default_rng(0)), np.random.default_rng(1))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert run.batch_sizes.max() <= 2000 and peak < 300e6

@@ -19,6 +19,7 @@ from tqsim.factors import Config
 from tqsim.models.conditional import conditional
 
 SE_FLOOR = 0.005
+LEGACY_SESSION = 0
 
 
 def level_se(levels: np.ndarray) -> float:
@@ -54,7 +55,8 @@ def session_offsets_of(fm, sessions: np.ndarray, *, n_draws: int = 200) -> np.nd
     """``[D, len(sessions)]``: the fitted effects of sessions the fit saw (relative to their average), or
     None when one of them is not a fitted session."""
     fitted = [int(s) for s in fm.summaries.sessions]
-    if not all(int(s) in fitted for s in sessions):
+    # id 0 is "written before sessions were recorded": two such files may come from different campaigns
+    if not all(int(s) in fitted and int(s) != LEGACY_SESSION for s in sessions):
         return None
     post = conditional(fm, n_draws).post
     idx = [fitted.index(int(s)) for s in sessions]

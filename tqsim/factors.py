@@ -1,4 +1,5 @@
-"""Factors, their levels and the configuration id: the vocabulary every part shares (DESIGN §1)."""
+"""Factors, their levels and the configuration id: the vocabulary every part shares
+(docs/design.md)."""
 
 from __future__ import annotations
 

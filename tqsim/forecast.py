@@ -144,12 +144,21 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
 def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
              n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
              force: bool = False, session: np.ndarray | None = None, session_note: str | None = None) -> Forecast:
-    """Forecast ``config`` from a fitted model; the result's ``.result`` is DESIGN §7's ``predict`` object.
+    """Forecast ``config`` from a fitted model; the result's ``.result`` is the ``predict`` JSON object (docs/design.md).
 
     Thresholds: absolute seconds, or ``pXX`` = that percentile of the forecast latency (posterior
     mean). Refuses a quality-relevant level never calibrated, and a fit whose diagnostics failed
     unless ``force``; warns outside the calibrated batch-size/thread range.
     """
+    if not (isinstance(n_passes, (int, np.integer)) and 1 <= n_passes <= 100_000):
+        raise UserError(f"--passes {n_passes}: a simulated run needs 1 to 100,000 passes (100 is usual).")
+    if not 0 < tail_q < 1:
+        raise UserError(f"--tail-q {tail_q}: must lie strictly between 0 and 1 (0.01 is usual).")
+    if not 1 <= n_draws <= 10_000:
+        raise UserError(f"--draws {n_draws}: use 1 to 10,000 posterior draws (200 is usual).")
+    if config.batch_size > fm.n_instances:
+        raise UserError(f"batch_size={config.batch_size} is larger than the evaluation set ({fm.n_instances} "
+                        f"instances); use at most {fm.n_instances}.")
     warns = fm.spec.check_forecastable(config)
     if fm.summaries.sessions.size < 2 and session is None:
         warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "

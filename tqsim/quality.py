@@ -1,7 +1,7 @@
 """Quality at a deadline (Q@T) and tail quality: NumPy core over any leading axes, xarray wrappers.
 
 Q@T of one pass at threshold τ: every instance whose latency exceeds τ counts as wrong and stays in
-the denominator (DESIGN §1). Definitions and references: docs/method.md.
+the denominator (docs/design.md, vocabulary). Definitions and references: docs/method.md.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def parse_threshold(text: str | float) -> Threshold:
 
 
 def parse_thresholds(texts: Sequence[str | float] | None) -> list[Threshold]:
-    """Parse several thresholds; none given means ``p90 p95 p99`` of each configuration (DESIGN §6)."""
+    """Parse several thresholds; none given means ``p90 p95 p99`` of each configuration."""
     return [parse_threshold(t) for t in (texts or DEFAULT_THRESHOLDS)]
 
 
@@ -293,7 +293,7 @@ def config_factors(ds) -> dict:
 
 def quality_block(ds, thresholds: Sequence[str | Threshold] | None = None, *, tail_q: float = 0.01,
                   level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> dict:
-    """The DESIGN §7 ``quality`` object for one configuration's dataset (dims pass, instance)."""
+    """The ``quality`` JSON object (docs/design.md) for one configuration's dataset (dims pass, instance)."""
     check_tail_q(tail_q)
     ths = parse_thresholds(thresholds)
     lat = ds["latency_s"].transpose("pass", "instance").values
@@ -320,7 +320,7 @@ def latency_percentiles(latency_s: np.ndarray) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The report behind `tqsim quality` (DESIGN §7), one dict per configuration of a campaign
+# The report behind `tqsim quality` (docs/design.md, JSON), one dict per configuration of a campaign
 # --------------------------------------------------------------------------------------------------
 
 def campaign_configs(campaign) -> list:
@@ -350,7 +350,7 @@ def mlperf_block(latency_s: np.ndarray, percentiles=(0.9, 0.99)) -> dict:
 
 def quality_report(campaign, thresholds: Sequence[str | Threshold] | None = None, *, tail_q: float = 0.01,
                    seed: int = 0, n_boot: int = 2000) -> dict:
-    """The `tqsim quality` JSON object (DESIGN §7) for a campaign, plus MLPerf's figures per config.
+    """The `tqsim quality` JSON object (docs/design.md, JSON) for a campaign, plus MLPerf's figures per config.
 
     Refuses (UserError) a bad tail quantile, bad thresholds, or any configuration with < 2 passes,
     before computing anything.

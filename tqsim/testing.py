@@ -1,6 +1,6 @@
 """A simulated system with a KNOWN latency law, for tests and benchmarks.
 
-It writes the same calibration files the harness writes (DESIGN §4) and exposes the law, so a test
+It writes the same calibration files the harness writes (docs/schema.md) and exposes the law, so a test
 can compute the true p99 or the true Q@T of any configuration and hold the Bayesian engine to it.
 
 The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass (log seconds)::
@@ -13,7 +13,7 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
 * ``session``: a level shift ``N(0, session_sd)`` shared by every pass of one session (a
   ``tqsim calibrate`` invocation): the machine's speed moving between runs minutes apart.
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
-  shared by every configuration measured in that round (the machine-wide episodes of DESIGN §5),
+  shared by every configuration measured in that round (the machine-wide episodes of docs/method.md),
   plus the configuration's own pass level ``N(0, pass_sd)`` (real pass medians correlate only
   ~0.45 across the configurations of a round).
 * ``position_j``: batch 0 of a pass pays an extra ``first_cost_s`` seconds (added, not scaled:

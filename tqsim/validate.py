@@ -1,4 +1,4 @@
-"""Forecasts vs held-out real runs (DESIGN §5 "Validation", §7 ``validate``).
+"""Forecasts vs held-out real runs (docs/method.md ``validate``).
 
 For each held-out configuration file: forecast a run with the same number of passes, then score
 relative error of p50/p90/p99 and whether each observed value lies inside its 90 % interval; rJSD

@@ -17,6 +17,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        import tqsim
+
+        typer.echo(f"tqsim {tqsim.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                       is_eager=True)) -> None:
+    """Predict latency and tail quality of deep-learning inference under a deadline."""
+
 # Each module registers its commands on ``app``; imported for that side effect.
 from tqsim.cli import commands_measure  # noqa: E402,F401
 from tqsim.cli import commands_quality  # noqa: E402,F401
@@ -43,8 +57,8 @@ def main() -> None:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.secho("interrupted; every finished round is kept on disk. Run the same command to resume.",
-                    err=True, fg="yellow")
+        typer.secho("interrupted; nothing finished was lost (a calibration resumes with the same command; an "
+                    "interrupted fit left the previous model as it was).", err=True, fg="yellow")
         sys.exit(130)
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli import app
-from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import (Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, check_plot_path, console,
+                              emit_json, fmt_seconds)
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _load(home, system, workload, files):
@@ -57,11 +57,7 @@ def quality(
 
     check_tail_q(tail_q)
     ths = parse_thresholds(threshold)
-    if plot is not None:
-        if plot.suffix.lower() not in PLOT_SUFFIXES:
-            raise UserError(f"--plot {plot}: use a .png, .svg or .pdf file name.")
-        if not plot.parent.resolve().is_dir():
-            raise UserError(f"--plot {plot}: folder {plot.parent} does not exist.")
+    check_plot_path(plot)
     campaign = _load(home, system, workload, files)
     report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)
     if plot is not None:

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli import app
-from tqsim.cli.common import Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import (Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, emit_json,
+                              fmt_seconds)
 
 ServiceOpt = Annotated[str, typer.Option(
     "--service", help="Forward times from: empirical (the calibration, no fit needed) or forecast (the fitted "
@@ -48,6 +49,7 @@ def whatif(
     """Simulate serving under load: end-to-end latency, deadline misses and tail quality, with 90% intervals."""
     from tqsim.whatif.inputs import whatif_sweep
 
+    check_plot_path(plot)
     out = whatif_sweep(home=home, system=system, workload=workload, rates=rate, replicas=replicas, threads=threads,
                        max_batch=max_batch, max_wait=max_wait, thresholds=threshold or [], precision=precision,
                        trace=trace, draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,

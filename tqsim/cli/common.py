@@ -1,4 +1,4 @@
-"""Options every command shares (DESIGN §6) and the two renderers: JSON on stdout, or rich tables."""
+"""Options every command shares (docs/design.md) and the two renderers: JSON on stdout, or rich tables."""
 
 from __future__ import annotations
 
@@ -23,6 +23,26 @@ Thresholds = Annotated[Optional[list[str]], typer.Option(
     "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency). Repeatable.")]
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: Path | None) -> None:
+    """Refuse a figure path we cannot write, before any work: wrong suffix, missing or read-only folder."""
+    import os
+
+    from tqsim.errors import UserError
+
+    if path is None:
+        return
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise UserError(f"--plot {path}: use a .png, .svg or .pdf file name.")
+    folder = path.parent.resolve()
+    if not folder.is_dir():
+        raise UserError(f"--plot {path}: folder {path.parent} does not exist.")
+    if path.is_dir() or not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"--plot {path}: cannot write there; choose a writable file path.")
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -36,7 +56,7 @@ def _clean(value: Any) -> Any:
 
 
 def emit_json(obj: dict) -> None:
-    """One JSON object on stdout, nothing else (DESIGN §7); NaN becomes null."""
+    """One JSON object on stdout, nothing else (docs/design.md, JSON); NaN becomes null."""
     sys.stdout.write(json.dumps(_clean(obj), indent=2) + "\n")
 
 

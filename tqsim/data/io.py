@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,19 +16,34 @@ from tqsim.factors import FACTORS
 ENGINE = "h5netcdf"
 
 
-def write_atomic(ds: xr.Dataset, path: Path) -> None:
-    """Write to a temporary name then rename, so a kill never leaves a half file that looks complete."""
+@contextlib.contextmanager
+def replacing(path: Path):
+    """Yield a hidden temporary path beside ``path``; when the block succeeds, fsync it and rename it over
+    ``path``. A kill or an error at any moment leaves the old file or the new one under the real name,
+    never a half-written one (every file tqsim writes goes through here)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        ds.to_netcdf(tmp, engine=ENGINE)
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    with replacing(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_atomic(ds: xr.Dataset, path: Path) -> None:
+    """Write a dataset under a temporary name then rename (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        ds.to_netcdf(tmp, engine=ENGINE)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -80,7 +96,7 @@ def calibration_files(folder: Path) -> list[Path]:
 
 
 def load_campaign(source: Path | list[Path], workload: str | None = None) -> xr.Dataset:
-    """Concatenate configuration files along ``config``, factors as coordinates (DESIGN §4).
+    """Concatenate configuration files along ``config``, factors as coordinates (docs/schema.md).
 
     Configurations may hold different numbers of passes; missing passes are NaN.
     """
@@ -109,6 +125,7 @@ def load_campaign(source: Path | list[Path], workload: str | None = None) -> xr.
         cleaned.append(ds)
     out = xr.concat(cleaned, dim="config", join="outer", combine_attrs="drop_conflicts",
                     data_vars="all", coords="different", compat="equals")
-    out.attrs = {k: first.attrs[k] for k in ("workload", "system", "quality_metric", "units", "schema_version")}
+    out.attrs = {k: first.attrs[k] for k in ("workload", "system", "quality_metric", "units", "schema_version",
+                                             "fingerprint")}
     out["n_passes"] = ("config", [ds.sizes["pass"] for ds in parts])
     return out

@@ -1,4 +1,4 @@
-"""The calibration file contract (DESIGN §4), checked at every boundary; see docs/schema.md."""
+"""The calibration file contract (docs/schema.md), checked at every boundary; see docs/schema.md."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 
 from tqsim.errors import UserError
-from tqsim.factors import FACTORS
+from tqsim.factors import FACTORS, parse_level
 
 SCHEMA_VERSION = 1
 REQUIRED_VARS = {
@@ -24,7 +24,7 @@ class DataError(UserError):
 
 
 def check_calibration(ds: xr.Dataset, source: str = "<dataset>", workload: str | None = None) -> xr.Dataset:
-    """Refuse a dataset that breaks DESIGN §4, naming ``source`` and the problem; return it unchanged."""
+    """Refuse a dataset that breaks docs/schema.mdnaming ``source`` and the problem; return it unchanged."""
     for name, dims in REQUIRED_VARS.items():
         if name not in ds:
             raise DataError(f"{source}: missing variable '{name}'; is this a tqsim calibration file?")
@@ -33,7 +33,17 @@ def check_calibration(ds: xr.Dataset, source: str = "<dataset>", workload: str |
     missing = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
         raise DataError(f"{source}: missing attributes {missing}; re-run `tqsim calibrate` to rewrite it.")
-    if int(ds.attrs["schema_version"]) != SCHEMA_VERSION:
+    for f in FACTORS:  # a text batch size passed here once, then failed every command after
+        try:
+            parse_level(f, ds.attrs[f] if f != "compile" else bool(int(ds.attrs[f])))
+        except (UserError, ValueError, TypeError):
+            raise DataError(f"{source}: attribute {f}={ds.attrs[f]!r} is not a valid level; the file is corrupt "
+                            "(re-calibrate that configuration).") from None
+    try:
+        version = int(ds.attrs["schema_version"])
+    except (ValueError, TypeError):
+        raise DataError(f"{source}: schema_version {ds.attrs['schema_version']!r} is not a number.") from None
+    if version != SCHEMA_VERSION:
         raise DataError(f"{source}: schema version {ds.attrs['schema_version']} (this tqsim reads "
                         f"{SCHEMA_VERSION}); re-calibrate with this version.")
     if workload is not None and ds.attrs["workload"] != workload:

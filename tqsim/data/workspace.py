@@ -1,4 +1,4 @@
-"""Where tqsim keeps things (DESIGN §3): ``calibration/<system>/<workload>/<config-id>.nc`` and friends."""
+"""Where tqsim keeps things (docs/design.md): ``calibration/<system>/<workload>/<id>.nc`` and friends."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def jsd_floor(predicted_qat: np.ndarray, n_heldout: int, *, n_rep: int = 500, se
     """The distance a *perfect* predictor scores against n held-out passes, by simulation.
 
     Draw n passes from the predicted distribution itself, histogram them, measure D to the
-    prediction; repeat. A validation distance is only meaningful beside this (DESIGN §5).
+    prediction; repeat. A validation distance is only meaningful beside this (docs/method.md).
     """
     edges = qat_edges(bin_width)
     pred = np.asarray(predicted_qat, dtype=float).ravel()

@@ -1,6 +1,6 @@
 """A calibration campaign: rounds of one pass per configuration in a seeded shuffled order.
 
-Rounds interleave configurations so that machine-wide slow episodes (seconds long, DESIGN §5)
+Rounds interleave configurations so that machine-wide slow episodes (seconds long, docs/method.md)
 hit every configuration alike and show up as a shared round effect instead of a factor effect.
 Each configuration's file is rewritten atomically right after its pass, so a kill (even SIGKILL)
 loses at most the pass in flight; a re-run reads the files and measures only what is missing.
@@ -89,6 +89,7 @@ def run_campaign(plan: Plan, workspace: Workspace, system: str, *, workload: Any
     workspace.check_writable()
     validate_plan(plan, workload, check_supported)
     folder = workspace.calibration_dir(system, workload.name)
+    workspace.check_writable(folder)  # a resume into a read-only folder: refused before anything runs
     with calibration_lock(folder):
         remove_stale_temporaries(folder)
         return _run_locked(plan, folder, system, workload=workload, prepare=prepare, activate=activate,

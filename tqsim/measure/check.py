@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -81,10 +80,9 @@ def save_check(ws: Workspace, system: str, workload: str, record: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     history = load_checks(ws, system, workload, missing_ok=True)
     history.append(record)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"checks": history}, indent=1))
-    os.replace(tmp, path)
-    return path
+    from tqsim.data.io import write_text_atomic
+
+    return write_text_atomic(path, json.dumps({"checks": history}, indent=1))
 
 
 def load_checks(ws: Workspace, system: str, workload: str, missing_ok: bool = False) -> list[dict]:

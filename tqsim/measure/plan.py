@@ -49,10 +49,15 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         p = shipped_plan_path(str(path))
     if not p.exists():
         raise UserError(f"plan file {path} does not exist; give a TOML plan or use --grid FACTOR=V1,V2.")
+    if not p.is_file():
+        raise UserError(f"plan {path} is not a file; give a TOML plan file or use --grid FACTOR=V1,V2.")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{p}: TOML syntax error: {exc}.") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{p}: not a readable TOML text file ({exc.__class__.__name__}); give a plan like "
+                        "calibration/plans/quick.toml.") from None
     unknown = set(data) - PLAN_KEYS
     if unknown:
         raise UserError(f"{p}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PLAN_KEYS)}.")
@@ -77,6 +82,8 @@ def build_plan(plan_file: str | Path | None, grid_options: list[str] | None, *, 
     grid: dict[str, list] = {}
     for factor, values in data.get("grid", {}).items():
         values = values if isinstance(values, list) else [values]
+        if not values or any(isinstance(v, (list, dict)) for v in values):
+            raise UserError(f"[grid] {factor} = {values!r}: give a list of levels, e.g. {factor} = [1, 8].")
         grid[factor] = [parse_level(factor, v) for v in values]
     for option in grid_options or []:
         factor, levels = parse_assignment(option)
@@ -85,12 +92,33 @@ def build_plan(plan_file: str | Path | None, grid_options: list[str] | None, *, 
         if len(set(levels)) != len(levels):
             raise UserError(f"{factor} lists a level twice: {levels}.")
     ordered = {f: tuple(grid.get(f, [DEFAULTS[f]])) for f in FACTORS}
-    passes = passes if passes is not None else int(data.get("passes", 20))
-    warmup = warmup if warmup is not None else int(data.get("warmup", 2))
+    passes = passes if passes is not None else _whole(data, "passes", 20)
+    warmup = warmup if warmup is not None else _whole(data, "warmup", 2)
+    seed = seed if seed is not None else _whole(data, "seed", 0)
+    if seed < 0:
+        raise UserError(f"seed {seed}: must be ≥ 0.")
+    workload = workload or data.get("workload", "digits-cnn")
+    if not isinstance(workload, str) or not workload.strip():
+        raise UserError(f"plan workload {workload!r}: give a workload name, e.g. workload = \"digits-cnn\".")
     if passes < 1:
         raise UserError(f"--passes {passes}: need at least 1 timed pass (20 or more for tail statistics).")
     if warmup < 0:
         raise UserError(f"--warmup {warmup}: must be ≥ 0.")
-    return Plan(workload=workload or data.get("workload", "digits-cnn"), grid=ordered, passes=passes,
-                warmup=warmup, seed=seed if seed is not None else int(data.get("seed", 0)),
-                description=data.get("description", ""))
+    if passes > MAX_PASSES:
+        raise UserError(f"--passes {passes}: more than {MAX_PASSES:,} passes per configuration is a typo or days of "
+                        "measuring; calibrate in steps (a campaign resumes where it stopped).")
+    return Plan(workload=workload, grid=ordered, passes=passes, warmup=warmup, seed=seed,
+                description=str(data.get("description", "")))
+
+
+MAX_PASSES = 10_000
+
+
+def _whole(data: dict, key: str, default: int) -> int:
+    """A whole-number plan key; ``2.7``, ``"abc"``, ``nan``, ``1e400`` are refused, never rounded."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"plan key {key} = {value!r}: expected a whole number, e.g. {key} = {default}.")
+    return value

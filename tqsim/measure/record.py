@@ -1,4 +1,4 @@
-"""One configuration's measurements in memory, and their exact mapping to the file contract (DESIGN §4).
+"""One configuration's measurements in memory, and their exact mapping to the file contract (docs/schema.md).
 
 Raw per-call times are kept as measured (nanoseconds per forward call); every statistic is
 derived later, never stored instead of the data.

@@ -80,7 +80,8 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
                   until_converged=until_converged, rjsd=rjsd, show_progress=show_progress)
     if sessions == 1:
         return _one_session(plan_file, grid, passes=plan.passes, fresh=fresh, **kwargs)
-    return _spread_sessions(plan_file, grid, plan, sessions, gap_s, fresh=fresh, **kwargs)
+    with _sigterm_as_interrupt():
+        return _spread_sessions(plan_file, grid, plan, sessions, gap_s, fresh=fresh, **kwargs)
 
 
 def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, seed, fresh, until_converged,
@@ -130,7 +131,7 @@ def _spread_sessions(plan_file, grid, plan, sessions: int, gap_s: float, *, fres
         if ran:
             _wait(gap_s, k, sessions, kwargs["show_progress"])
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=_die_with_parent) as pool:
             out = pool.submit(_one_session, plan_file, grid, passes=target, fresh=fresh and not ran,
                               **kwargs).result()
         ran += 1
@@ -138,13 +139,29 @@ def _spread_sessions(plan_file, grid, plan, sessions: int, gap_s: float, *, fres
         ids += out["sessions"]
         if out.get("busy"):
             busy.append(out["busy"])
-            warnings.warn(out["busy"], UserWarning, stacklevel=2)
         have = target
     if not out:  # everything was on disk already: one ordinary (empty) session reports it
         out = _one_session(plan_file, grid, passes=plan.passes, fresh=False, **kwargs)
     out.update({"plan": plan.to_dict(), "measured_passes": measured, "elapsed_s": time.perf_counter() - t0,
-                "sessions": ids, "busy": busy[-1] if busy else None})
+                "sessions": ids, "busy": busy[0] if busy else None})
+    if busy:
+        warnings.warn(busy[0] + (f" ({len(busy)} of {ran} sessions)" if ran > 1 else ""), UserWarning, stacklevel=2)
     return out
+
+
+def _die_with_parent() -> None:
+    """A session's process ends (SIGTERM: the pass in flight dropped, files kept) when the process that
+    started it dies: killed by SIGTERM or SIGKILL, the parent once left its session measuring on alone,
+    beside the next campaign."""
+    import ctypes
+    import signal as _signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(_signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _stored_name(workload: str) -> str:
@@ -175,33 +192,49 @@ SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": s
                 "duration": str, "repeats": int}
 
 
+def parse_serving_setup(text: str) -> tuple:
+    """``'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'`` → (ServingSetup, duration_s, repeats); any
+    other input raises a UserError that names the accepted keys (fuzzed in tests/test_fuzz.py)."""
+    from tqsim.whatif.objective import parse_duration
+    from tqsim.whatif.simulator import ServingSetup
+
+    values: dict = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SERVING_KEYS:
+            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
+        if key in values:
+            raise UserError(f"--serving: {key} is given twice; give each key once.")
+        try:
+            values[key] = SERVING_KEYS[key](value.strip())
+        except ValueError:
+            raise UserError(f"--serving {key}={value}: expected a whole number.") from None
+    from tqsim.factors import parse_level
+
+    setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
+                         parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
+                         parse_level("precision", values.get("precision", "fp32")))  # before anything runs
+    duration = parse_duration(values.get("duration", "8s"), "duration")
+    repeats = values.get("repeats", 3)
+    if not duration > 0 or duration > 3600:
+        raise UserError(f"--serving duration={values.get('duration')}: give a run length between 1s and 1h.")
+    if not 1 <= repeats <= 100:
+        raise UserError(f"--serving repeats={repeats}: give 1 to 100 runs per rate.")
+    return setup, duration, repeats
+
+
 def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
                             seed: int | None = None, show_progress: bool = True):
     """``tqsim calibrate --serving 'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'``: short real serving
     runs at light and moderate load whose overheads the what-if simulator adds to forward time."""
     from tqsim.measure.serving import calibrate_serving
-    from tqsim.whatif.objective import parse_duration
 
-    values: dict = {}
-    for part in filter(None, (p.strip() for p in setup.split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in SERVING_KEYS:
-            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
-        try:
-            values[key] = SERVING_KEYS[key](value.strip())
-        except ValueError:
-            raise UserError(f"--serving {key}={value}: expected a whole number.") from None
-    from tqsim.whatif.simulator import ServingSetup
-
-    setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
-                         parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
-                         values.get("precision", "fp32"))  # refuses bad values before anything runs
+    setup, duration_s, repeats = parse_serving_setup(setup)
     ws = Workspace.at(home)
     system = ws.resolve_system(system)
     with _progress_bar(show_progress) as progress:
         return calibrate_serving(
             workload or ws.resolve_workload(system, None), ws.home, system, replicas=setup.replicas,
             threads=setup.threads, max_batch=setup.max_batch, max_wait_s=setup.max_wait_s,
-            precision=setup.precision, duration_s=parse_duration(values.get("duration", "8s"), "duration"),
-            repeats=values.get("repeats", 3), seed=seed or 0, progress=progress)
+            precision=setup.precision, duration_s=duration_s, repeats=repeats, seed=seed or 0, progress=progress)

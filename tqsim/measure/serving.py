@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import os
 import tempfile
 import threading
 import time
@@ -612,7 +611,7 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
                  max_batch=max_batch, max_wait_s=max_wait_s, precision=precision, rates_rps=list(rates_rps),
                  observed=[r.summary(0.02, workload.n_instances) for r in runs])
     data["setups"][serving_key(replicas, threads)] = entry
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    from tqsim.data.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=1, default=float))
     return path

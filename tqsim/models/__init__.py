@@ -1,4 +1,4 @@
-"""Bayesian models of log batch latency (DESIGN §5): spec (:mod:`.spec`) apart from the PyMC backend
+"""Bayesian models of log batch latency (docs/method.md): spec (:mod:`.spec`) apart from the PyMC backend
 (:mod:`.pymc_backend`); :func:`fit_campaign`, :func:`save`, :func:`load`. Never imports torch."""
 
 from tqsim.models.fit import fit_campaign

@@ -155,17 +155,12 @@ def _json_default(o):
 
 def save(fm: FittedModel, path: str | os.PathLike) -> Path:
     """Write atomically (temporary name, then rename)."""
+    from tqsim.data.io import replacing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            to_inference_data(fm).to_netcdf(str(tmp), engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with replacing(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        to_inference_data(fm).to_netcdf(str(tmp), engine="h5netcdf")
     return path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tqsim.plotting import plain_log_labels
+from tqsim.plotting import plain_log_labels, save_figure
 from tqsim.report.build import Figure, Report
 
 DPI = 110
@@ -105,7 +105,7 @@ def latency_figure(sec, folder: Path, title: str) -> Figure | None:
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
     fig.suptitle(f"{title}: per-call latency, observed vs forecast", fontsize=11)
     path = folder / "latency.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save_figure(fig, path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     cap = "Observed survival function per configuration" + (" with the forecast's 90% band." if forecast_any
                                                           else " (no forecast: see the note above).")
@@ -194,7 +194,7 @@ def heatmap_figure(sec, folder: Path, title: str) -> Figure | None:
     fixed = ", ".join(f"{k}={v}" for k, v in d["fixed"].items())
     fig.suptitle(f"{title}: {fy} × {fx}, hatched = forecast\n({fixed})", fontsize=10)
     path = folder / "heatmap.png"
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return Figure("heatmap", str(path), "Tail-quality heatmap",
                   "Measured cells plain, forecast cells hatched and labelled.")
@@ -229,7 +229,7 @@ def validation_figure(sec, folder: Path, title: str) -> Figure | None:
     a1.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{title}: forecasts vs held-out runs", fontsize=11)
     path = folder / "validation.png"
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path, dpi=DPI)
     plt.close(fig)
     return Figure("validation", str(path), "Validation", "Points on the dashed diagonal are perfect forecasts.")
 
@@ -251,22 +251,20 @@ def model_figure(sec, folder: Path, title: str) -> Figure | None:
 
     plt = _plt()
     post = fm.idata.posterior
-    # scalars only, without the intercept (it would set the scale) and sampler-side transforms
-    names = [v for v, da in post.data_vars.items()
-             if da.ndim == 2 and not v.endswith("__") and v not in ("beta0", "round_phi01")]
-    if not names:
+    if "config_level" not in post:
         return None
+    n = post.sizes.get("config", 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_forest(fm.idata, var_names=names, combined=True, hdi_prob=0.9,
-                              figsize=(8, 0.38 * len(names) + 1.5))
+        axes = az.plot_forest(fm.idata, var_names=["config_level"], combined=True, hdi_prob=0.9,
+                              figsize=(8, 0.32 * n + 1.5))
     fig = np.atleast_1d(axes)[0].figure
-    np.atleast_1d(axes)[0].set_title(f"{title}: scalar parameters (90% HDI)", fontsize=10)
-    np.atleast_1d(axes)[0].set_xlabel("posterior value on the model's scale (log seconds; logits for *_logit*)")
+    np.atleast_1d(axes)[0].set_title(f"{title}: each calibrated configuration's level (90% HDI)", fontsize=10)
+    np.atleast_1d(axes)[0].set_xlabel("median pass level, log seconds (the calibration sessions' average)")
     path = folder / "model.png"
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save_figure(fig, path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    return Figure("model", str(path), "Posterior of the scalar parameters", "ArviZ forest plot, 90% HDI.")
+    return Figure("model", str(path), "Posterior of the configuration levels", "ArviZ forest plot, 90% HDI.")
 
 
 _DRAW = {"latency": latency_figure, "quality": quality_figure, "heatmap": heatmap_figure,

@@ -83,7 +83,7 @@ def render_html(report: Report, out: Path) -> str:
 
 def to_html(report: Report, out: Path) -> Path:
     path = Path(out) / "index.html"
-    tmp = path.with_name(".index.html.tmp")
-    tmp.write_text(render_html(report, Path(out)), encoding="utf-8")
-    tmp.replace(path)
+    from tqsim.data.io import write_text_atomic
+
+    write_text_atomic(path, render_html(report, Path(out)))
     return path

@@ -45,5 +45,7 @@ def render_markdown(report: Report) -> str:
 
 def to_markdown(report: Report, out: Path) -> Path:
     path = Path(out) / "index.md"
-    path.write_text(render_markdown(report), encoding="utf-8")
+    from tqsim.data.io import write_text_atomic
+
+    write_text_atomic(path, render_markdown(report))
     return path

@@ -13,7 +13,7 @@ def plot_quality_bands(curves: list[dict], path: Path, *, marks: dict[str, list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tqsim.plotting import plain_log_labels
+    from tqsim.plotting import plain_log_labels, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for i, c in enumerate(curves):
@@ -31,6 +31,6 @@ def plot_quality_bands(curves: list[dict], path: Path, *, marks: dict[str, list[
     ax.set_title(title or "Quality at deadline")
     ax.legend(fontsize="small", loc="lower right")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -47,16 +47,13 @@ class WorkspaceInputs:
         return cls(ws.calibration_dir(system, workload), system, workload, **kw)
 
     def _attrs(self) -> list[dict]:
+        """Every calibration file's attributes, each file read through the schema check (a truncated,
+        empty or foreign file is refused naming the file, never an internal error)."""
         if "attrs" not in self._cache:
-            import xarray as xr
+            from tqsim.data.io import calibration_files, read_calibration
 
-            from tqsim.data.io import calibration_files, ENGINE
-
-            out = []
-            for p in calibration_files(self.folder):
-                with xr.open_dataset(p, engine=ENGINE) as ds:
-                    out.append(dict(ds.attrs, path=p))
-            self._cache["attrs"] = out
+            self._cache["attrs"] = [dict(read_calibration(p, self.workload).attrs, path=p)
+                                    for p in calibration_files(self.folder)]
         return self._cache["attrs"]
 
     def precisions(self) -> list[str]:
@@ -177,7 +174,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
                  max_batch: int = 1, max_wait="0", thresholds=("20ms",), precision: str | None = None,
                  trace=None, draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
                  forecast=None, service: str = "empirical", seed: int = 0) -> dict:
-    """The ``tqsim whatif`` computation: one DESIGN §7 result per (rate, replicas, threshold)."""
+    """The ``tqsim whatif`` computation: one ``whatif`` JSON result (docs/design.md) per (rate, replicas, threshold)."""
     from tqsim.whatif.objective import parse_duration
     from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
 
@@ -193,7 +190,8 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
         if r is not None and not r > 0:
             raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
     src = _open(home, system, workload, overheads, forecast, service)
-    precision = precision or ("fp32" if "fp32" in src.precisions() else src.precisions()[0])
+    precision = _calibrated_precisions(src, [precision])[0] if precision else (
+        "fp32" if "fp32" in src.precisions() else src.precisions()[0])
     arrivals = read_trace(trace) if trace is not None else None
     correct = src.correct(precision)
     results = []
@@ -225,6 +223,19 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
             "service_model": "empirical" if src.forecast is None else "forecast", "results": results}
 
 
+def _calibrated_precisions(src: WorkspaceInputs, asked: list) -> list[str]:
+    """Precisions asked for, each a known level that was calibrated (else a message naming the fix)."""
+    from tqsim.factors import parse_level
+
+    levels = [parse_level("precision", p) for p in asked]
+    missing = [p for p in levels if p not in src.precisions()]
+    if missing:
+        raise UserError(f"precision {', '.join(missing)} was never calibrated (calibrated: "
+                        f"{', '.join(src.precisions())}); calibrate it: `tqsim calibrate --grid precision="
+                        f"{','.join(missing)}`.")
+    return levels
+
+
 def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, system=None, workload=None,
                         confidence: float = 0.9, max_batches=None, max_waits=None, precisions=None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
@@ -238,7 +249,8 @@ def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, s
     space = {"max_batches": _list(max_batches, "max-batch", int) if max_batches else MAX_BATCHES,
              "max_waits_s": [parse_duration(w, "max-wait") for w in _list(max_waits, "max-wait", str)]
              if max_waits else MAX_WAITS_S,
-             "precisions": _list(precisions, "precision", str) if precisions else src.precisions()}
+             "precisions": _calibrated_precisions(src, _list(precisions, "precision", str)) if precisions
+             else src.precisions()}
     result = plan(obj, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.correct,
                   confidence=confidence, draws=draws, n_windows=windows, seed=seed, **space)
     return result, src.notes

@@ -12,7 +12,7 @@ def plot_sweep(out: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tqsim.plotting import plain_log_labels
+    from tqsim.plotting import plain_log_labels, save_figure
 
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict = {}
@@ -45,6 +45,6 @@ def plot_sweep(out: dict, path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -3,7 +3,7 @@
 A what-if result is a distribution, so a service model is used in two steps: ``draw(rng)`` fixes
 one draw of everything uncertain about the level (a bootstrap or posterior draw), and the drawn
 model then ``sample``s per-batch times. ``pass_effects`` gives the multiplicative slow/fast level of
-each window of requests (the pass effect of DESIGN §5), because machine-wide episodes, not
+each window of requests (the pass effect of docs/method.md), because machine-wide episodes, not
 per-call noise, dominate the spread of Q@T.
 
 Forward time is not service time (issue 5): :class:`WithOverheads` adds the serving stack's own

@@ -166,7 +166,7 @@ def poisson_arrivals(rate_rps: float, n: int, rng: np.random.Generator) -> np.nd
 
 def check_rate(rate_rps: float) -> None:
     if not (isinstance(rate_rps, (int, float, np.number)) and math.isfinite(rate_rps) and rate_rps > 0):
-        raise UserError(f"rate={rate_rps}: must be a positive number of requests per second.")
+        raise UserError(f"rate={rate_rps}: must be a positive, finite number of requests per second.")
 
 
 def check_trace(arrivals_s: np.ndarray, source: str = "trace") -> np.ndarray:
@@ -189,11 +189,21 @@ def read_trace(path) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such trace file.")
+    if not p.is_file():
+        raise UserError(f"{p}: is not a file; give a trace file with one arrival timestamp (seconds) per line.")
+    import warnings
+
     try:
-        a = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, comments="#", ndmin=1, delimiter=None)
-    except ValueError as exc:
-        raise UserError(f"{p}: not a list of timestamps in seconds, one per line ({exc}).") from None
-    return check_trace(a, str(p))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy warns about an empty file before we can say so
+            a = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, comments="#", ndmin=1, delimiter=None)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: not a list of timestamps in seconds, one per line "
+                        f"({exc.__class__.__name__}).") from None
+    a = check_trace(a, str(p))
+    if a.size < 2 or a[-1] <= a[0]:
+        raise UserError(f"{p}: a trace needs at least two distinct timestamps to have a rate.")
+    return a
 
 
 def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndarray,
@@ -202,8 +212,10 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     arr = np.ascontiguousarray(arrivals_s, dtype=float)
     n = arr.size
     window = int(window or max(n, 1))
-    b = setup.max_batch
-    m = max(2048, (1 << 16) // b)
+    # the pool of service draws covers the batch sizes that can occur (none holds more requests than the
+    # run has): bounded by the work, not by the knob (--max-batch 1000000 once asked for 16 GB here)
+    b = int(min(setup.max_batch, max(n, 1)))
+    m = int(np.clip((1 << 17) // b, 64, 1 << 16))
     pool = np.ascontiguousarray(
         service.sample(np.repeat(np.arange(1, b + 1), m), rng).reshape(b, m), dtype=float)
     pick = rng.random(n)
@@ -213,7 +225,7 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     done, start = np.empty(n), np.empty(n)
     bsize = np.empty(n, dtype=np.int64)
     busy = np.zeros(setup.replicas)
-    nb = _serve(arr, setup.replicas, b, float(setup.max_wait_s), pool, pick, extra, late, effect, window,
+    nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), pool, pick, extra, late, effect, window,
                 done, start, bsize, busy)
     return Run(arr, start, done + service.response_s, bsize[:nb], busy)
 
@@ -226,7 +238,7 @@ def _interval(x: np.ndarray, interval: float) -> dict:
 
 @dataclasses.dataclass
 class WhatIf:
-    """Per-draw statistics of a what-if; ``result(i)`` gives the DESIGN §7 object of threshold i."""
+    """Per-draw statistics of a what-if; ``result(i)`` gives the ``whatif`` JSON object (docs/design.md) of threshold i."""
 
     setup: ServingSetup
     rate_rps: float

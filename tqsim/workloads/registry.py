@@ -60,6 +60,9 @@ def get_workload(spec: str) -> Workload:
         workload = factory()
     except UserError:
         raise
+    except SystemExit as exc:  # `--workload sys:exit` once ended the calibration with exit 0, nothing measured
+        raise UserError(f"the workload factory {spec} exited (SystemExit {exc.code}) instead of returning a "
+                        "Workload; name a function that returns tqsim.workloads.Workload.") from None
     except Exception as exc:
         raise UserError(f"the workload factory {spec} failed: {type(exc).__name__}: {exc} "
                         "(rerun with --debug for the traceback).") from exc
@@ -123,6 +126,9 @@ def _load_module(where: str, spec: str):
                         "e.g. examples/my_workload.py:make.")
     name = f"tqsim_user_workload_{safe_name(path.stem)}"
     module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"workload file '{where}' is not a Python file (from {spec}); give a .py file, "
+                        "e.g. examples/my_workload.py:make.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:
