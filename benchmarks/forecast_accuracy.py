@@ -287,7 +287,20 @@ def main() -> None:
     ap.add_argument("--gap", default="30s")
     ap.add_argument("--workloads", nargs="+", default=["digits-cnn", "digits-mlp", "digits-transformer"])
     ap.add_argument("--fresh", action="store_true", help="delete the base folder first")
+    ap.add_argument("--variant", default="", help="JSON of ModelSpec fields to override (model comparisons)")
     args = ap.parse_args()
+    if args.variant:
+        import tqsim.models.fit as fit_module
+
+        base_spec, fields = fit_module.make_spec, json.loads(args.variant)
+
+        def make_spec(*a, **k):
+            spec = base_spec(*a, **k)
+            for name, value in fields.items():
+                setattr(spec, name, value)
+            return spec
+
+        fit_module.make_spec = make_spec
     if args.fresh and args.base.exists():
         shutil.rmtree(args.base)
     rows = []

@@ -23,6 +23,7 @@ def replacing(path: Path):
     never a half-written one (every file tqsim writes goes through here)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
@@ -46,11 +47,11 @@ def write_atomic(ds: xr.Dataset, path: Path) -> None:
         ds.to_netcdf(tmp, engine=ENGINE)
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
     """Delete temporary files (``.<name>.tmp-<pid>``) whose writer is no longer running: a kill between
     the write and the rename leaves one behind; it never holds anything a complete file does not."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
+    for tmp in Path(folder).glob(f".{name}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             try:
@@ -79,8 +80,11 @@ def read_dataset(path: Path) -> xr.Dataset:
     try:
         with xr.open_dataset(path, engine=ENGINE) as ds:
             return ds.load()
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable netCDF file ({exc.__class__.__name__}).") from None
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, empty or foreign bytes fail in many ways inside HDF5
+        raise DataError(f"{path}: not a readable netCDF file ({exc.__class__.__name__}); it is corrupt or not "
+                        "tqsim's: delete it (or restore it) and re-calibrate that configuration.") from None
 
 
 def read_calibration(path: Path, workload: str | None = None) -> xr.Dataset:

@@ -70,8 +70,8 @@ def shape_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> t
 def level_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean ``[len(a)]`` and covariance ``[len(a), len(b)]`` of the level trend."""
     pr = spec.priors["level_trend"]
-    Xa, sd = spec.basis(a, pr["intercept_sd"], pr["slope_sd"])
-    Xb, _ = spec.basis(b, pr["intercept_sd"], pr["slope_sd"])
+    Xa, sd = spec.basis(a, pr["intercept_sd"], pr["slope_sd"], level=True)
+    Xb, _ = spec.basis(b, pr["intercept_sd"], pr["slope_sd"], level=True)
     return np.full(len(a), float(np.median(summ.level))), (Xa * sd ** 2) @ Xb.T
 
 

@@ -8,8 +8,9 @@ Each configuration's per-call latencies are split the way they vary (docs/method
 * the **within** quantile function: the quantiles of ``log latency − λ[p]`` over every level batch of
   every pass (the body and the rare far stalls, each configuration's own);
 * the **first** quantile function: the same for the first batch of each pass (a position effect);
-* the **size** slope: how a batch's log latency moves with the mean standardised size of its instances
-  (variable-length inputs), removed from the within residuals before their quantiles are taken.
+* the **size** slope: how a batch's log latency moves with the standardised log size of its largest
+  instance (variable-length inputs, padded), removed from the within residuals before their quantiles
+  are taken.
 
 Every summary carries a standard error from a bootstrap over passes (moving blocks of consecutive
 passes for the levels, whose machine state persists from pass to pass). Summaries a configuration's
@@ -79,12 +80,16 @@ def level_batches(counts: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def batch_size_covariate(sizes: np.ndarray | None, batch: np.ndarray, mean: float, sd: float) -> np.ndarray:
-    """Mean standardised log instance size of each batch (zeros without sizes)."""
+    """Standardised log size of each batch's *largest* instance (zeros without sizes): a padded batch
+    costs what its longest member costs (the mean size explained half as much of digits-transformer's
+    batch-to-batch spread)."""
     nb = int(batch[-1]) + 1
     if sizes is None or sd <= 0:
         return np.zeros(nb)
     z = (np.log(np.maximum(np.asarray(sizes, float), 1e-12)) - mean) / sd
-    return np.bincount(batch, weights=z, minlength=nb) / np.bincount(batch, minlength=nb)
+    out = np.full(nb, -np.inf)
+    np.maximum.at(out, batch, z)
+    return out
 
 
 def _blocks(n: int, rng: np.random.Generator, n_boot: int) -> np.ndarray:
