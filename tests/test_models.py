@@ -195,3 +195,19 @@ def test_shortfall_names_only_what_failed():
 def test_unknown_family_refused(campaign):
     with pytest.raises(UserError, match="drop --family"):
         fit_campaign(campaign, family="mixture")
+
+
+def test_slow_share_sd_is_zero_for_binomial_passes_and_recovers_a_latent_spread():
+    from tqsim.forecast import within_pass_u
+    from tqsim.models.summaries import slow_share_sd
+
+    rng = np.random.default_rng(0)
+    boot = rng.integers(0, 200, (60, 200))
+    iid = rng.normal(size=(200, 540))
+    est, se = slow_share_sd(iid, boot)
+    assert est < 0.15 and se > 0
+    # passes whose slow share varies (logit sd 0.8): simulated by the forecast's own sampler
+    u = within_pass_u(np.array([0.8]), 1, 200, 540, rng)[0]
+    est, se = slow_share_sd(u, boot)
+    assert abs(est - 0.8) < 3 * se + 0.1
+    assert abs((u > 0.9).mean() - 0.1) < 0.01      # the pooled share stays 0.1: the quantile function is kept

@@ -94,6 +94,36 @@ def _qf(shapes: dict[str, np.ndarray], kind: str, fixed: dict[float, float] | No
     return u, np.stack([pts[k] for k in u], axis=1)
 
 
+def within_pass_u(slow_sd: np.ndarray | None, D: int, n_passes: int, nb: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """``[D, pass, batch]`` probability levels of the calls of each simulated pass. With ``slow_sd`` (the
+    configuration's logit-scale sd of its passes' slow share), a pass draws its share
+    ``f = logistic(c + s·z)`` — ``c`` set so that the share averages 0.1, which keeps the pooled
+    quantile function exactly — and each call is slow (``u`` in [0.9, 1)) with probability ``f``."""
+    from tqsim.models.summaries import SLOW_U
+
+    v = rng.random((D, n_passes, nb))
+    if slow_sd is None:
+        return v
+    s = np.clip(np.asarray(slow_sd, float), 0.0, 5.0)
+    c = logit_centre(s, 1 - SLOW_U)
+    f = 1.0 / (1.0 + np.exp(-(c[:, None] + s[:, None] * rng.standard_normal((D, n_passes)))))
+    slow = rng.random((D, n_passes, nb)) < f[:, :, None]
+    return np.where(slow, SLOW_U + (1 - SLOW_U) * v, SLOW_U * v)
+
+
+def logit_centre(s: np.ndarray, mean: float) -> np.ndarray:
+    """``c`` with ``E[logistic(c + s·Z)] = mean``, Z ~ N(0, 1), per entry of ``s`` (Gauss–Hermite, Newton)."""
+    x, w = np.polynomial.hermite_e.hermegauss(40)
+    w = w / w.sum()
+    c = np.full(np.shape(s), math.log(mean / (1 - mean)))
+    for _ in range(30):
+        p = 1.0 / (1.0 + np.exp(-(c[..., None] + np.asarray(s)[..., None] * x)))
+        g = (p * w).sum(-1) - mean
+        c = c - g / np.maximum((p * (1 - p) * w).sum(-1), 1e-12)
+    return c
+
+
 def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_draws: int = 200,
                      seed: int = 0, n_instances: int | None = None,
                      session: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
@@ -123,9 +153,10 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
     dev = quantile_draws(*pass_qf, rng.random((D, n_passes))) if pass_qf else np.zeros((D, n_passes))
     level = mu[:, None] + offset + dev                                                    # [D, P]
-    # every batch around its pass level
+    # every batch around its pass level; a pass's share of slow calls (above the within 0.9 quantile)
+    # varies between passes as the configuration's did (logit-normal, mean 0.1), not binomially
     within = _qf(shapes, "within", fixed={0.5: 0.0})
-    log_t = level[:, :, None] + quantile_draws(*within, rng.random((D, n_passes, nb)))
+    log_t = level[:, :, None] + quantile_draws(*within, within_pass_u(shapes.get("slow:sd"), D, n_passes, nb, rng))
     if "size:slope" in shapes and fm.instance_size is not None and fm.spec.size_sd > 0 and n == fm.n_instances:
         z = batch_size_covariate(fm.instance_size, batch, fm.spec.size_mean, fm.spec.size_sd)
         lb = level_batches(counts, bs)
