@@ -32,7 +32,7 @@ def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_the
     # the first batch pays an added cost: its offsets sit above the within-pass median
     assert s.shape[names.index("first:0.5"), c1] > 0.3
     assert (s.shape_se[np.isfinite(s.shape)] > 0).all() and (s.level_se > 0).all()
-    assert len(U_WITHIN) + len(U_PASS) + 4 == len(names)
+    assert len(U_WITHIN) + len(U_PASS) + 5 == len(names)     # + first (3), size slope, slow share
 
 
 def test_level_summary_matches_the_law(campaign):

@@ -140,8 +140,11 @@ def _render_calibration(result: dict, notes: list[str]) -> None:
         table.add_row(row["config_id"], str(row["passes"]), fmt_seconds(row["latency_s"]["p50"]),
                       fmt_seconds(row["latency_s"]["p99"]), f"{row['quality']:.4f}", flagged)
     out.print(table)
+    import datetime as _dt
+
     ids = result.get("sessions") or []
-    where = f" in session{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else ""
+    started = [_dt.datetime.fromtimestamp(i / 1e6).strftime("%H:%M:%S") for i in ids]
+    where = f" in {len(ids)} session{'s' if len(ids) > 1 else ''} (started {', '.join(started)})" if ids else ""
     out.print(f"measured {result['measured_passes']} passes{where} in {result['elapsed_s']:.1f} s → {result['folder']}")
     if any(r["outliers"] for r in result["configs"]):
         out.print("[yellow]some calls are statistical outliers (|x−median| > 10 MAD); they are kept. "
