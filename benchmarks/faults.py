@@ -37,6 +37,9 @@ def main() -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['passed'] + r['failed']} | {r['failed']} |")
     print(p.stdout.strip().splitlines()[-1])
+    for line in p.stdout.splitlines():                  # why each failed case failed, for the note
+        if line.startswith(("FAILED", "ERROR")):
+            print(line[:400])
 
 
 if __name__ == "__main__":
