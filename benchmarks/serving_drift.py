@@ -10,7 +10,9 @@ import os, sys, json, time, subprocess, warnings
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
 warnings.simplefilter("ignore")
 from tqsim.data.workspace import Workspace
-from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
+from tqsim.measure.load_drivers import run_load
+from tqsim.measure.server import BatchingServer
+from tqsim.serving_calibration import calibrate_serving
 from tqsim.whatif.inputs import WorkspaceInputs
 from tqsim.whatif.simulator import ServingSetup, saturation_rps, simulate
 from tqsim.workloads.registry import get_workload

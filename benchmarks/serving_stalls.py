@@ -7,7 +7,8 @@ import os, sys, warnings
 os.environ.setdefault("PYTENSOR_FLAGS", "blas__ldflags=")
 warnings.simplefilter("ignore")
 import numpy as np
-from tqsim.measure.serving import BatchingServer, run_load
+from tqsim.measure.load_drivers import run_load
+from tqsim.measure.server import BatchingServer
 from tqsim.workloads.registry import get_workload
 wl = get_workload("digits-cnn")
 server = BatchingServer(wl, 1, 1, 8, 0.5e-3)

@@ -51,9 +51,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from tqsim.data.workspace import Workspace
-    from tqsim.measure.serving import BatchingServer, calibrate_serving, run_load
+    from tqsim.measure.load_drivers import run_load
+    from tqsim.measure.server import BatchingServer
+    from tqsim.serving_calibration import calibrate_serving
+    from tqsim.units import parse_duration
     from tqsim.whatif.inputs import WorkspaceInputs
-    from tqsim.whatif.objective import parse_duration
     from tqsim.whatif.service import WithOverheads
     from tqsim.whatif.simulator import ServingSetup, saturation_rps, simulate
     from tqsim.workloads.registry import get_workload

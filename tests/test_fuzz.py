@@ -53,7 +53,7 @@ def check_threshold(text):
 
 
 def check_duration(text):
-    from tqsim.whatif.objective import parse_duration
+    from tqsim.units import parse_duration
 
     v, _ = returns_or_user_error(parse_duration, text)
     if v is not None:
@@ -76,7 +76,7 @@ def check_objective(text):
 
 
 def check_serving(text):
-    from tqsim.measure.run import parse_serving_setup
+    from tqsim.serving_calibration import parse_serving_setup
 
     v, _ = returns_or_user_error(parse_serving_setup, text)
     if v is not None:

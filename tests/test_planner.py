@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tqsim.errors import UserError
+from tqsim.units import parse_duration
 from tqsim.whatif import ExponentialService
-from tqsim.whatif.objective import parse_duration, parse_objective
+from tqsim.whatif.objective import parse_objective
 from tqsim.whatif.planner import candidates, plan
 
 

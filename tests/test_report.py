@@ -43,7 +43,8 @@ def measured_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted_home(tmp_path_factory):
     """The shared quick ADVI fit, copied (so this module writes nowhere others read), plus serving.json."""
-    from tqsim.whatif.service import SERVING_FILE, ServingOverheads, serving_key
+    from tqsim.data.serving_store import SERVING_FILE, serving_key
+    from tqsim.whatif.overheads import ServingOverheads
 
     src, _, _ = example_fit()
     home = tmp_path_factory.mktemp("fitted") / "ws"

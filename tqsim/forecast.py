@@ -131,8 +131,9 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
 
     ``session``: ``[D]`` draws (or ``[D, n_passes]``) of the run's machine state relative to the
     calibration's average; by default a fresh session (:func:`tqsim.models.conditional.session_offset`)."""
+    from tqsim.data.schema import level_batches
     from tqsim.models.conditional import conditional, session_offset
-    from tqsim.models.summaries import batch_size_covariate, level_batches
+    from tqsim.models.summaries import batch_size_covariate
 
     rng = np.random.default_rng(seed)
     cond = conditional(fm, n_draws)

@@ -139,8 +139,7 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
 
 def anchor_passes(ds) -> tuple[Config, np.ndarray, np.ndarray]:
     """A held-out file of a calibrated configuration as an anchor: its config, pass levels and sessions."""
-    from tqsim.data.schema import batch_starts
-    from tqsim.models.summaries import level_batches
+    from tqsim.data.schema import batch_starts, level_batches
 
     config = Config.from_mapping({f: ds.attrs[f] for f in ("batch_size", "threads", "precision", "backend",
                                                             "device", "compile")})

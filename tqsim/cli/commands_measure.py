@@ -77,7 +77,7 @@ def calibrate(
 ) -> None:
     """Measure configurations of a workload on this system into the workspace (resumes by default)."""
     if serving is not None:
-        from tqsim.measure.run import calibrate_serving_setup
+        from tqsim.serving_calibration import calibrate_serving_setup
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -110,7 +110,7 @@ def _render_serving(path, notes: list[str]) -> None:
 
     import numpy as np
 
-    from tqsim.measure.serving import STALL_RATIO
+    from tqsim.whatif.overheads import STALL_RATIO
 
     out = console()
     data = json.loads(path.read_text())

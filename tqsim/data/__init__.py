@@ -1,1 +1,1 @@
-"""The data contract (schema), its netCDF I/O and the workspace layout."""
+"""The data contract (schema), its netCDF I/O, the workspace layout, serving runs and the serving store."""

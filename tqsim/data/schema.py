@@ -75,6 +75,16 @@ def batch_layout(n_instances: int, batch_size: int) -> np.ndarray:
     return np.arange(n_instances) // int(batch_size)
 
 
+def level_batches(counts: np.ndarray, batch_size: int) -> np.ndarray:
+    """The batches a pass's level is read from: full ones after the first (all full ones, or all, if none)."""
+    nb = counts.size
+    full = counts == batch_size
+    idx = np.flatnonzero(full & (np.arange(nb) > 0))
+    if idx.size == 0:
+        idx = np.flatnonzero(full)
+    return idx if idx.size else np.arange(nb)
+
+
 def batch_starts(batch: np.ndarray) -> np.ndarray:
     """Index of the first instance of each batch (batches are consecutive runs of equal ``batch``)."""
     batch = np.asarray(batch)

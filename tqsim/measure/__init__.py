@@ -1,1 +1,1 @@
-"""The calibration harness: plans, the timing loop, fingerprints, backends and the campaign."""
+"""The calibration harness: plans, the timing loop, fingerprints, backends, the campaign, and the serving loop."""

@@ -24,7 +24,7 @@ MIN_PASSES, MAX_PASSES = 3, 30
 
 def pass_levels_from_ns(ns: np.ndarray, counts: np.ndarray, batch_size: int) -> float:
     """A pass's level: the median log latency (seconds) of its level batches, as the fit reads it."""
-    from tqsim.models.summaries import level_batches
+    from tqsim.data.schema import level_batches
 
     lb = level_batches(counts, batch_size)
     return float(np.median(np.log(np.asarray(ns, float)[lb] / 1e9)))

@@ -30,7 +30,8 @@ def _sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar fed through :class:`~tqsim.measure.campaign.Progress` (a silent one if not enabled)."""
     if not enabled:
         yield Progress()
         return
@@ -55,7 +56,7 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
     ``gap`` after the previous one ended, so that the fit can measure how much the machine's speed
     moves between sessions (docs/method.md, "Sessions") instead of assuming it.
     """
-    from tqsim.whatif.objective import parse_duration
+    from tqsim.units import parse_duration
 
     if until_converged:
         if not 0 < rjsd < 1:
@@ -94,7 +95,7 @@ def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, see
 
     wl = get_workload(plan.workload)
     stop_when = _convergence_rule(rjsd) if until_converged else None
-    with _sigterm_as_interrupt(), _progress_bar(show_progress) as progress:
+    with _sigterm_as_interrupt(), progress_bar(show_progress) as progress:
         result = run_campaign(plan, Workspace.at(home), system, workload=wl, prepare=prepare,
                               check_supported=check_supported, fingerprint=fingerprint(), fresh=fresh,
                               progress=progress, stop_when=stop_when)
@@ -186,55 +187,3 @@ def _convergence_rule(eps: float):
     from tqsim.empirical.convergence import converged_record
 
     return lambda rec: converged_record(rec, eps)
-
-
-SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": str, "precision": str,
-                "duration": str, "repeats": int}
-
-
-def parse_serving_setup(text: str) -> tuple:
-    """``'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'`` → (ServingSetup, duration_s, repeats); any
-    other input raises a UserError that names the accepted keys (fuzzed in tests/test_fuzz.py)."""
-    from tqsim.whatif.objective import parse_duration
-    from tqsim.whatif.simulator import ServingSetup
-
-    values: dict = {}
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in SERVING_KEYS:
-            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
-        if key in values:
-            raise UserError(f"--serving: {key} is given twice; give each key once.")
-        try:
-            values[key] = SERVING_KEYS[key](value.strip())
-        except ValueError:
-            raise UserError(f"--serving {key}={value}: expected a whole number.") from None
-    from tqsim.factors import parse_level
-
-    setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
-                         parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
-                         parse_level("precision", values.get("precision", "fp32")))  # before anything runs
-    duration = parse_duration(values.get("duration", "8s"), "duration")
-    repeats = values.get("repeats", 3)
-    if not duration > 0 or duration > 3600:
-        raise UserError(f"--serving duration={values.get('duration')}: give a run length between 1s and 1h.")
-    if not 1 <= repeats <= 100:
-        raise UserError(f"--serving repeats={repeats}: give 1 to 100 runs per rate.")
-    return setup, duration, repeats
-
-
-def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
-                            seed: int | None = None, show_progress: bool = True):
-    """``tqsim calibrate --serving 'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'``: short real serving
-    runs at light and moderate load whose overheads the what-if simulator adds to forward time."""
-    from tqsim.measure.serving import calibrate_serving
-
-    setup, duration_s, repeats = parse_serving_setup(setup)
-    ws = Workspace.at(home)
-    system = ws.resolve_system(system)
-    with _progress_bar(show_progress) as progress:
-        return calibrate_serving(
-            workload or ws.resolve_workload(system, None), ws.home, system, replicas=setup.replicas,
-            threads=setup.threads, max_batch=setup.max_batch, max_wait_s=setup.max_wait_s,
-            precision=setup.precision, duration_s=duration_s, repeats=repeats, seed=seed or 0, progress=progress)

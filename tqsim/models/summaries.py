@@ -26,7 +26,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from tqsim.data.schema import batch_starts
+from tqsim.data.schema import batch_starts, level_batches
 from tqsim.factors import Config
 
 # probability levels of the three quantile functions
@@ -67,16 +67,6 @@ class Summaries:
     @property
     def blocks(self) -> list[str]:
         return block_names()
-
-
-def level_batches(counts: np.ndarray, batch_size: int) -> np.ndarray:
-    """The batches a pass's level is read from: full ones after the first (all full ones, or all, if none)."""
-    nb = counts.size
-    full = counts == batch_size
-    idx = np.flatnonzero(full & (np.arange(nb) > 0))
-    if idx.size == 0:
-        idx = np.flatnonzero(full)
-    return idx if idx.size else np.arange(nb)
 
 
 def batch_size_covariate(sizes: np.ndarray | None, batch: np.ndarray, mean: float, sd: float) -> np.ndarray:

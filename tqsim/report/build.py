@@ -582,7 +582,7 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
 
 
 def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Section:
-    from tqsim.whatif.service import SERVING_FILE
+    from tqsim.data.serving_store import SERVING_FILE
 
     sec = Section("whatif", "What-if: serving under load",
                   intro="Simulated serving (Poisson arrivals, dynamic batcher, FIFO replicas) from the "
@@ -597,7 +597,7 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
                        "latency under load).")
         return sec
     from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
-    from tqsim.whatif.objective import parse_duration
+    from tqsim.units import parse_duration
 
     src = WorkspaceInputs.open(ctx.ws.home, ctx.system, ctx.workload)
     precision = "fp32" if "fp32" in src.precisions() else src.precisions()[0]

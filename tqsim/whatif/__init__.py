@@ -1,7 +1,8 @@
 """Serving what-ifs and capacity planning: simulation only (never imports torch, onnxruntime or PyMC)."""
 
+from tqsim.whatif.overheads import ServingOverheads
 from tqsim.whatif.service import (ConstantService, EmpiricalService, ExponentialService, ForecastService,
-                                  ServiceModel, ServingOverheads, WithOverheads)
+                                  ServiceModel, WithOverheads)
 from tqsim.whatif.simulator import ServingSetup, WhatIf, simulate, simulate_run
 
 __all__ = ["ServiceModel", "EmpiricalService", "ForecastService", "ConstantService", "ExponentialService",

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from tqsim.errors import UserError
-from tqsim.whatif.service import (EmpiricalService, ForecastService, ServiceModel, WithOverheads,
-                                  load_overheads)
+from tqsim.whatif.overheads import load_overheads
+from tqsim.whatif.service import EmpiricalService, ForecastService, ServiceModel, WithOverheads
 
 
 @dataclasses.dataclass
@@ -175,7 +175,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
                  trace=None, draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
                  forecast=None, service: str = "empirical", seed: int = 0) -> dict:
     """The ``tqsim whatif`` computation: one ``whatif`` JSON result (docs/design.md) per (rate, replicas, threshold)."""
-    from tqsim.whatif.objective import parse_duration
+    from tqsim.units import parse_duration
     from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
 
     rate_list = _list(rates, "rate") if trace is None else [None]
@@ -241,7 +241,8 @@ def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, s
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
                         service: str = "empirical", seed: int = 0):
     """The ``tqsim plan`` computation; returns (:class:`~tqsim.whatif.planner.Plan`, notes)."""
-    from tqsim.whatif.objective import parse_duration, parse_objective
+    from tqsim.units import parse_duration
+    from tqsim.whatif.objective import parse_objective
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
     obj = parse_objective(objective)

@@ -1,4 +1,4 @@
-"""Service-level objectives for `tqsim plan`, and duration parsing.
+"""Service-level objectives for `tqsim plan` (durations parse with :func:`tqsim.units.parse_duration`).
 
 Grammar (one objective)::
 
@@ -18,24 +18,9 @@ import re
 import numpy as np
 
 from tqsim.errors import UserError
+from tqsim.units import parse_duration
 
 GRAMMAR = "tail_quality>=X@T | mean_quality>=X@T | miss_rate<=X@T | p50|p99|p99.9<=T  (e.g. tail_quality>=0.95@20ms)"
-_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0, "m": 60.0, "h": 3600.0}
-_DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs|ns|min|m|h)?\s*$")
-
-
-def parse_duration(text: str | float, what: str = "duration") -> float:
-    """``20ms``, ``250us``, ``0.02`` (seconds) -> seconds; a UserError naming the forms otherwise."""
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = _DUR.match(str(text))
-        if not m:
-            raise UserError(f"{what} '{text}' is not a duration; write e.g. 20ms, 250us, 0.02 (seconds) or 5min.")
-        value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if not (np.isfinite(value) and value >= 0):
-        raise UserError(f"{what} '{text}' must be a non-negative duration.")
-    return value
 
 
 def _fraction(text: str) -> float:

@@ -7,21 +7,21 @@ each window of requests (the pass effect of docs/method.md), because machine-wid
 per-call noise, dominate the spread of Q@T.
 
 Forward time is not service time (issue 5): :class:`WithOverheads` adds the serving stack's own
-costs, calibrated by :func:`tqsim.measure.serving.calibrate_serving` and stored as
+costs (:class:`~tqsim.whatif.overheads.ServingOverheads`), calibrated by
+:func:`tqsim.serving_calibration.calibrate_serving` and stored as
 ``calibration/<system>/<workload>/serving.json``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
 from tqsim.errors import UserError
+from tqsim.whatif.overheads import ServingOverheads
 
 
 class ServiceModel:
@@ -228,63 +228,6 @@ class ForecastService(ServiceModel):
         return out.reshape(np.shape(batch_sizes))
 
 
-@dataclasses.dataclass
-class ServingOverheads:
-    """The serving stack's own costs, measured by short real serving runs.
-
-    Service of a batch of k = ``scale * forward(k) + per_batch_s + per_request_s * k`` (+ a pause
-    with probability ``pause_prob``); the max_wait timer fires late by a draw of
-    ``timer_late_s``; ``response_s`` is added to every request after its batch (completion
-    callback, hand-off) without keeping the replica busy.
-
-    ``shape`` (quantiles of in-server forward time / its median), when given, replaces the spread
-    of the forward-time model around its median: the forward calibration then says how the median
-    moves with batch size, threads and precision, the serving runs how in-server calls spread. A
-    tight timing loop and a loaded server spread differently (measured here: the loop's p99 was
-    8× its median on a busy machine, the server's 5×), so the shape comes from where it is served.
-
-    ``inflation_s`` (g) stretches every batch by ``1 + g λ`` at arrival rate λ: in one Python
-    process the request driver and the replicas contend for the GIL, more so the more requests
-    arrive (:meth:`WithOverheads.at_rate`).
-    """
-
-    scale: float = 1.0
-    per_batch_s: float = 0.0
-    per_request_s: float = 0.0
-    response_s: float = 0.0
-    timer_late_s: list = dataclasses.field(default_factory=lambda: [0.0])
-    pause_prob: float = 0.0
-    pause_s: list = dataclasses.field(default_factory=list)
-    shape: list = dataclasses.field(default_factory=list)
-    inflation_s: float = 0.0  # g: service × (1 + g × arrival rate), contention with the request driver
-    # sd of the served level between windows of requests, measured in the serving runs (None: use the
-    # forward calibration's pass effects, whose spread between timed passes is several times larger:
-    # on the 2-vCPU VM it over-forecast p99 at 50-100 % load by 1.6-80x, benchmarks/RESULTS.md)
-    window_log_sd: float | None = None
-    # sd of a whole run's served level from one run to the next at the same rate (the machine's state
-    # for the minute: repeats of one load level here differed 6-76 % in p99 on a calm hour), pooled
-    # over repeated serving-calibration runs, with its degrees of freedom; None: not measured
-    run_log_sd: float | None = None
-    run_log_dof: int = 0
-    # Stalls: in-server forward calls beyond STALL_RATIO × their median (``stall_shape``, as ratios to
-    # the median; ``shape`` is then the body without them), a fraction ``stall_prob`` of batches
-    # pooled over the calibration runs. A run's stall rate (and pause rate) is that times a Gamma
-    # draw of mean 1 and variance φ, φ drawn from ``stall_dispersion`` (posterior draws; [] = the
-    # pooled rate in every run): repeated runs at one rate here differed 20x in stalls and 4x in p99.
-    stall_prob: float = 0.0
-    stall_shape: list = dataclasses.field(default_factory=list)
-    stall_dispersion: list = dataclasses.field(default_factory=list)
-    source: str = ""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "ServingOverheads":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 class WithOverheads(ServiceModel):
     """A forward-time model plus the serving stack's overheads (:class:`ServingOverheads`)."""
 
@@ -365,31 +308,3 @@ class WithOverheads(ServiceModel):
 
     def timer_lateness(self, n, rng):
         return rng.choice(self._late, size=n)
-
-
-SERVING_FILE = "serving.json"
-
-
-def serving_key(replicas: int, threads: int) -> str:
-    return f"r{int(replicas)}-th{int(threads)}"
-
-
-def load_overheads(folder: Path, replicas: int, threads: int) -> tuple[ServingOverheads | None, str]:
-    """Overheads calibrated for this serving set-up, else the nearest one with the same threads.
-
-    Returns ``(overheads or None, note)``; the note says what was used, for the user.
-    """
-    path = Path(folder) / SERVING_FILE
-    if not path.exists():
-        return None, (f"no serving calibration ({path.name}); forward time only, which under-predicts "
-                      "latency under load: run `tqsim calibrate --serving`.")
-    data = json.loads(path.read_text())
-    setups = data.get("setups", {})
-    key = serving_key(replicas, threads)
-    if key in setups:
-        return ServingOverheads.from_dict(setups[key]), f"serving overheads of {key}"
-    same = [k for k in setups if k.endswith(f"-th{int(threads)}")] or list(setups)
-    if not same:
-        return None, f"{path} holds no serving set-up; forward time only."
-    near = min(same, key=lambda k: abs(int(k.split("-")[0][1:]) - replicas))
-    return ServingOverheads.from_dict(setups[near]), f"serving overheads of {near} (no {key} calibrated)"

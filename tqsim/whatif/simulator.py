@@ -1,6 +1,6 @@
 """Discrete-event simulation of a batching server: arrivals, a dynamic batcher, c FIFO replicas.
 
-Batcher semantics (the same as :mod:`tqsim.measure.serving`'s real loop): a replica that becomes
+Batcher semantics (the same as :mod:`tqsim.measure.server`'s real loop): a replica that becomes
 free takes the oldest waiting request and closes its batch when ``max_batch`` requests are there or
 when the oldest has waited ``max_wait`` (plus the timer's lateness), whichever is first; a request
 that already waited longer closes the batch at once; ``max_wait = 0`` takes whatever is queued.

@@ -1,0 +1,157 @@
+"""The serving calibration (``tqsim calibrate --serving``): measure, fit, store.
+
+The real server runs at light and moderate load (:mod:`tqsim.measure.server`,
+:mod:`tqsim.measure.load_drivers`), the serving stack's overheads are fitted from those runs
+(:mod:`tqsim.whatif.overheads`) and stored in ``serving.json`` (:mod:`tqsim.data.serving_store`).
+It sits above measure and whatif so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tqsim.errors import UserError
+
+PROBE_LOAD = 0.05  # the probe's rate, as a fraction of the forward-time-only capacity
+SATURATED = 0.9  # a serving run whose replicas were busier than this measured a queue, not overheads
+
+SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": str, "precision": str,
+                "duration": str, "repeats": int}
+
+
+def parse_serving_setup(text: str) -> tuple:
+    """``'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'`` → (ServingSetup, duration_s, repeats); any
+    other input raises a UserError that names the accepted keys (fuzzed in tests/test_fuzz.py)."""
+    from tqsim.factors import parse_level
+    from tqsim.units import parse_duration
+    from tqsim.whatif.simulator import ServingSetup
+
+    values: dict = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SERVING_KEYS:
+            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
+        if key in values:
+            raise UserError(f"--serving: {key} is given twice; give each key once.")
+        try:
+            values[key] = SERVING_KEYS[key](value.strip())
+        except ValueError:
+            raise UserError(f"--serving {key}={value}: expected a whole number.") from None
+    setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
+                         parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
+                         parse_level("precision", values.get("precision", "fp32")))  # before anything runs
+    duration = parse_duration(values.get("duration", "8s"), "duration")
+    repeats = values.get("repeats", 3)
+    if not duration > 0 or duration > 3600:
+        raise UserError(f"--serving duration={values.get('duration')}: give a run length between 1s and 1h.")
+    if not 1 <= repeats <= 100:
+        raise UserError(f"--serving repeats={repeats}: give 1 to 100 runs per rate.")
+    return setup, duration, repeats
+
+
+def calibrate_serving_setup(setup: str, *, home=None, system: str | None = None, workload: str | None = None,
+                            seed: int | None = None, show_progress: bool = True):
+    """``tqsim calibrate --serving 'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'``: short real serving
+    runs at light and moderate load whose overheads the what-if simulator adds to forward time."""
+    from tqsim.data.workspace import Workspace
+    from tqsim.measure.run import progress_bar
+
+    setup, duration_s, repeats = parse_serving_setup(setup)
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    with progress_bar(show_progress) as progress:
+        return calibrate_serving(
+            workload or ws.resolve_workload(system, None), ws.home, system, replicas=setup.replicas,
+            threads=setup.threads, max_batch=setup.max_batch, max_wait_s=setup.max_wait_s,
+            precision=setup.precision, duration_s=duration_s, repeats=repeats, seed=seed or 0, progress=progress)
+
+
+def _rates_from_probe(server, forward, setup, loads: Sequence[float], duration_s: float,
+                      seed: int, use_loadgen: bool | None) -> list[float]:
+    """``loads`` × the capacity predicted with the overheads of one light probe run.
+
+    Forward time alone overstates what a server sustains (rates set from it ran calibrations at
+    saturation). The probe starts at ``PROBE_LOAD`` of the forward-only capacity and is repeated 4×
+    slower while its replicas are saturated.
+    """
+    from tqsim.measure.load_drivers import run_load
+    from tqsim.whatif.overheads import fit_overheads
+    from tqsim.whatif.service import WithOverheads
+    from tqsim.whatif.simulator import capacity_rps, saturation_rps
+
+    rate = PROBE_LOAD * capacity_rps(forward, setup)
+    for _ in range(4):
+        probe = run_load(server, round(rate, 1), duration_s, seed=seed + 999, use_loadgen=use_loadgen)
+        if np.mean(probe.utilisation) < SATURATED:
+            break
+        rate /= 4
+    served = saturation_rps(WithOverheads(forward, fit_overheads([probe], forward)), setup)
+    return [round(f * served, 1) for f in loads]
+
+
+def calibrate_serving(workload_spec: str, home=None, system: str | None = None, *, replicas: int = 1,
+                      threads: int = 1, max_batch: int = 8, max_wait_s: float = 0.5e-3, precision: str = "fp32",
+                      rates_rps: Sequence[float] | None = None, loads: Sequence[float] = (0.2, 0.5),
+                      duration_s: float = 8.0, repeats: int = 3, seed: int = 0, use_loadgen: bool | None = None,
+                      workload: Any = None, progress: Any = None) -> Path:
+    """Measure the serving stack's overheads for one set-up and store them; return the file's path.
+
+    Needs the forward-time calibration of ``threads``/``precision`` in the workspace (``tqsim
+    calibrate``). Runs the real :class:`~tqsim.measure.server.BatchingServer` at ``rates_rps``
+    (default: ``loads`` times the capacity a probe run predicts, i.e. light and moderate load) for
+    ``duration_s`` each, ``repeats`` times (how much a whole run's level moves from one run to the
+    next), fits :class:`~tqsim.whatif.overheads.ServingOverheads` and merges them into
+    ``calibration/<system>/<workload>/serving.json`` under ``r<replicas>-th<threads>``.
+    ``progress`` (a :class:`~tqsim.measure.campaign.Progress`) is told of every run.
+    """
+    from tqsim.data.serving_store import save_setup
+    from tqsim.data.workspace import Workspace, default_system_name, safe_name, workload_name_of
+    from tqsim.measure.campaign import Progress
+    from tqsim.measure.load_drivers import run_load
+    from tqsim.measure.server import BatchingServer
+    from tqsim.whatif.overheads import fit_overheads
+    from tqsim.whatif.service import EmpiricalService
+    from tqsim.whatif.simulator import ServingSetup
+
+    ws = Workspace.at(home)
+    system = system or (ws.systems()[0] if len(ws.systems()) == 1 else default_system_name())
+    name = safe_name(workload_name_of(workload_spec))
+    folder = ws.calibration_dir(system, name)
+    forward = EmpiricalService.from_calibration_dir(folder, threads, precision)
+    if workload is None:
+        from tqsim.workloads.registry import get_workload
+
+        workload = get_workload(workload_spec)
+    setup = ServingSetup(replicas, threads, max_batch, max_wait_s, precision)
+    server = BatchingServer(workload, replicas, threads, max_batch, max_wait_s, precision)
+    repeats = max(int(repeats), 1)
+    progress = progress or Progress()
+    progress.start(repeats * len(rates_rps) if rates_rps is not None else repeats * len(loads) + 1)
+    if rates_rps is None:
+        rates_rps = _rates_from_probe(server, forward, setup, loads, min(duration_s, 4.0), seed, use_loadgen)
+        progress.advance("probe")
+    # repeats interleaved over the rates, so that a slow minute does not pass for a rate effect
+    runs = []
+    for j in range(repeats):
+        for i, r in enumerate(rates_rps):
+            runs.append(run_load(server, r, duration_s, seed=seed + i + 100 * j, use_loadgen=use_loadgen))
+            progress.advance(f"{r:g} req/s")
+    saturated = sorted({r.rate_rps for r in runs if np.mean(r.utilisation) > SATURATED})
+    if saturated:
+        warnings.warn(f"the serving runs at {', '.join(f'{r:g}' for r in saturated)} req/s saturated the replicas "
+                      f"(> {SATURATED:.0%} busy), so their overheads include queueing; calibrate again with lower "
+                      "rates (omit rates to let a probe run choose them).", stacklevel=2)
+    oh = fit_overheads(runs, forward, window=workload.n_instances)
+    oh.source = (f"{len(runs)} serving runs ({runs[0].driver}) at {', '.join(f'{r:g}' for r in rates_rps)} req/s "
+                 f"× {repeats}, {duration_s:g} s each, batch ≤ {max_batch}, wait {max_wait_s * 1e3:g} ms")
+    entry = oh.to_dict()
+    entry.update(created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 max_batch=max_batch, max_wait_s=max_wait_s, precision=precision, rates_rps=list(rates_rps),
+                 observed=[r.summary(0.02, workload.n_instances) for r in runs])
+    return save_setup(folder, replicas, threads, entry, workload=name, system=system)
