@@ -25,17 +25,10 @@ import numpy as np
 from tqsim.empirical.convergence import ConvergenceTracker, jensen_shannon_distance, jsd_floor, qat_histogram
 from tqsim.empirical.mlperf import min_queries, normal_approx_queries, queries_needed
 from tqsim.empirical.montecarlo import BatchScorer, batch_latencies, monte_carlo_qat, qat_from_batches
-from tqsim.quality import campaign_configs
+from tqsim.quality import campaign_configs, scoring_of
 
 METHODS = ("kde", "passes", "pass_kde")
 PCTS = (90, 95, 99)
-
-
-def _scoring(ds) -> dict:
-    if "correct" in ds and ds.attrs.get("quality_metric", "accuracy") == "accuracy":
-        return {"correct": ds["correct"].values.astype(bool), "metric": "accuracy"}
-    return {"prediction": ds["prediction"].values, "label": ds["label"].values,
-            "metric": ds.attrs.get("quality_metric", "accuracy")}
 
 
 def evaluate(lat: np.ndarray, batch: np.ndarray, scoring: dict, *, ks=(10, 20, 40, 70), heldout: int = 30,
@@ -118,7 +111,7 @@ def run(home: str, *, workloads=None, ks=(10, 20, 40, 70), heldout: int = 30, n_
                     print(f"skip {wl}/{ds.attrs['config_id']}: {lat.shape[0]} passes", file=sys.stderr)
                     continue
                 results.setdefault(wl, {})[ds.attrs["config_id"]] = evaluate(
-                    lat, ds["batch"].values, _scoring(ds), ks=ks, heldout=heldout, n_sim=n_sim)
+                    lat, ds["batch"].values, scoring_of(ds), ks=ks, heldout=heldout, n_sim=n_sim)
     return results
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.forecast import forecast, resolve_config
+from tqsim.forecast import (Forecast, forecast, percentile_bands, resolve_config, simulate_calls, simulate_latency,
+                            survival_band, tail_and_p99_bands)
 from tqsim.testing import example_fit
 
 
@@ -64,6 +65,54 @@ def test_resolve_config_fills_single_levels_and_asks_for_others(quick):
     with pytest.raises(UserError, match="unknown factor"):
         resolve_config(fm, {"bogus": 1, "threads": 1, "batch_size": 1})
 
+
+def test_survival_band_from_known_draws():
+    calls = np.array([[1.0, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6]])
+    # P(call > x) per draw: at 2.5 (.5, .75, 1); at 3 (.25, .5, .75), a call at x is not above it; at 4.5 (0, .25, .5)
+    lo, mid, hi = survival_band(calls, np.array([2.5, 3.0, 4.5]), level=0.5)
+    assert np.allclose(mid, [0.75, 0.5, 0.25])
+    assert np.allclose(lo, [0.625, 0.375, 0.125]) and np.allclose(hi, [0.875, 0.625, 0.375])
+    lo, _, hi = survival_band(calls, np.array([2.5]))  # the default 90 % band
+    assert lo[0] == pytest.approx(0.525) and hi[0] == pytest.approx(0.975)
+
+
+def test_percentile_bands_summarise_each_draws_percentile():
+    calls = np.arange(101.0)[None, :] + 10.0 * np.arange(5)[:, None]   # draw d: 10d, …, 10d + 100
+    bands = percentile_bands(calls, (50, 99), level=0.5)
+    assert bands["p50"] == pytest.approx({"mean": 70.0, "median": 70.0, "lo": 60.0, "hi": 80.0})
+    assert bands["p99"] == pytest.approx({"mean": 119.0, "median": 119.0, "lo": 109.0, "hi": 129.0})
+    assert list(percentile_bands(calls)) == ["p50", "p99", "p99.9"]
+
+
+def test_tail_and_p99_bands_of_a_known_forecast():
+    D, P = 5, 10
+    qat = np.full((D, P, 2), 0.5)
+    order = np.random.default_rng(0).permutation(P)
+    qat[:, :, 1] = (np.arange(D)[:, None] + order[None, :]) / 100   # draw d: passes d/100 … (d + 9)/100, shuffled
+    lat = np.broadcast_to((np.arange(D) + 1.0)[:, None, None] * 1e-3, (D, P, 40)).copy()   # draw d: (d + 1) ms
+    fc = Forecast(config=Config(4), latency_s=lat, qat=qat, thresholds_s=np.array([0.002, 0.003]),
+                  threshold_labels=["2ms", "3ms"], calibrated=True, tail_q=0.25)
+    # TQ_0.25 of 10 passes is the 3rd worst: (d + 2)/100, i.e. .02 … .06 over draws
+    assert tail_and_p99_bands(fc, k=1, level=0.5) == pytest.approx(
+        {"tail": 0.04, "tail_lo": 0.03, "tail_hi": 0.05, "threshold_s": 0.003,
+         "p99_s": 3e-3, "p99_lo_s": 2e-3, "p99_hi_s": 4e-3})
+    assert tail_and_p99_bands(fc)["tail"] == 0.5 and tail_and_p99_bands(fc)["threshold_s"] == 0.002
+
+
+def test_simulate_calls_one_latency_per_call_in_the_fitted_sessions(quick):
+    _, fm, _ = quick
+    cfg = Config(batch_size=64, threads=1)
+    calls = simulate_calls(fm, cfg, n_passes=3, n_draws=10, seed=4)
+    lat, _ = simulate_latency(fm, cfg, n_passes=3, n_draws=10, seed=4)
+    assert calls.shape == (10, 3 * 9)  # 540 instances: 8 full batches of 64 and a partial one, per pass
+    assert np.array_equal(calls, lat[:, :, ::64].reshape(10, -1))
+    # a session the fit saw (the only one: its fitted offset is 0) replaces the fresh session's draw
+    sid = int(fm.summaries.sessions[0])
+    seen = simulate_calls(fm, cfg, n_passes=3, n_draws=10, seed=4, sessions=np.full(3, sid))
+    lat0, _ = simulate_latency(fm, cfg, n_passes=3, n_draws=10, seed=4, session=np.zeros((10, 3)))
+    assert np.array_equal(seen, lat0[:, :, ::64].reshape(10, -1)) and not np.array_equal(seen, calls)
+    unseen = simulate_calls(fm, cfg, n_passes=3, n_draws=10, seed=4, sessions=np.full(3, sid + 1))
+    assert np.array_equal(unseen, calls)  # a session the fit never saw: a new one
 
 def test_true_p99_inside_interval_for_unseen_config():
     _, fm, law = example_fit(passes=10)

@@ -7,11 +7,13 @@ import pytest
 from sklearn.metrics import f1_score
 
 from quality_fixtures import calibration_dataset
+from tqsim.data.schema import call_latency
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.quality import (Threshold, bootstrap_interval, minimum_interval, no_deadline_quality, order_statistic_interval,
-                           parse_threshold, parse_thresholds, passes_for_tail_bound, qat_curve, qat_dataarray,
-                           quality_at_deadline, quality_block, summarize_qat, tail_quality, tail_quality_da)
+from tqsim.quality import (Threshold, bootstrap_interval, latency_percentiles, minimum_interval, no_deadline_quality,
+                           order_statistic_interval, parse_threshold, parse_thresholds, passes_for_tail_bound, qat_curve,
+                           qat_dataarray, quality_at_deadline, quality_block, scoring_of, summarize_qat, tail_and_p99,
+                           tail_quality, tail_quality_da)
 
 
 @pytest.mark.parametrize("text,seconds", [("5ms", 5e-3), ("250us", 250e-6), ("250µs", 250e-6), ("0.005", 5e-3),
@@ -192,3 +194,37 @@ def test_macro_f1_not_monotone_by_design():
     lat = np.array([[1.0, 1.0, 2.0, 1.0]])
     q = quality_at_deadline(lat, [1.5, 2.5], prediction=pred, label=label, metric="macro_f1")[0]
     assert q[1] < q[0]
+
+
+def test_scoring_of_reads_the_metric_and_its_vectors():
+    acc = calibration_dataset(Config(1), n_passes=3)
+    s = scoring_of(acc)
+    assert set(s) == {"correct", "metric"} and s["metric"] == "accuracy" and s["correct"].dtype == bool
+    assert no_deadline_quality(**s) == pytest.approx(acc["correct"].values.mean())
+    f1 = calibration_dataset(Config(1), n_passes=3, metric="macro_f1")
+    s = scoring_of(f1)
+    assert set(s) == {"prediction", "label", "metric"} and s["metric"] == "macro_f1"
+    assert no_deadline_quality(**s) == pytest.approx(f1_score(f1["label"].values, f1["prediction"].values,
+                                                              average="macro"))
+
+
+def test_latency_percentiles_pool_passes_and_ignore_missing():
+    lat = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.nan]])
+    assert latency_percentiles(lat, (0, 50, 100)) == {"p0": 1.0, "p50": 3.0, "p100": 5.0}
+    assert list(latency_percentiles(lat)) == ["p50", "p90", "p99", "p99.9"]
+
+
+def test_call_latency_keeps_one_latency_per_call():
+    batch = np.array([0, 0, 1, 1, 1, 2, 2])
+    lat = np.array([[0.1, 0.1, 0.2, 0.2, 0.2, 0.3, 0.3], [1, 1, 2, 2, 2, 3, 3]])
+    assert np.array_equal(call_latency(lat, batch), [[0.1, 0.2, 0.3], [1, 2, 3]])
+
+
+def test_tail_and_p99_of_measured_passes():
+    ds = calibration_dataset(Config(1), n_passes=4, n_instances=4)
+    ds["latency_s"][:] = np.array([[1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [np.nan] * 4]) * 1e-3  # a missing pass
+    ds["correct"][:] = [False, True, True, True]
+    # p50 of the measured latencies: 3.5 ms; Q@T per pass .5, .25, 0; TQ_0.5 of 3 passes: the 2nd worst
+    assert tail_and_p99(ds, "p50", 0.5) == pytest.approx({"tail": 0.25, "threshold_s": 3.5e-3, "p99_s": 5.89e-3})
+    # at 4 ms: .75, .5, .25; the worst pass
+    assert tail_and_p99(ds, "4ms", 0.01)["tail"] == pytest.approx(0.25)

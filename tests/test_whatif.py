@@ -10,7 +10,7 @@ import pytest
 from tqsim.errors import UserError
 from tqsim.whatif import (ConstantService, EmpiricalService, ExponentialService, ForecastService, ServingOverheads,
                           ServingSetup, WithOverheads, simulate, simulate_run)
-from tqsim.whatif.simulator import check_trace, poisson_arrivals, read_trace
+from tqsim.whatif.simulator import check_trace, fixed_batch_capacity, poisson_arrivals, read_trace
 
 
 def _mean_wait(service, setup, rate, n=1_000_000, seed=1):
@@ -236,3 +236,16 @@ def test_a_huge_max_batch_costs_memory_by_the_work_not_the_knob():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert run.batch_sizes.max() <= 2000 and peak < 300e6
+
+
+def test_fixed_batch_capacity_counts_forward_time_and_per_batch_delays():
+    svc = ConstantService(0.010, 0.002)  # a batch of 4: 16 ms
+    cap, mean_s = fixed_batch_capacity(svc, 4, 2, np.random.default_rng(0))
+    assert mean_s == pytest.approx(0.016) and cap == pytest.approx(2 * 4 / 0.016)
+
+    class Paused(ConstantService):
+        def extra_batch_s(self, n, rng):
+            return np.full(n, 0.004)
+
+    cap, mean_s = fixed_batch_capacity(Paused(0.010, 0.002), 4, 2, np.random.default_rng(0))
+    assert mean_s == pytest.approx(0.020) and cap == pytest.approx(400.0)

@@ -22,7 +22,7 @@ import numpy as np
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.fit import REFIT, shortfall
-from tqsim.data.schema import batch_layout
+from tqsim.data.schema import batch_layout, call_latency
 from tqsim.models.store import FittedModel, quality_level_id
 from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
                            tail_quality)
@@ -250,6 +250,57 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     return Forecast(config=config, latency_s=lat, qat=qat, thresholds_s=taus_arr, threshold_labels=labels,
                     calibrated=calibrated, warnings=warns, diagnostics_ok=fm.diagnostics_ok, tail_q=tail_q,
                     result=result)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-call bands of a forecast (the report sets them beside the measured distribution)
+# --------------------------------------------------------------------------------------------------
+
+def simulate_calls(fm: FittedModel, config: Config, *, n_passes: int, n_draws: int = 200, seed: int = 0,
+                   sessions: np.ndarray | None = None) -> np.ndarray:
+    """Per-call predictive latencies ``[draw, call]`` (the calls of every pass, pooled). ``sessions``: each
+    pass's session id; passes of sessions the fit saw are simulated in those sessions' fitted machine
+    state (so a calibrated configuration meets its own band), any other run in a new session."""
+    from tqsim.drift import session_offsets_of
+
+    offsets = None
+    if sessions is not None:
+        uniq = np.unique(sessions)
+        fitted = session_offsets_of(fm, uniq, n_draws=n_draws)
+        if fitted is not None:
+            offsets = fitted[:, np.searchsorted(uniq, sessions)]
+    lat, _ = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=offsets)
+    calls = call_latency(lat, batch_layout(lat.shape[-1], config.batch_size))
+    return calls.reshape(calls.shape[0], -1)
+
+
+def survival_band(calls: np.ndarray, grid: np.ndarray,
+                  level: float = INTERVAL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, median, hi)`` over draws of the survival function P(latency > x) at ``grid``, from
+    ``calls[draw, call]``: a band to lay over the observed survival function."""
+    srt = np.sort(calls, axis=1)
+    surv = 1.0 - np.stack([np.searchsorted(s, grid, side="right") for s in srt]) / srt.shape[1]
+    a = (1 - level) / 2
+    return np.quantile(surv, a, axis=0), np.quantile(surv, 0.5, axis=0), np.quantile(surv, 1 - a, axis=0)
+
+
+def percentile_bands(calls: np.ndarray, percentiles: Sequence[float] = (50, 99, 99.9),
+                     level: float = INTERVAL) -> dict[str, dict[str, float]]:
+    """``{"p99": {mean, median, lo, hi}, ...}``: each latency percentile of a run (``calls[draw, call]``)
+    per draw, summarised over draws."""
+    return {f"p{p:g}": _summary(np.percentile(calls, p, axis=1), level) for p in percentiles}
+
+
+def tail_and_p99_bands(fc: Forecast, k: int = 0, level: float = INTERVAL) -> dict[str, float]:
+    """Posterior median and central interval of TQ_q at threshold ``k`` and of p99 latency: medians, as
+    they resist the rare absurd draw of a heavy-tailed residual (a forecast cell of the report's heatmap)."""
+    a = (1 - level) / 2
+    tq = tail_quality(fc.qat[:, :, k], fc.tail_q)
+    p99 = np.percentile(fc.latency_s.reshape(fc.latency_s.shape[0], -1), 99, axis=1)
+    return {"tail": float(np.median(tq)), "tail_lo": float(np.quantile(tq, a)),
+            "tail_hi": float(np.quantile(tq, 1 - a)), "threshold_s": float(fc.thresholds_s[k]),
+            "p99_s": float(np.median(p99)), "p99_lo_s": float(np.quantile(p99, a)),
+            "p99_hi_s": float(np.quantile(p99, 1 - a))}
 
 
 def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:

@@ -243,7 +243,9 @@ def qat_curve(latency_s: np.ndarray, *, n_points: int = 120, correct=None, predi
 # xarray wrappers over a calibration file or a campaign (load_campaign): named dims, NaN passes
 # --------------------------------------------------------------------------------------------------
 
-def _scoring(ds) -> dict:
+def scoring_of(ds) -> dict:
+    """The keyword arguments that score one configuration's dataset (``metric`` and its vectors), for
+    :func:`quality_at_deadline` and :func:`no_deadline_quality`."""
     metric = str(ds.attrs.get("quality_metric", "accuracy"))
     if "correct" in ds and metric == "accuracy":
         return {"correct": ds["correct"].values.astype(bool), "metric": metric}
@@ -261,7 +263,7 @@ def qat_dataarray(ds, thresholds: Sequence[str | Threshold], *, pass_dim: str = 
     ths = [parse_threshold(t) for t in thresholds]
     lat = ds["latency_s"].transpose(pass_dim, instance_dim).values
     taus = np.array([t.resolve(lat) for t in ths])
-    qat = quality_at_deadline(lat, taus, **_scoring(ds))
+    qat = quality_at_deadline(lat, taus, **scoring_of(ds))
     qat[np.isnan(lat).all(axis=-1)] = np.nan
     return xr.DataArray(qat, dims=(pass_dim, "threshold"),
                         coords={"threshold": [t.label for t in ths], "threshold_s": ("threshold", taus)},
@@ -299,7 +301,7 @@ def quality_block(ds, thresholds: Sequence[str | Threshold] | None = None, *, ta
     lat = ds["latency_s"].transpose("pass", "instance").values
     lat = lat[~np.isnan(lat).all(axis=-1)]
     check_passes(lat.shape[0], f"configuration {ds.attrs.get('config_id', '')}".strip())
-    scoring = _scoring(ds)
+    scoring = scoring_of(ds)
     taus = np.array([t.resolve(lat) for t in ths])
     qat = quality_at_deadline(lat, taus, **scoring)
     rows = []
@@ -313,10 +315,22 @@ def quality_block(ds, thresholds: Sequence[str | Threshold] | None = None, *, ta
             "passes_for_tail_lo": passes_for_tail_bound(tail_q, level)}
 
 
-def latency_percentiles(latency_s: np.ndarray) -> dict[str, float]:
-    """p50/p90/p99/p99.9 of the per-instance latencies pooled over passes (NaN ignored)."""
+def latency_percentiles(latency_s: np.ndarray,
+                        percentiles: Sequence[float] = (50, 90, 99, 99.9)) -> dict[str, float]:
+    """``{"p50": ..., "p99.9": ...}`` of latencies pooled over every axis (NaN ignored)."""
     lat = np.asarray(latency_s, dtype=float)
-    return {f"p{p:g}": float(np.nanpercentile(lat, p)) for p in (50, 90, 99, 99.9)}
+    return {f"p{p:g}": float(np.nanpercentile(lat, p)) for p in percentiles}
+
+
+def tail_and_p99(ds, threshold: str | Threshold, tail_q: float = 0.01) -> dict[str, float]:
+    """TQ_q at one threshold (resolved on this configuration's own latencies) and the p99 latency of one
+    configuration's measured passes: a cell of the report's heatmap."""
+    lat = ds["latency_s"].transpose("pass", "instance").values
+    lat = lat[~np.isnan(lat).all(axis=-1)]
+    tau = parse_threshold(threshold).resolve(lat)
+    q = quality_at_deadline(lat, np.array([tau]), **scoring_of(ds))[:, 0]
+    return {"tail": float(tail_quality(q, tail_q)), "threshold_s": float(tau),
+            "p99_s": float(np.nanpercentile(lat, 99))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,6 +390,6 @@ def quality_curves(campaign, n_points: int = 120) -> list[dict]:
     """The Q@T-versus-threshold band of every configuration (for ``--plot``)."""
     out = []
     for ds in campaign_configs(campaign):
-        curve = qat_curve(ds["latency_s"].transpose("pass", "instance").values, n_points=n_points, **_scoring(ds))
+        curve = qat_curve(ds["latency_s"].transpose("pass", "instance").values, n_points=n_points, **scoring_of(ds))
         out.append({"config_id": ds.attrs["config_id"], **curve})
     return out

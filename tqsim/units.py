@@ -1,9 +1,10 @@
-"""Seconds for people: printed (``4.5 ms``) and parsed (``20ms``), shared by every layer."""
+"""Seconds, percentages and numbers for people: printed (``4.5 ms``, ``12.3%``) and parsed (``20ms``)."""
 
 from __future__ import annotations
 
 import math
 import re
+from typing import Callable
 
 from tqsim.errors import UserError
 
@@ -38,3 +39,21 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     if not (math.isfinite(value) and value >= 0):
         raise UserError(f"{what} '{text}' must be a non-negative duration.")
     return value
+
+
+def fmt_pct(x: float | None) -> str:
+    """A fraction as ``12.3%``; ``–`` when there is no (finite) value."""
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def fmt_iv(m, lo, hi, f: Callable[[float | None], str] = fmt_pct) -> str:
+    """A value and its interval, ``m [lo, hi]``, each formatted by ``f``."""
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
+def fmt_num(x, fmt: str = ".3g") -> str:
+    """A number in ``fmt``, or ``–`` when there is none (e.g. a diagnostic ADVI does not give)."""
+    try:
+        return format(float(x), fmt)
+    except (TypeError, ValueError):
+        return "–"

@@ -9,35 +9,15 @@ import sys
 
 import typer
 
-app = typer.Typer(
-    name="tqsim",
-    help="Predict latency and tail quality of deep-learning inference under a deadline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        import tqsim
-
-        typer.echo(f"tqsim {tqsim.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
-                                       is_eager=True)) -> None:
-    """Predict latency and tail quality of deep-learning inference under a deadline."""
+from tqsim.cli.common import app
 
 # Each module registers its commands on ``app``; imported for that side effect.
-from tqsim.cli import commands_measure  # noqa: E402,F401
-from tqsim.cli import commands_quality  # noqa: E402,F401
-from tqsim.cli import commands_model  # noqa: E402,F401
-from tqsim.cli import commands_whatif  # noqa: E402,F401
-from tqsim.cli import commands_report  # noqa: E402,F401
-from tqsim.cli import commands_check  # noqa: E402,F401
+from tqsim.cli import commands_measure  # noqa: F401
+from tqsim.cli import commands_quality  # noqa: F401
+from tqsim.cli import commands_model  # noqa: F401
+from tqsim.cli import commands_whatif  # noqa: F401
+from tqsim.cli import commands_report  # noqa: F401
+from tqsim.cli import commands_check  # noqa: F401
 
 
 def main() -> None:

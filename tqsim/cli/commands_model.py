@@ -9,9 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli import app
+from tqsim.cli.common import app
 from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
 from tqsim.errors import UserError
+from tqsim.units import fmt_iv, fmt_pct
 
 
 def _where(home, system, workload):
@@ -21,10 +22,6 @@ def _where(home, system, workload):
     sys_name = ws.resolve_system(system)
     wl = ws.resolve_workload(sys_name, workload)
     return ws, sys_name, wl
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 @app.command()
@@ -140,11 +137,11 @@ def predict(
     t = Table("threshold", "mean Q@T", f"tail (q={tail_q:g})", "min Q@T")
     for row in r["quality"]["thresholds"]:
         t.add_row(f"{row['threshold']} = {fmt_seconds(row['threshold_s'])}",
-                  f"{_pct(row['mean_median'])} [{_pct(row['mean_lo'])}, {_pct(row['mean_hi'])}]",
-                  f"{_pct(row['tail_median'])} [{_pct(row['tail_lo'])}, {_pct(row['tail_hi'])}]",
-                  f"{_pct(row['min_median'])} [{_pct(row['min_lo'])}, {_pct(row['min_hi'])}]")
+                  fmt_iv(row["mean_median"], row["mean_lo"], row["mean_hi"]),
+                  fmt_iv(row["tail_median"], row["tail_lo"], row["tail_hi"]),
+                  fmt_iv(row["min_median"], row["min_lo"], row["min_hi"]))
     c.print(t)
-    c.print(f"{r['quality']['metric']} without a deadline: {_pct(r['quality']['no_deadline'])}")
+    c.print(f"{r['quality']['metric']} without a deadline: {fmt_pct(r['quality']['no_deadline'])}")
 
 
 def _anchors(record: dict):

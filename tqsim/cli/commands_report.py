@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli import app
+from tqsim.cli.common import app
 from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json
 
 

@@ -1,4 +1,5 @@
-"""Options every command shares (docs/design.md) and the two renderers: JSON on stdout, or rich tables."""
+"""The ``app`` every command registers on, the options they share (docs/design.md) and the two renderers: JSON on
+stdout, or rich tables."""
 
 from __future__ import annotations
 
@@ -11,6 +12,29 @@ from typing import Annotated, Any, Optional
 import typer
 
 from tqsim.units import fmt_seconds  # noqa: F401  (re-exported for the commands)
+
+app = typer.Typer(
+    name="tqsim",
+    help="Predict latency and tail quality of deep-learning inference under a deadline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        import tqsim
+
+        typer.echo(f"tqsim {tqsim.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
+                                       is_eager=True)) -> None:
+    """Predict latency and tail quality of deep-learning inference under a deadline."""
+
 
 Home = Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (env TQSIM_HOME; default: .).")]
 System = Annotated[Optional[str], typer.Option("--system", help="System name (default: host name when measuring, "

@@ -91,9 +91,13 @@ def batch_starts(batch: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, np.diff(batch) != 0])
 
 
+def call_latency(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Latency of each forward call (one per batch) from per-instance latencies ``[..., instance]``."""
+    return np.asarray(latency_s)[..., batch_starts(batch)]
+
+
 def batch_latency(ds: xr.Dataset) -> xr.DataArray:
     """Latency of each batch (dims ``pass``, ``batch``): the raw per-call times, one per forward call."""
-    batch = ds["batch"].values
-    first = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+    first = batch_starts(ds["batch"].values)
     out = ds["latency_s"].isel(instance=first).rename(instance="batch")
     return out.assign_coords(batch=np.arange(first.size))

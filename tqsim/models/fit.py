@@ -12,9 +12,9 @@ import xarray as xr
 from tqsim.data.schema import instance_correct
 from tqsim.errors import UserError
 from tqsim.factors import QUALITY_FACTORS
-from tqsim.models.spec import campaign_configs, make_spec
+from tqsim.models.spec import make_spec
 from tqsim.models.store import FittedModel, now, quality_level_id
-from tqsim.models.summaries import summarise
+from tqsim.models.summaries import campaign_configs, summarise
 
 # Graded like Vehtari et al. (2021): r-hat ≤ 1.01, bulk ESS ≥ 100 and no divergence is a clean
 # fit; up to r-hat 1.05 / ESS 50 / divergences in 0.1 % of draws the posterior is usable but a

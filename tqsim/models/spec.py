@@ -16,7 +16,8 @@ import numpy as np
 import xarray as xr
 
 from tqsim.errors import UserError
-from tqsim.factors import DEFAULTS, FACTORS, QUALITY_FACTORS, Config
+from tqsim.factors import DEFAULTS, QUALITY_FACTORS, Config
+from tqsim.models.summaries import block_names
 
 CATEGORICAL = ("precision", "backend", "device", "compile")
 # the machine's speed moves between sessions by a log-sd of about this much; the prior's centre
@@ -151,20 +152,9 @@ class ModelSpec:
         return warnings
 
 
-def campaign_configs(campaign: xr.Dataset) -> list[Config]:
-    out = []
-    for i in range(campaign.sizes["config"]):
-        values = {f: campaign[f].values[i].item() for f in FACTORS if f in campaign.coords}
-        values["compile"] = bool(values.get("compile", False))
-        out.append(Config.from_mapping(values))
-    return out
-
-
 def make_spec(configs: list[Config], summaries=None) -> ModelSpec:
     """A spec whose terms fit these configurations: a factor calibrated at one level is no dimension
     of the model (its slope would be unidentified: a zero gradient at every start point)."""
-    from tqsim.models.summaries import block_names
-
     if len(configs) < 2:
         raise UserError(f"a fit needs at least two calibrated configurations, found {len(configs)}; "
                         "calibrate more with `tqsim calibrate --grid batch_size=1,8,32`.")

@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from tqsim.data.schema import batch_starts, level_batches
-from tqsim.factors import Config
+from tqsim.factors import FACTORS, Config
 
 # probability levels of the three quantile functions
 U_WITHIN = (0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
@@ -105,10 +105,18 @@ def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.nda
     return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
 
 
+def campaign_configs(campaign: xr.Dataset) -> list[Config]:
+    """The configuration of each ``config`` of a campaign, in order."""
+    out = []
+    for i in range(campaign.sizes["config"]):
+        values = {f: campaign[f].values[i].item() for f in FACTORS if f in campaign.coords}
+        values["compile"] = bool(values.get("compile", False))
+        out.append(Config.from_mapping(values))
+    return out
+
+
 def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summaries:
     """Reduce a campaign (``tqsim.data.io.load_campaign``) to the model's summaries."""
-    from tqsim.models.spec import campaign_configs
-
     rng = np.random.default_rng(seed)
     configs = campaign_configs(campaign)
     lat_all = campaign["latency_s"].values                      # [config, pass, instance]

@@ -3,9 +3,10 @@
 :func:`build_report` reads the calibration, the fitted model (when there is one), held-out runs and
 the serving calibration, and computes each section's numbers (``Section.data``, JSON-able) and the
 arrays its figure needs (``Section.series``, never exported). A section whose inputs do not exist is
-kept, marked unavailable, with a message naming the command that produces them. Figures
-(:mod:`tqsim.report.figures`) and the exporters (:mod:`tqsim.report.html`, :mod:`tqsim.report.markdown`,
-:meth:`Report.as_dict` for JSON) only read this object; :func:`write_report` runs them.
+kept, marked unavailable, with a message naming the command that produces them. The object's types
+live in :mod:`tqsim.report.types`; figures (:mod:`tqsim.report.figures`) and the exporters
+(:mod:`tqsim.report.html`, :mod:`tqsim.report.markdown`, :meth:`Report.as_dict` for JSON) only read it;
+:func:`write_report` runs them.
 """
 
 from __future__ import annotations
@@ -19,97 +20,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import tqsim
+from tqsim.data.io import load_campaign
+from tqsim.data.serving_store import SERVING_FILE
+from tqsim.data.schema import call_latency
+from tqsim.data.workspace import Workspace
 from tqsim.errors import UserError
-from tqsim.units import fmt_seconds
-
-FORECAST_LEVEL = 0.9
-
-
-@dataclasses.dataclass
-class Figure:
-    """A PNG written beside the page (``file`` relative to the output folder)."""
-
-    key: str
-    file: str
-    title: str
-    caption: str = ""
-
-
-@dataclasses.dataclass
-class Table:
-    """Formatted cells, shared by the HTML and Markdown exporters."""
-
-    columns: list[str]
-    rows: list[list[str]]
-    title: str = ""
-
-
-@dataclasses.dataclass
-class Section:
-    key: str
-    title: str
-    available: bool = True
-    missing: str = ""                  # why not (or what is partly missing) and which command fills it
-    intro: str = ""
-    notes: list[str] = dataclasses.field(default_factory=list)
-    data: dict = dataclasses.field(default_factory=dict)       # numbers, exported by --json
-    series: dict = dataclasses.field(default_factory=dict)     # arrays for figures, not exported
-    tables: list[Table] = dataclasses.field(default_factory=list)
-    figures: list[Figure] = dataclasses.field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"title": self.title, "available": self.available, "missing": self.missing or None,
-                "notes": list(self.notes), "figures": [f.file for f in self.figures], **self.data}
-
-
-@dataclasses.dataclass
-class Report:
-    system: str
-    workload: str
-    home: str
-    settings: dict
-    sections: list[Section]
-    created_at: str = ""
-    tqsim_version: str = tqsim.__version__
-    out: str = ""
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    def section(self, key: str) -> Section:
-        return next(s for s in self.sections if s.key == key)
-
-    def as_dict(self) -> dict:
-        """The numbers of the report (the JSON contract's style, docs/design.md: stable keys, seconds as floats)."""
-        return {"system": self.system, "workload": self.workload, "home": self.home, "out": self.out or None,
-                "created_at": self.created_at, "tqsim_version": self.tqsim_version, "settings": self.settings,
-                "warnings": list(self.warnings),
-                "sections": {s.key: s.as_dict() for s in self.sections}}
-
-
-# ------------------------------------------------------------------------------------------------
-# formatting helpers (cells of tables)
-# ------------------------------------------------------------------------------------------------
-
-def fmt_pct(x: float | None) -> str:
-    return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
-
-
-def fmt_iv(m, lo, hi, f=fmt_pct) -> str:
-    return f"{f(m)} [{f(lo)}, {f(hi)}]"
-
-
-def _num(x, fmt: str = ".3g") -> str:
-    """A diagnostic value, or "–" when the sampler does not give it (ADVI)."""
-    try:
-        return format(float(x), fmt)
-    except (TypeError, ValueError):
-        return "–"
-
-
-def per_call(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:
-    """Latency of each forward call (one per batch) from per-instance latencies ``[..., instance]``."""
-    first = np.flatnonzero(np.r_[True, np.diff(np.asarray(batch)) != 0])
-    return np.asarray(latency_s)[..., first]
+from tqsim.factors import FACTORS, Config
+from tqsim.forecast import (INTERVAL, forecast, percentile_bands, simulate_calls, survival_band,
+                            tail_and_p99_bands)
+from tqsim.models import load
+from tqsim.models.fit import REFIT
+from tqsim.quality import (campaign_configs, check_tail_q, config_factors, latency_percentiles, no_deadline_quality,
+                           parse_threshold, parse_thresholds, quality_curves, quality_report, scoring_of,
+                           tail_and_p99)
+from tqsim.report.figures import draw_figures
+from tqsim.report.html import to_html
+from tqsim.report.markdown import to_markdown
+from tqsim.report.types import Report, Section, Table
+from tqsim.units import fmt_iv, fmt_num, fmt_pct, fmt_seconds, parse_duration
+from tqsim.validate import validate
+from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
+from tqsim.whatif.simulator import fixed_batch_capacity
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,10 +69,6 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
                  whatif_deadline: str | None = None, draws: int = 100, force: bool = False,
                  seed: int = 0) -> Report:
     """Assemble the report of ``<system>/<workload>`` (inputs are checked before anything is computed)."""
-    from tqsim.data.io import load_campaign
-    from tqsim.data.workspace import Workspace
-    from tqsim.quality import campaign_configs, check_tail_q, parse_thresholds
-
     check_tail_q(tail_q)
     ths = parse_thresholds(thresholds)
     if draws < 10:
@@ -155,8 +82,6 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
     sys_name = ws.resolve_system(system)
     wl = ws.resolve_workload(sys_name, workload)
     campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
-    from tqsim.quality import parse_threshold
-
     configs = sorted(campaign_configs(campaign), key=lambda ds: _config_of(ds))  # batch size, then threads, ...
     ctx = _Ctx(ws, sys_name, wl, campaign, configs, ths, tail_q, seed, draws,
                heat_threshold=ths[0] if thresholds else parse_threshold("p99"))
@@ -174,23 +99,18 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
             fit_section,
         ]
     settings = {"thresholds": [t.label for t in ths], "tail_q": tail_q, "draws": draws, "seed": seed,
-                "heldout": str(heldout) if heldout else None, "force": force, "interval": FORECAST_LEVEL}
+                "heldout": str(heldout) if heldout else None, "force": force, "interval": INTERVAL}
     warns = [ctx.fit_problem] if ctx.fm is not None and ctx.fit_problem else []
     return Report(system=sys_name, workload=wl, home=str(ws.home), settings=settings, sections=sections,
                   created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), warnings=warns)
 
 
 def default_out(home, system: str, workload: str) -> Path:
-    from tqsim.data.workspace import Workspace
-
     return Workspace.at(home).reports_dir() / system / workload
 
 
 def write_report(report: Report, out: str | Path, *, markdown: bool = True) -> Path:
     """Draw the figures into ``out`` and write ``index.html`` (and ``index.md``); returns the HTML path."""
-    from tqsim.report.figures import draw_figures
-    from tqsim.report.html import to_html
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder (it is created if missing).")
@@ -202,8 +122,6 @@ def write_report(report: Report, out: str | Path, *, markdown: bool = True) -> P
     draw_figures(report, out)
     path = to_html(report, out)
     if markdown:
-        from tqsim.report.markdown import to_markdown
-
         to_markdown(report, out)
     return path
 
@@ -218,9 +136,6 @@ def _cmd(ctx: _Ctx, text: str) -> str:
 
 def _fit_section(ctx: _Ctx, force: bool) -> Section:
     """Loads the fit into ``ctx`` (so later sections can forecast) and describes it."""
-    from tqsim.models import load
-    from tqsim.models.fit import REFIT
-
     sec = Section("model", "Fitted model",
                   intro="The Bayesian latency model behind every forecast: its sessions, sampler and convergence "
                         "diagnostics, and the posterior of its scalar parameters (ArviZ forest plot, 90% HDI).")
@@ -246,9 +161,9 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
             ["configurations / rounds", f"{d.get('n_configs')} / {d.get('n_rounds')}"],
             ["passes / calls", f"{d.get('n_passes')} / {d.get('n_batches_total')}"]]
     if d.get("rhat_max") is not None:
-        rows += [["r-hat max (≤ 1.01)", _num(d["rhat_max"], ".3f")],
-                 ["ESS bulk min (≥ 100)", _num(d.get("ess_bulk_min"), ".0f")],
-                 ["ESS tail min", _num(d.get("ess_tail_min"), ".0f")],
+        rows += [["r-hat max (≤ 1.01)", fmt_num(d["rhat_max"], ".3f")],
+                 ["ESS bulk min (≥ 100)", fmt_num(d.get("ess_bulk_min"), ".0f")],
+                 ["ESS tail min", fmt_num(d.get("ess_tail_min"), ".0f")],
                  ["divergences", str(d.get("divergences"))]]
     rows.append(["diagnostics", "passed" if fm.diagnostics_ok else "FAILED"])
     if d.get("note"):
@@ -261,7 +176,7 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
     if cal_ids - fit_ids:
         sec.notes.append(f"calibrated after the fit (not seen by it): {', '.join(sorted(cal_ids - fit_ids))}; "
                          f"refit with {_cmd(ctx, 'fit')}.")
-    what = (f"r-hat max {_num(d.get('rhat_max'))}, ESS bulk min {_num(d.get('ess_bulk_min'), '.0f')}, "
+    what = (f"r-hat max {fmt_num(d.get('rhat_max'))}, ESS bulk min {fmt_num(d.get('ess_bulk_min'), '.0f')}, "
             f"{d.get('divergences')} divergences")
     if fm.diagnostics_ok:
         ctx.fm = fm
@@ -278,8 +193,6 @@ def _fit_section(ctx: _Ctx, force: bool) -> Section:
 
 
 def _overview_section(ctx: _Ctx) -> Section:
-    from tqsim.quality import config_factors, latency_percentiles, no_deadline_quality, _scoring
-
     sec = Section("overview", "Calibration",
                   intro="What was measured: one row per configuration; latency percentiles pool every instance "
                         "of every pass (an instance gets its batch's latency).")
@@ -292,7 +205,7 @@ def _overview_section(ctx: _Ctx) -> Section:
     for ds in ctx.configs:
         lat = ds["latency_s"].transpose("pass", "instance").values
         pct = latency_percentiles(lat)
-        nd = no_deadline_quality(**_scoring(ds))
+        nd = no_deadline_quality(**scoring_of(ds))
         n_pass = int((~np.isnan(lat).all(axis=-1)).sum())
         data.append({"config_id": ds.attrs["config_id"], "config": config_factors(ds), "passes": n_pass,
                      "instances": int(lat.shape[1]), "latency_s": pct, "no_deadline": nd})
@@ -308,28 +221,7 @@ def _overview_section(ctx: _Ctx) -> Section:
     return sec
 
 
-def _forecast_calls(ctx: _Ctx, config, n_passes: int, seed: int, sessions: np.ndarray | None = None) -> np.ndarray:
-    """Per-call predictive latencies ``[draw, call]`` of one configuration; for passes of sessions the fit saw
-    (``sessions``), in those sessions' fitted machine state, so a calibrated configuration meets its own band."""
-    from tqsim.data.schema import batch_layout
-    from tqsim.drift import session_offsets_of
-    from tqsim.forecast import simulate_latency
-
-    offsets = None
-    if sessions is not None:
-        uniq = np.unique(sessions)
-        fitted = session_offsets_of(ctx.fm, uniq, n_draws=ctx.draws)
-        if fitted is not None:
-            offsets = fitted[:, np.searchsorted(uniq, sessions)]
-    lat, _ = simulate_latency(ctx.fm, config, n_passes=n_passes, n_draws=ctx.draws, seed=seed, session=offsets)
-    calls = per_call(lat, batch_layout(lat.shape[-1], config.batch_size))
-    return calls.reshape(calls.shape[0], -1)
-
-
 def _config_of(ds):
-    from tqsim.factors import Config
-    from tqsim.quality import config_factors
-
     return Config.from_mapping(config_factors(ds))
 
 
@@ -348,14 +240,15 @@ def _latency_section(ctx: _Ctx) -> Section:
         keep = ~np.isnan(lat).all(axis=-1)
         lat = lat[keep]
         sessions = ds["session"].values[keep].astype(np.int64) if "session" in ds else np.zeros(lat.shape[0], np.int64)
-        calls = np.sort(per_call(lat, ds["batch"].values).ravel())
+        calls = np.sort(call_latency(lat, ds["batch"].values).ravel())
         cfg = _config_of(ds)
         row = {"config_id": ds.attrs["config_id"], "calls": int(calls.size),
-               "observed_s": {f"p{p:g}": float(np.percentile(calls, p)) for p in (50, 99, 99.9)}}
+               "observed_s": latency_percentiles(calls, (50, 99, 99.9))}
         curve = {"config_id": ds.attrs["config_id"], "observed": calls}
         if ctx.fm is not None:
             try:
-                fc = _forecast_calls(ctx, cfg, lat.shape[0], ctx.seed + i, sessions)
+                fc = simulate_calls(ctx.fm, cfg, n_passes=lat.shape[0], n_draws=ctx.draws, seed=ctx.seed + i,
+                                    sessions=sessions)
             except UserError as exc:
                 sec.notes.append(f"{ds.attrs['config_id']}: no forecast ({exc})")
             else:
@@ -365,15 +258,9 @@ def _latency_section(ctx: _Ctx) -> Section:
                 lo_x = max(min(calls[0], float(np.quantile(fin, 0.001))), calls[0] / 100) * 0.9
                 hi_x = min(max(calls[-1], float(np.quantile(fin, 0.9999))), 100 * calls[-1]) * 1.1
                 grid = np.geomspace(lo_x, hi_x, 160)
-                srt = np.sort(fc, axis=1)
-                surv = 1.0 - np.stack([np.searchsorted(s, grid, side="right") for s in srt]) / srt.shape[1]
-                a = (1 - FORECAST_LEVEL) / 2
-                curve.update(grid=grid, lo=np.quantile(surv, a, axis=0), mid=np.quantile(surv, 0.5, axis=0),
-                             hi=np.quantile(surv, 1 - a, axis=0))
-                per_draw = {f"p{p:g}": np.percentile(fc, p, axis=1) for p in (50, 99, 99.9)}
-                row["forecast_s"] = {k: {"mean": float(v.mean()), "median": float(np.median(v)),
-                                         "lo": float(np.quantile(v, a)), "hi": float(np.quantile(v, 1 - a))}
-                                     for k, v in per_draw.items()}
+                lo, mid, hi = survival_band(fc, grid)
+                curve.update(grid=grid, lo=lo, mid=mid, hi=hi)
+                row["forecast_s"] = percentile_bands(fc, (50, 99, 99.9))
         curves.append(curve)
         data.append(row)
     outside = [r["config_id"] for r in data if "forecast_s" in r
@@ -404,8 +291,6 @@ def _latency_section(ctx: _Ctx) -> Section:
 
 
 def _quality_section(ctx: _Ctx) -> Section:
-    from tqsim.quality import quality_curves, quality_report
-
     sec = Section("quality", "Quality at a deadline (Q@T) versus threshold",
                   intro=f"Q@T of a pass counts every instance later than the deadline τ as wrong. Band: min–max "
                         f"of Q@T over the measured passes; line: mean; dotted verticals: the thresholds of the "
@@ -420,8 +305,6 @@ def _quality_section(ctx: _Ctx) -> Section:
     # one panel per level of a factor other than batch size (bands of different thread counts overlap)
     other = [f for f in _varying(ctx) if f != "batch_size"]
     if other:
-        from tqsim.quality import config_factors
-
         sec.series["groups"] = {ds.attrs["config_id"]: f"{other[0]}={config_factors(ds)[other[0]]}"
                                 for ds in ctx.configs}
     sec.series["marks"] = {c["config_id"]: [t["threshold_s"] for t in c["quality"]["thresholds"]]
@@ -438,17 +321,11 @@ def _quality_section(ctx: _Ctx) -> Section:
 
 
 def _varying(ctx: _Ctx) -> list[str]:
-    from tqsim.factors import FACTORS
-    from tqsim.quality import config_factors
-
     levels = {f: {config_factors(ds)[f] for ds in ctx.configs} for f in FACTORS}
     return [f for f in FACTORS if len(levels[f]) > 1]
 
 
 def _heatmap_section(ctx: _Ctx) -> Section:
-    from tqsim.forecast import forecast
-    from tqsim.quality import _scoring, config_factors, quality_at_deadline, tail_quality
-
     th = ctx.heat_threshold
     label = th.label
     which = ("a percentile of each configuration's own latency" if th.percentile is not None
@@ -490,20 +367,13 @@ def _heatmap_section(ctx: _Ctx) -> Section:
     for ds, c in zip(ctx.configs, facts):
         if any(c[f] != v for f, v in fixed.items()):
             continue
-        lat = ds["latency_s"].transpose("pass", "instance").values
-        lat = lat[~np.isnan(lat).all(axis=-1)]
-        tau = th.resolve(lat)
-        q = quality_at_deadline(lat, np.array([tau]), **_scoring(ds))[:, 0]
-        measured[(c[fx], c[fy])] = {"tail": float(tail_quality(q, ctx.tail_q)), "threshold_s": float(tau),
-                                    "p99_s": float(np.nanpercentile(lat, 99)), "source": "measured",
+        measured[(c[fx], c[fy])] = {**tail_and_p99(ds, th, ctx.tail_q), "source": "measured",
                                     "config_id": ds.attrs["config_id"]}
     cells, fc_notes = [], set()
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             cell = measured.get((x, y))
             if cell is None and ctx.fm is not None:
-                from tqsim.factors import Config
-
                 cfg = Config.from_mapping({**fixed, fx: x, fy: y})
                 try:
                     fc = forecast(ctx.fm, cfg, [th.text], n_passes=n_pass, n_draws=ctx.draws, tail_q=ctx.tail_q,
@@ -511,14 +381,7 @@ def _heatmap_section(ctx: _Ctx) -> Section:
                 except UserError as exc:
                     fc_notes.add(str(exc))
                 else:
-                    # posterior medians: robust to the rare absurd draw of a heavy-tailed residual
-                    a = (1 - FORECAST_LEVEL) / 2
-                    tq = tail_quality(np.moveaxis(fc.qat[:, :, 0], 1, -1), ctx.tail_q)
-                    p99 = np.percentile(fc.latency_s.reshape(fc.latency_s.shape[0], -1), 99, axis=1)
-                    cell = {"tail": float(np.median(tq)), "tail_lo": float(np.quantile(tq, a)),
-                            "tail_hi": float(np.quantile(tq, 1 - a)), "threshold_s": float(fc.thresholds_s[0]),
-                            "p99_s": float(np.median(p99)), "p99_lo_s": float(np.quantile(p99, a)),
-                            "p99_hi_s": float(np.quantile(p99, 1 - a)), "source": "forecast", "config_id": cfg.id}
+                    cell = {**tail_and_p99_bands(fc), "source": "forecast", "config_id": cfg.id}
                     fc_notes.update(w for w in fc.warnings if "DIAGNOSTICS" not in w)
             if cell is not None:
                 cells.append({fx: x, fy: y, **cell})
@@ -544,8 +407,6 @@ def _heatmap_section(ctx: _Ctx) -> Section:
 
 
 def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
-    from tqsim.validate import validate
-
     sec = Section("validation", "Validation against held-out runs",
                   intro="Forecasts of configurations measured apart from the calibration (never shown to the "
                         "fit), against what was observed: p99 latency and tail quality at the held-out run's "
@@ -582,8 +443,6 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
 
 
 def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Section:
-    from tqsim.data.serving_store import SERVING_FILE
-
     sec = Section("whatif", "What-if: serving under load",
                   intro="Simulated serving (Poisson arrivals, dynamic batcher, FIFO replicas) from the "
                         "calibrated forward times plus the serving calibration's overheads: tail quality over "
@@ -596,9 +455,6 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
                        "--whatif-rate 100,200,400 to simulate from forward times only, which under-predicts "
                        "latency under load).")
         return sec
-    from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
-    from tqsim.units import parse_duration
-
     src = WorkspaceInputs.open(ctx.ws.home, ctx.system, ctx.workload)
     precision = "fp32" if "fp32" in src.precisions() else src.precisions()[0]
     threads = src.threads()[0]
@@ -606,15 +462,12 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
     if not reps or min(reps) < 1:
         raise UserError(f"--whatif-replicas {replicas}: give positive integers, e.g. 1 or 1,2.")
     svc = src.service(threads, precision, reps[0])
-    rng = np.random.default_rng(ctx.seed)
-    one = svc.draw(rng)
-    k = np.full(2000, min(max_batch, max(src.batch_sizes(threads, precision) or [1])), dtype=int)
-    mean_s = float(np.mean(one.sample(k, rng)) + np.mean(one.extra_batch_s(k.size, rng)))
+    k = min(max_batch, max(src.batch_sizes(threads, precision) or [1]))
+    capacity, mean_s = fixed_batch_capacity(svc, k, reps[0], np.random.default_rng(ctx.seed))
     if rates is None:
-        capacity = reps[0] * k[0] / mean_s
         rates = ",".join(f"{capacity * f:.3g}" for f in (0.2, 0.4, 0.6, 0.8, 0.9))
         sec.notes.append(f"rates chosen at 20–90% of an estimated capacity of {capacity:.3g} requests/s "
-                         f"({reps[0]} replica(s), batches of {k[0]}); set them with --whatif-rate.")
+                         f"({reps[0]} replica(s), batches of {k}); set them with --whatif-rate.")
     if deadline is None:
         deadline_s = float(f"{10 * mean_s:.2g}")
         deadline = f"{deadline_s}"

@@ -10,21 +10,23 @@ import math
 import warnings
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
-from tqsim.plotting import plain_log_labels, save_figure
-from tqsim.report.build import Figure, Report
+matplotlib.use("Agg")
+import arviz as az  # noqa: E402  (it draws with matplotlib: import after choosing the file-only backend)
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import LogNorm, Normalize  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from tqsim.plotting import plain_log_labels, save_figure  # noqa: E402
+from tqsim.report.quality_plot import plot_quality_bands  # noqa: E402
+from tqsim.report.types import Figure, Report  # noqa: E402
+from tqsim.whatif.plot import plot_sweep  # noqa: E402
 
 DPI = 110
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _ms(x):
@@ -53,14 +55,11 @@ def latency_figure(sec, folder: Path, title: str) -> Figure | None:
     curves = sec.series.get("curves") or []
     if not curves:
         return None
-    plt = _plt()
     n = len(curves)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol + 0.6, 2.8 * nrow + 0.9), squeeze=False,
                              layout="constrained")  # own y range each: the tail reaches 1/calls
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     forecast_any = False
     for ax, c in zip(axes.flat, curves):
         obs = c["observed"]
@@ -98,8 +97,6 @@ def latency_figure(sec, folder: Path, title: str) -> Figure | None:
     for ax in axes.flat[max(0, n - ncol):n]:
         ax.set_xlabel("latency x (ms)", fontsize=9)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    from matplotlib.lines import Line2D
-
     handles += [Line2D([], [], color="0.4", ls=":", lw=0.8), Line2D([], [], color="0.4", ls="-.", lw=0.8)]
     labels += ["observed p50", "observed p99"]
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9, frameon=False)
@@ -114,8 +111,6 @@ def latency_figure(sec, folder: Path, title: str) -> Figure | None:
 
 def quality_figure(sec, folder: Path, title: str) -> list[Figure] | None:
     """:func:`plot_quality_bands` once per group of at most four configurations, so bands stay legible."""
-    from tqsim.report.quality_plot import plot_quality_bands
-
     curves = sec.series.get("curves") or []
     if not curves:
         return None
@@ -140,9 +135,6 @@ def heatmap_figure(sec, folder: Path, title: str) -> Figure | None:
     cells = d.get("cells") or []
     if not cells:
         return None
-    plt = _plt()
-    from matplotlib.patches import Rectangle
-
     fx, fy, xs, ys = d["x_factor"], d["y_factor"], d["x_levels"], d["y_levels"]
     tq = np.full((len(ys), len(xs)), np.nan)
     p99 = np.full_like(tq, np.nan)
@@ -150,8 +142,6 @@ def heatmap_figure(sec, folder: Path, title: str) -> Figure | None:
     for c in cells:
         i, j = ys.index(c[fy]), xs.index(c[fx])
         tq[i, j], p99[i, j], src[i, j] = c["tail"], c["p99_s"] * 1e3, c["source"]
-    from matplotlib.colors import LogNorm, Normalize
-
     w = max(7.0, 1.05 * len(xs) + 2.5)
     fig, axes = plt.subplots(2, 1, figsize=(w, 2 * (0.75 * len(ys) + 1.3) + 0.5), layout="constrained")
     meas = src == "measured"
@@ -204,7 +194,6 @@ def validation_figure(sec, folder: Path, title: str) -> Figure | None:
     rows = sec.data.get("configs") or []
     if not rows:
         return None
-    plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.3), constrained_layout=True)
     for k, r in enumerate(rows):
         color = f"C{k % 10}"
@@ -235,8 +224,6 @@ def validation_figure(sec, folder: Path, title: str) -> Figure | None:
 
 
 def whatif_figure(sec, folder: Path, title: str) -> Figure | None:
-    from tqsim.whatif.plot import plot_sweep
-
     if not sec.data.get("results"):
         return None
     path = plot_sweep(sec.data, folder / "whatif.png")
@@ -247,9 +234,6 @@ def model_figure(sec, folder: Path, title: str) -> Figure | None:
     fm = sec.series.get("fm")
     if fm is None:
         return None
-    import arviz as az
-
-    plt = _plt()
     post = fm.idata.posterior
     if "config_level" not in post:
         return None

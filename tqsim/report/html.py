@@ -7,7 +7,8 @@ import html
 import re
 from pathlib import Path
 
-from tqsim.report.build import Report, Section, Table
+from tqsim.data.io import write_text_atomic
+from tqsim.report.types import Report, Section, Table
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1200px;margin:2em auto;
@@ -83,7 +84,5 @@ def render_html(report: Report, out: Path) -> str:
 
 def to_html(report: Report, out: Path) -> Path:
     path = Path(out) / "index.html"
-    from tqsim.data.io import write_text_atomic
-
     write_text_atomic(path, render_html(report, Path(out)))
     return path

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqsim.report.build import Report, Table
+from tqsim.data.io import write_text_atomic
+from tqsim.report.types import Report, Table
 
 
 def _cell(s) -> str:
@@ -45,7 +46,5 @@ def render_markdown(report: Report) -> str:
 
 def to_markdown(report: Report, out: Path) -> Path:
     path = Path(out) / "index.md"
-    from tqsim.data.io import write_text_atomic
-
     write_text_atomic(path, render_markdown(report))
     return path

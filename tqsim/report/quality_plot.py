@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+from tqsim.plotting import plain_log_labels, save_figure  # noqa: E402
+
 
 def plot_quality_bands(curves: list[dict], path: Path, *, marks: dict[str, list[float]] | None = None,
                        title: str = "") -> Path:
     """One panel, one band per configuration; dotted verticals at each config's reported thresholds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tqsim.plotting import plain_log_labels, save_figure
-
     fig, ax = plt.subplots(figsize=(7.5, 4.5), constrained_layout=True)
     for i, c in enumerate(curves):
         color = f"C{i % 10}"

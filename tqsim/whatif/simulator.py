@@ -137,6 +137,16 @@ def capacity_rps(service: ServiceModel, setup: ServingSetup, n: int = 4000) -> f
     return float(setup.replicas * np.max(ks / mean))
 
 
+def fixed_batch_capacity(service: ServiceModel, batch_size: int, replicas: int, rng: np.random.Generator,
+                         n: int = 2000) -> tuple[float, float]:
+    """``(requests/s, mean seconds per batch)`` of replicas always serving batches of ``batch_size``, in one
+    draw of ``service`` (forward time plus per-batch overheads): a quick scale for rates and deadlines."""
+    one = service.draw(rng)
+    k = np.full(n, batch_size, dtype=int)
+    mean_s = float(np.mean(one.sample(k, rng)) + np.mean(one.extra_batch_s(k.size, rng)))
+    return replicas * batch_size / mean_s, mean_s
+
+
 def saturation_rps(service: ServiceModel, setup: ServingSetup, n: int = 40000, busy: float = 0.95,
                    seed: int = 0) -> float:
     """The arrival rate at which simulated replicas are ``busy`` (fraction) of the time.
