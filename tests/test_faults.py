@@ -26,9 +26,15 @@ from tests.conftest import ENV, ROOT, WORKLOAD
 REPEATS = int(os.environ.get("TQSIM_FAULT_REPEATS", "1"))
 
 
+def default_sigint() -> None:
+    """A background job of a non-interactive shell inherits SIGINT ignored (POSIX), and Python then keeps
+    ignoring it; a user's terminal delivers it, so the child gets the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tqsim_proc(*args, home: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tqsim", *args, "--home", str(home)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT, preexec_fn=default_sigint)
 
 
 def calibration_state(folder: Path) -> dict:
