@@ -87,7 +87,7 @@ def test_two_calibrations_at_once_the_second_is_refused_and_nothing_is_lost(tmp_
     second = subprocess.run([sys.executable, "-m", "tqsim", *CAL, "--home", str(tmp_path)], capture_output=True,
                             text=True, env=ENV, cwd=ROOT)
     assert second.returncode == 2 and "another calibration" in second.stderr and "pid" in second.stderr
-    assert first.wait(120) == 0
+    assert first.wait(600) == 0                                    # a loaded machine is slow, not wrong
     sub = next((tmp_path / "calibration").iterdir())
     state = calibration_state(next(sub.iterdir()))
     assert all(lat.shape[0] == 150 for lat, _ in state.values())
