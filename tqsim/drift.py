@@ -11,12 +11,14 @@ take these draws are *conditioned on the machine state* instead of drawing a fre
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.conditional import conditional
+from tqsim.quality import INTERVAL
 
 SE_FLOOR = 0.005
 LEGACY_SESSION = 0
@@ -71,9 +73,9 @@ def describe(delta: np.ndarray, fm) -> dict:
     inside the spread of sessions the model knows (measured with ≥ 2 sessions, else assumed)."""
     cond = conditional(fm, delta.shape[0])
     S = max(int(fm.summaries.sessions.size), 1)
-    band = 1.645 * float(np.median(cond.post["session_sd"])) * math.sqrt(1 + 1 / S)
+    band = NormalDist().inv_cdf((1 + INTERVAL) / 2) * float(np.median(cond.post["session_sd"])) * math.sqrt(1 + 1 / S)
     rel = np.exp(delta) - 1
-    lo, med, hi = (float(v) for v in np.quantile(rel, [0.05, 0.5, 0.95]))
+    lo, med, hi = (float(v) for v in np.quantile(rel, [(1 - INTERVAL) / 2, 0.5, (1 + INTERVAL) / 2]))
     inside = abs(float(np.median(delta))) <= band
     return {"relative_latency": {"median": med, "lo": lo, "hi": hi},
             "drift_band": [math.exp(-band) - 1, math.exp(band) - 1], "inside_drift": bool(inside),

@@ -24,11 +24,10 @@ from tqsim.factors import Config
 from tqsim.models.fit import REFIT, shortfall
 from tqsim.data.schema import batch_layout, call_latency
 from tqsim.models.store import FittedModel, quality_level_id
-from tqsim.quality import (Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
+from tqsim.quality import (INTERVAL, Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
                            tail_quality)
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
-INTERVAL = 0.9
 RESID_CAP = 8.0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import special, stats
 
 from tqsim.errors import UserError
+from tqsim.units import parse_duration
 
 
 def quality_at_deadline(latency_s: np.ndarray, thresholds_s: np.ndarray, *, correct: np.ndarray | None = None,
@@ -68,8 +69,7 @@ def no_deadline_quality(*, correct=None, prediction=None, label=None, metric: st
 # --------------------------------------------------------------------------------------------------
 
 DEFAULT_THRESHOLDS = ("p90", "p95", "p99")
-_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_ABS = re.compile(r"^([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|ms|us|µs|ns)?$")
+INTERVAL = 0.9  # the one interval level of every estimate tqsim prints (central, or an order-statistic bound)
 _PCT = re.compile(r"^p([0-9]*\.?[0-9]+)$")
 
 
@@ -106,13 +106,13 @@ def parse_threshold(text: str | float) -> Threshold:
         if not 0 < pct < 100:
             raise UserError(f"threshold '{raw}': a percentile must lie strictly between 0 and 100 (e.g. p99).")
         return Threshold(text=f"p{m.group(1)}", percentile=pct)
-    m = _ABS.match(low)
-    if not m:
+    try:
+        seconds = parse_duration(low, "threshold")
+    except UserError:
         if low.startswith("-"):
-            raise UserError(f"threshold '{raw}': a deadline must be positive; {hint}.")
-        raise UserError(f"threshold '{raw}' is not understood; {hint}.")
-    seconds = float(m.group(1)) * _UNITS[m.group(2) or ""]
-    if not (seconds > 0 and math.isfinite(seconds)):
+            raise UserError(f"threshold '{raw}': a deadline must be positive; {hint}.") from None
+        raise UserError(f"threshold '{raw}' is not understood; {hint}.") from None
+    if not seconds > 0:
         raise UserError(f"threshold '{raw}': a deadline must be positive; {hint}.")
     return Threshold(text=raw, seconds=seconds)
 
@@ -148,7 +148,7 @@ def tail_quality(qat: np.ndarray, q: float = 0.01, axis: int = -1) -> np.ndarray
     return np.nanquantile(np.asarray(qat, dtype=float), q, axis=axis, method="inverted_cdf")
 
 
-def order_statistic_interval(sorted_x: np.ndarray, q: float, level: float = 0.9,
+def order_statistic_interval(sorted_x: np.ndarray, q: float, level: float = INTERVAL,
                              floor: float = 0.0, ceiling: float = 1.0) -> tuple[float, float]:
     """Distribution-free interval for the q-quantile from order statistics (binomial coverage).
 
@@ -167,12 +167,12 @@ def order_statistic_interval(sorted_x: np.ndarray, q: float, level: float = 0.9,
     return float(lo), float(hi)
 
 
-def passes_for_tail_bound(q: float, level: float = 0.9) -> int:
+def passes_for_tail_bound(q: float, level: float = INTERVAL) -> int:
     """Passes needed before the q-quantile has any distribution-free lower bound: (1-q)^n <= (1-level)/2."""
     return int(math.ceil(math.log((1 - level) / 2) / math.log1p(-q)))
 
 
-def minimum_interval(sorted_x: np.ndarray, level: float = 0.9, floor: float = 0.0) -> tuple[float, float]:
+def minimum_interval(sorted_x: np.ndarray, level: float = INTERVAL, floor: float = 0.0) -> tuple[float, float]:
     """Distribution-free prediction interval for the minimum Q@T of *another* campaign of n passes.
 
     By exchangeability of 2n passes, P(new minimum >= x_(j)) = C(2n-j, n) / C(2n, n). For j = 1 that
@@ -191,7 +191,7 @@ def minimum_interval(sorted_x: np.ndarray, level: float = 0.9, floor: float = 0.
     return float(floor), float(hi)
 
 
-def bootstrap_interval(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], *, level: float = 0.9,
+def bootstrap_interval(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], *, level: float = INTERVAL,
                        n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap over passes, vectorised: ``stat`` reduces the last axis of (n_boot, n)."""
     x = np.asarray(x, dtype=float)
@@ -202,7 +202,7 @@ def bootstrap_interval(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], 
     return float(lo), float(hi)
 
 
-def summarize_qat(qat: np.ndarray, *, q: float = 0.01, level: float = 0.9, n_boot: int = 2000,
+def summarize_qat(qat: np.ndarray, *, q: float = 0.01, level: float = INTERVAL, n_boot: int = 2000,
                   seed: int = 0) -> dict[str, float]:
     """Mean, std, minimum and TQ_q of one (pass,) vector of Q@T, each with a 90% interval.
 
@@ -294,7 +294,7 @@ def config_factors(ds) -> dict:
 
 
 def quality_block(ds, thresholds: Sequence[str | Threshold] | None = None, *, tail_q: float = 0.01,
-                  level: float = 0.9, n_boot: int = 2000, seed: int = 0) -> dict:
+                  level: float = INTERVAL, n_boot: int = 2000, seed: int = 0) -> dict:
     """The ``quality`` JSON object (docs/design.md) for one configuration's dataset (dims pass, instance)."""
     check_tail_q(tail_q)
     ths = parse_thresholds(thresholds)

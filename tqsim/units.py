@@ -41,9 +41,9 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     return value
 
 
-def fmt_pct(x: float | None) -> str:
-    """A fraction as ``12.3%``; ``–`` when there is no (finite) value."""
-    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+def fmt_pct(x: float | None, symbol: bool = True) -> str:
+    """A fraction as ``12.3%`` (``12.3`` under a column already headed %); ``–`` when there is no finite value."""
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}{'%' if symbol else ''}"
 
 
 def fmt_iv(m, lo, hi, f: Callable[[float | None], str] = fmt_pct) -> str:

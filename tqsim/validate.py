@@ -20,7 +20,7 @@ from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.forecast import PERCENTILES, forecast
 from tqsim.models.store import FittedModel
-from tqsim.quality import quality_at_deadline, tail_quality
+from tqsim.quality import INTERVAL, quality_at_deadline, tail_quality
 
 N_BINS = 120
 
@@ -57,7 +57,7 @@ def _score(fc, obs: np.ndarray, ds, t_obs: dict, tail_q: float, rng: np.random.G
             continue
         o = float(np.percentile(obs, p))
         per_draw = np.percentile(flat, p, axis=1)
-        lo, hi = np.quantile(per_draw, [0.05, 0.95])
+        lo, hi = np.quantile(per_draw, [(1 - INTERVAL) / 2, (1 + INTERVAL) / 2])
         pred = float(np.median(per_draw))
         row["latency_s"][name] = {"observed": o, "predicted": pred, "mean": float(per_draw.mean()), "lo": float(lo),
                                   "hi": float(hi), "rel_error": (pred - o) / o, "inside": bool(lo <= o <= hi)}

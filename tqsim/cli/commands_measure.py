@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app
-from tqsim.cli.common import Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
 
 
 @app.command()

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app
-from tqsim.cli.common import Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
+                              fmt_seconds)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 

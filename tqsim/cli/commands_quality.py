@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app
-from tqsim.cli.common import (Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, check_plot_path, console,
+from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, check_plot_path, console,
                               emit_json, fmt_seconds)
+from tqsim.units import fmt_pct as pct
 
 
 
@@ -72,10 +72,6 @@ def quality(
     _render(report, plot)
 
 
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
-
-
 def _render(report: dict, plot: Path | None) -> None:
     from rich.table import Table
 
@@ -83,7 +79,7 @@ def _render(report: dict, plot: Path | None) -> None:
     for c in report["configs"]:
         q = c["quality"]
         lat = c["latency_s"]
-        title = (f"{c['config_id']} · {c['passes']} passes · {q['metric']} without deadline {_pct(q['no_deadline'])} % · "
+        title = (f"{c['config_id']} · {c['passes']} passes · {q['metric']} without deadline {pct(q['no_deadline'])} · "
                  f"latency p50 {fmt_seconds(lat['p50'])}, p99 {fmt_seconds(lat['p99'])}, "
                  f"p99.9 {fmt_seconds(lat['p99.9'])}")
         tq = f"TQ_{q['thresholds'][0]['tail_q']:g}" if q["thresholds"] else "TQ"
@@ -91,10 +87,10 @@ def _render(report: dict, plot: Path | None) -> None:
                       title=title, title_justify="left")
         for t in q["thresholds"]:
             table.add_row(t["threshold"], fmt_seconds(t["threshold_s"]),
-                          f"{_pct(t['mean'])} [{_pct(t['mean_lo'])}, {_pct(t['mean_hi'])}]",
-                          f"{_pct(t['tail'])} [{_pct(t['tail_lo'])}, {_pct(t['tail_hi'])}]",
-                          f"{_pct(t['min'])} [{_pct(t['min_lo'])}, {_pct(t['min_hi'])}]",
-                          f"{_pct(t['std'])}", f"{_pct(t['late_fraction'])} %")
+                          f"{pct(t['mean'])} [{pct(t['mean_lo'])}, {pct(t['mean_hi'])}]",
+                          f"{pct(t['tail'])} [{pct(t['tail_lo'])}, {pct(t['tail_hi'])}]",
+                          f"{pct(t['min'])} [{pct(t['min_lo'])}, {pct(t['min_hi'])}]",
+                          f"{pct(t['std'])}", pct(t['late_fraction']))
         out.print(table)
         ml = c["mlperf"]
         parts = []

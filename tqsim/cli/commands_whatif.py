@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app
-from tqsim.cli.common import (Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, emit_json,
+from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, emit_json,
                               fmt_seconds)
 
 ServiceOpt = Annotated[str, typer.Option(

@@ -91,6 +91,12 @@ def batch_starts(batch: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, np.diff(batch) != 0])
 
 
+def batch_numbers(batch: np.ndarray) -> np.ndarray:
+    """Batch number 0..B-1 of each instance."""
+    batch = np.asarray(batch)
+    return np.cumsum(np.r_[0, np.diff(batch) != 0])
+
+
 def call_latency(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:
     """Latency of each forward call (one per batch) from per-instance latencies ``[..., instance]``."""
     return np.asarray(latency_s)[..., batch_starts(batch)]

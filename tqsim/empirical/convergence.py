@@ -11,6 +11,8 @@ from collections import deque
 
 import numpy as np
 
+from tqsim.data.schema import batch_numbers
+
 BIN_WIDTH = 0.005
 WINDOW = 10
 EPSILON = 0.05
@@ -124,7 +126,7 @@ def qat_rjsd(batch_latency_s: np.ndarray, batch: np.ndarray, *, correct=None, pr
 
     lat = np.asarray(batch_latency_s, dtype=float)
     batch = np.asarray(batch)
-    b_of = np.cumsum(np.r_[0, np.diff(batch) != 0])  # batch number of each instance
+    b_of = batch_numbers(batch)
     taus = np.percentile(lat[:, b_of], percentiles)  # per-instance latencies, as Threshold.resolve
     scorer = BatchScorer(batch, correct=correct, prediction=prediction, label=label, metric=metric)
     return rjsd_series(qat_from_batches(lat, taus, scorer), window, bin_width)

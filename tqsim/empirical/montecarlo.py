@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from tqsim.data.schema import batch_numbers, batch_starts
 from tqsim.empirical.kde import make_sampler
 
 
 def batch_index(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first instance of each batch, batch number 0..B-1 of each instance) from ``batch[instance]``."""
-    batch = np.asarray(batch)
-    first = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
-    return first, np.cumsum(np.r_[False, np.diff(batch) != 0])
+    return batch_starts(batch), batch_numbers(batch)
 
 
 def batch_latencies(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:

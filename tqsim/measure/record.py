@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from tqsim import __version__
-from tqsim.data.schema import SCHEMA_VERSION
+from tqsim.data.schema import SCHEMA_VERSION, batch_starts
 from tqsim.factors import FACTORS, Config
 
 
@@ -110,7 +110,7 @@ class ConfigRecord:
     def from_dataset(cls, ds: xr.Dataset) -> "ConfigRecord":
         """Rebuild the record from its file, so a resumed campaign appends to exactly what is on disk."""
         b = ds["batch"].values.astype(np.int64)
-        first = np.flatnonzero(np.r_[True, np.diff(b) != 0])
+        first = batch_starts(b)
         attrs = dict(ds.attrs)
         config = Config.from_mapping({f: attrs[f] for f in FACTORS})
         known = {"workload", "system", "fingerprint", "quality_metric", "tqsim_version", "created_at", "units",

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from tqsim.data.schema import batch_starts
 from tqsim.errors import UserError
 from tqsim.whatif.overheads import load_overheads
 from tqsim.whatif.service import EmpiricalService, ForecastService, ServiceModel, WithOverheads
@@ -133,7 +134,7 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
             lat, _ = simulate_latency(fitted, Config(batch_size=batch_size, threads=threads, precision=precision),
                                       n_passes=n_passes, n_draws=n_draws, seed=batch_size * 1000 + threads)
             batch = batch_layout(lat.shape[-1], batch_size)
-            first = np.flatnonzero(np.r_[True, np.diff(batch) != 0])
+            first = batch_starts(batch)
             sizes = np.diff(np.r_[first, batch.size])
             keep = first[1:][sizes[1:] == batch_size] if first.size > 2 else first
             pool = lat[:, :, keep].reshape(lat.shape[0], -1)

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from tqsim.errors import UserError
+from tqsim.quality import INTERVAL
 from tqsim.whatif.service import ServiceModel
 
 try:  # numba is optional: ~100x faster loop
@@ -297,7 +298,7 @@ class WhatIf:
 def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequence[float],
              rate_rps: float | None = None, arrivals_s: np.ndarray | None = None,
              correct: np.ndarray | None = None, n_windows: int = 100, draws: int = 40,
-             tail_q: float = 0.01, interval: float = 0.9, seed: int = 0, samples: str = "replay") -> WhatIf:
+             tail_q: float = 0.01, interval: float = INTERVAL, seed: int = 0, samples: str = "replay") -> WhatIf:
     """Serve Poisson arrivals at ``rate_rps`` (or the replayed ``arrivals_s``) over ``draws`` draws.
 
     The evaluation set's ``correct`` vector is replayed in arrival order; each window of

@@ -12,12 +12,13 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from tqsim.data.io import replacing
 
 RECIPE_VERSION = 1
 
@@ -49,16 +50,8 @@ def state_digest(model: torch.nn.Module) -> str:
 
 
 def _atomic_save(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def fit(model: torch.nn.Module, batch_args: Callable[[np.ndarray], tuple], labels: np.ndarray, *,
