@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json
+from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, split_list
 
 
 @app.command()
@@ -51,7 +51,7 @@ def check(
     fitted = [parse_config_id(c["id"]) for c in fm.configs]
     if anchor:
         chosen = []
-        for text in anchor:
+        for text in split_list(anchor):
             cfg = parse_config_id(text)
             if cfg.id not in {c.id for c in fitted}:
                 raise UserError(f"--anchor {text}: not a calibrated configuration of the fit; choose one of "

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
-                              fmt_seconds)
+                              fmt_seconds, split_list)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 
@@ -116,8 +116,8 @@ def predict(
         last = load_checks(ws, sys_name, wl)[-1]
         session = anchor_offsets(fm, _anchors(last), n_draws=draws, seed=seed)
         note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
-    fc = forecast(fm, config, thresholds, n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed, force=force,
-                  session=session, session_note=note)
+    fc = forecast(fm, config, split_list(thresholds), n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed,
+                  force=force, session=session, session_note=note)
     r = fc.result
     if json_out:
         emit_json(r)

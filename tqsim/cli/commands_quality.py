@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, check_plot_path, console,
-                              emit_json, fmt_seconds)
+                              emit_json, fmt_seconds, split_list)
 from tqsim.units import fmt_pct as pct
 
 
@@ -56,7 +56,7 @@ def quality(
     from tqsim.quality import check_tail_q, parse_thresholds, quality_curves, quality_report
 
     check_tail_q(tail_q)
-    ths = parse_thresholds(threshold)
+    ths = parse_thresholds(split_list(threshold))
     check_plot_path(plot)
     campaign = _load(home, system, workload, files)
     report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json
+from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json, numbers,
+                              split_list, steps)
+from tqsim.units import parse_duration
 
 
 @app.command()
@@ -19,10 +21,11 @@ def report(
     tail_q: Annotated[float, typer.Option("--tail-q", help="Tail quantile q of TQ_q (0 < q < 1).")] = 0.01,
     heldout: Annotated[Optional[Path], typer.Option("--heldout", help="Workspace of held-out runs (or a folder of "
                                                     "their files): adds the validation section (needs a fit).")] = None,
-    whatif_rate: Annotated[Optional[str], typer.Option("--whatif-rate", help="Arrival rates for the what-if "
+    whatif_rate: Annotated[Optional[list[str]], typer.Option("--whatif-rate", help="Arrival rates for the what-if "
                                                        "curves, e.g. 100,200,400 (default: 20–90% of the estimated "
                                                        "capacity, when a serving calibration exists).")] = None,
-    whatif_replicas: Annotated[str, typer.Option("--whatif-replicas", help="Replicas, e.g. 1 or 1,2.")] = "1",
+    whatif_replicas: Annotated[Optional[list[str]], typer.Option(
+        "--whatif-replicas", help="Replicas, e.g. 1 or 1,2.")] = None,
     whatif_max_batch: Annotated[int, typer.Option("--whatif-max-batch", help="Largest batch of the simulated "
                                                   "batcher.")] = 1,
     whatif_deadline: Annotated[Optional[str], typer.Option("--whatif-deadline", help="Deadline from arrival, e.g. "
@@ -41,10 +44,15 @@ def report(
     """
     from tqsim.report.build import build_report, default_out, write_report
 
-    rep = build_report(home=home, system=system, workload=workload, thresholds=threshold, tail_q=tail_q,
-                       heldout=heldout, whatif_rates=whatif_rate, whatif_replicas=whatif_replicas,
-                       whatif_max_batch=whatif_max_batch, whatif_deadline=whatif_deadline, draws=draws,
-                       force=force, seed=seed or 0)
+    with steps("report", enabled=not json_out) as progress:
+        rep = build_report(home=home, system=system, workload=workload, thresholds=split_list(threshold),
+                           tail_q=tail_q, heldout=heldout,
+                           whatif_rates=numbers(whatif_rate, "whatif-rate") if whatif_rate else None,
+                           whatif_replicas=numbers(whatif_replicas or ["1"], "whatif-replicas", int),
+                           whatif_max_batch=whatif_max_batch,
+                           whatif_deadline_s=parse_duration(whatif_deadline, "whatif-deadline")
+                           if whatif_deadline is not None else None,
+                           draws=draws, force=force, seed=seed or 0, progress=progress)
     path = write_report(rep, out if out is not None else default_out(home, rep.system, rep.workload),
                         markdown=markdown)
     if json_out:

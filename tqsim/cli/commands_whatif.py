@@ -7,13 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, emit_json,
-                              fmt_seconds)
+from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, durations,
+                              emit_json, fmt_seconds, numbers, split_list, steps)
+from tqsim.units import parse_duration
 
 ServiceOpt = Annotated[str, typer.Option(
     "--service", help="Forward times from: empirical (the calibration, no fit needed) or forecast (the fitted "
                       "Bayesian model: batch sizes and threads never calibrated).")]
-Rates = Annotated[str, typer.Option("--rate", help="Arrival rate in requests/s; a comma list sweeps, e.g. 100,200,400.")]
+Rates = Annotated[Optional[list[str]], typer.Option(
+    "--rate", help="Arrival rate in requests/s; a comma list or repeated option sweeps, e.g. 100,200,400.")]
 
 
 def _iv(d: dict, seconds: bool = False) -> str:
@@ -25,14 +27,14 @@ def _iv(d: dict, seconds: bool = False) -> str:
 
 @app.command()
 def whatif(
-    rate: Rates = "300",
-    replicas: Annotated[str, typer.Option("--replicas", help="Replicas; a comma list sweeps.")] = "1",
+    rate: Rates = None,
+    replicas: Annotated[Optional[list[str]], typer.Option("--replicas", help="Replicas; a list sweeps, e.g. 1,2.")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Threads per replica.")] = 1,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch the batcher forms.")] = 1,
     max_wait: Annotated[str, typer.Option("--max-wait", help="How long the oldest request may wait for a batch "
                                                              "to fill, e.g. 2ms (0: take what is queued).")] = "0",
     threshold: Annotated[Optional[list[str]], typer.Option(
-        "--threshold", "-t", help="Deadline from arrival, e.g. 20ms. Repeatable.")] = None,
+        "--threshold", "-t", help="Deadline from arrival, e.g. 20ms; a list gives one table row each.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="Replica precision (default fp32).")] = None,
     trace: Annotated[Optional[Path], typer.Option("--trace", help="Replay arrivals: one timestamp (s) a line.")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Draws of the service model (each a whole run).")] = 40,
@@ -49,10 +51,14 @@ def whatif(
     from tqsim.whatif.inputs import whatif_sweep
 
     check_plot_path(plot)
-    out = whatif_sweep(home=home, system=system, workload=workload, rates=rate, replicas=replicas, threads=threads,
-                       max_batch=max_batch, max_wait=max_wait, thresholds=threshold or [], precision=precision,
-                       trace=trace, draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
-                       service=service, seed=seed or 0)
+    with steps("what-if", enabled=not json_out) as progress:
+        sweep = whatif_sweep(home=home, system=system, workload=workload, rates=numbers(rate or ["300"], "rate"),
+                             replicas=numbers(replicas or ["1"], "replicas", int), threads=threads,
+                             max_batch=max_batch, max_wait_s=parse_duration(max_wait, "max-wait"),
+                             thresholds_s=durations(threshold, "threshold"), precision=precision, trace=trace,
+                             draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
+                             service=service, seed=seed or 0, progress=progress)
+    out = sweep.as_dict()
     if plot is not None:
         from tqsim.whatif.plot import plot_sweep
 
@@ -91,9 +97,12 @@ def plan(
     rate: Annotated[float, typer.Option("--rate", help="Arrival rate to plan for (requests/s).")],
     cores: Annotated[int, typer.Option("--cores", help="Core budget: replicas × threads ≤ cores.")],
     confidence: Annotated[float, typer.Option("--confidence", help="Required probability of meeting it.")] = 0.9,
-    max_batch: Annotated[Optional[str], typer.Option("--max-batch", help="Batch limits to try (default 1,2,4,8,16,32).")] = None,
-    max_wait: Annotated[Optional[str], typer.Option("--max-wait", help="Waits to try (default 0,0.5ms,1ms,2ms,5ms).")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Precisions to try (default: calibrated).")] = None,
+    max_batch: Annotated[Optional[list[str]], typer.Option(
+        "--max-batch", help="Batch limits to try (default 1,2,4,8,16,32).")] = None,
+    max_wait: Annotated[Optional[list[str]], typer.Option(
+        "--max-wait", help="Waits to try (default 0,0.5ms,1ms,2ms,5ms).")] = None,
+    precision: Annotated[Optional[list[str]], typer.Option(
+        "--precision", help="Precisions to try (default: calibrated).")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Draws for the refined candidates.")] = 30,
     no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration.")] = False,
     service: ServiceOpt = "empirical",
@@ -102,13 +111,18 @@ def plan(
 ) -> None:
     """The cheapest serving set-up (fewest cores) that meets an objective with probability ≥ confidence."""
     from tqsim.whatif.inputs import plan_from_workspace
+    from tqsim.whatif.objective import parse_objective
 
-    result, notes = plan_from_workspace(objective, rate, cores, home=home, system=system, workload=workload,
-                                        confidence=confidence, max_batches=max_batch, max_waits=max_wait,
-                                        precisions=precision, draws=draws, overheads=not no_overheads,
-                                        service=service, seed=seed or 0)
+    goal = parse_objective(objective)
+    with steps("plan", enabled=not json_out) as progress:
+        result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
+                                     confidence=confidence, max_batches=numbers(max_batch, "max-batch", int),
+                                     max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision),
+                                     draws=draws, overheads=not no_overheads, service=service, seed=seed or 0,
+                                     progress=progress)
+    notes = result.notes
     if json_out:
-        emit_json(dict(result.as_dict(), notes=notes))
+        emit_json(result.as_dict())
         return
     c = console()
     head = f"objective {result.objective.text} at {rate:g} requests/s on {cores} cores, confidence {confidence:g}"

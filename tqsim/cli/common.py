@@ -3,6 +3,7 @@ stdout, or rich tables."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -44,7 +45,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 Thresholds = Annotated[Optional[list[str]], typer.Option(
-    "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency). Repeatable.")]
+    "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency); a list, "
+                            "e.g. 5ms,p99, or repeated.")]
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -88,3 +90,42 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     return Console(stderr=stderr)
+
+
+def split_list(values: list[str] | str | None) -> list[str]:
+    """Every list option takes both forms: repeated (``--rate 100 --rate 200``) and comma lists (``--rate 100,200``)."""
+    items = [values] if isinstance(values, str) else list(values or [])
+    return [part.strip() for v in items for part in str(v).split(",") if part.strip()]
+
+
+def numbers(values: list[str] | str | None, what: str, cast=float) -> list:
+    """A list option's numbers, parsed once here so that the computations receive numbers, never text."""
+    from tqsim.errors import UserError
+
+    out = []
+    for part in split_list(values):
+        try:
+            out.append(cast(part))
+        except ValueError:
+            raise UserError(f"{what} '{part}' is not a number; give e.g. 300 or 100,200,400.") from None
+    return out
+
+
+def durations(values: list[str] | str | None, what: str) -> list[float]:
+    from tqsim.units import parse_duration
+
+    return [parse_duration(v, what) for v in split_list(values)]
+
+
+@contextlib.contextmanager
+def steps(what: str, enabled: bool = True):
+    """A transient progress line on stderr for work longer than a couple of seconds; yields the callback a
+    computation calls with a description at each step (``None`` when disabled, e.g. under ``--json``)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda description: bar.update(task, advance=1, description=f"{what}: {description}")

@@ -16,7 +16,7 @@ import datetime as _dt
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from tqsim.report.figures import draw_figures
 from tqsim.report.html import to_html
 from tqsim.report.markdown import to_markdown
 from tqsim.report.types import Report, Section, Table
-from tqsim.units import fmt_iv, fmt_num, fmt_pct, fmt_seconds, parse_duration
+from tqsim.units import fmt_iv, fmt_num, fmt_pct, fmt_seconds
 from tqsim.validate import validate
 from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
 from tqsim.whatif.simulator import fixed_batch_capacity
@@ -65,10 +65,11 @@ class _Ctx:
 
 def build_report(*, home=None, system: str | None = None, workload: str | None = None,
                  thresholds: Sequence[str] | None = None, tail_q: float = 0.01, heldout: str | Path | None = None,
-                 whatif_rates: str | None = None, whatif_replicas: str = "1", whatif_max_batch: int = 1,
-                 whatif_deadline: str | None = None, draws: int = 100, force: bool = False,
-                 seed: int = 0) -> Report:
-    """Assemble the report of ``<system>/<workload>`` (inputs are checked before anything is computed)."""
+                 whatif_rates: Sequence[float] | None = None, whatif_replicas: Sequence[int] = (1,),
+                 whatif_max_batch: int = 1, whatif_deadline_s: float | None = None, draws: int = 100,
+                 force: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None) -> Report:
+    """Assemble the report of ``<system>/<workload>`` (inputs are checked before anything is computed);
+    ``progress`` is called with each section's name as it starts."""
     check_tail_q(tail_q)
     ths = parse_thresholds(thresholds)
     if draws < 10:
@@ -78,6 +79,8 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
                         "`tqsim calibrate --home OTHER_DIR` and pass --heldout OTHER_DIR.")
     if whatif_max_batch < 1:
         raise UserError(f"--whatif-max-batch {whatif_max_batch}: must be ≥ 1.")
+    if not whatif_replicas or min(whatif_replicas) < 1:
+        raise UserError(f"--whatif-replicas {list(whatif_replicas)}: give positive integers, e.g. 1 or 1,2.")
     ws = Workspace.at(home)
     sys_name = ws.resolve_system(system)
     wl = ws.resolve_workload(sys_name, workload)
@@ -88,16 +91,18 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
     # heavy-tailed posterior draws can overflow exp(); the sections report that themselves
     with np.errstate(over="ignore", under="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        fit_section = _fit_section(ctx, force)
-        sections = [
-            _overview_section(ctx),
-            _latency_section(ctx),
-            _quality_section(ctx),
-            _heatmap_section(ctx),
-            _validation_section(ctx, heldout, force),
-            _whatif_section(ctx, whatif_rates, whatif_replicas, whatif_max_batch, whatif_deadline),
-            fit_section,
-        ]
+        builders = [("fit", lambda: _fit_section(ctx, force)), ("overview", lambda: _overview_section(ctx)),
+                    ("latency", lambda: _latency_section(ctx)), ("quality", lambda: _quality_section(ctx)),
+                    ("heatmap", lambda: _heatmap_section(ctx)),
+                    ("validation", lambda: _validation_section(ctx, heldout, force)),
+                    ("what-if", lambda: _whatif_section(ctx, whatif_rates, list(whatif_replicas), whatif_max_batch,
+                                                        whatif_deadline_s))]
+        built = {}
+        for name, build in builders:           # the fit first: the other sections read its model
+            if progress:
+                progress(name)
+            built[name] = build()
+        sections = [built[n] for n in ("overview", "latency", "quality", "heatmap", "validation", "what-if", "fit")]
     settings = {"thresholds": [t.label for t in ths], "tail_q": tail_q, "draws": draws, "seed": seed,
                 "heldout": str(heldout) if heldout else None, "force": force, "interval": INTERVAL}
     warns = [ctx.fit_problem] if ctx.fm is not None and ctx.fit_problem else []
@@ -442,7 +447,8 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
     return sec
 
 
-def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Section:
+def _whatif_section(ctx: _Ctx, rates: list[float] | None, reps: list[int], max_batch: int,
+                    deadline_s: float | None) -> Section:
     sec = Section("whatif", "What-if: serving under load",
                   intro="Simulated serving (Poisson arrivals, dynamic batcher, FIFO replicas) from the "
                         "calibrated forward times plus the serving calibration's overheads: tail quality over "
@@ -458,24 +464,19 @@ def _whatif_section(ctx: _Ctx, rates, replicas, max_batch: int, deadline) -> Sec
     src = WorkspaceInputs.open(ctx.ws.home, ctx.system, ctx.workload)
     precision = "fp32" if "fp32" in src.precisions() else src.precisions()[0]
     threads = src.threads()[0]
-    reps = [int(r) for r in str(replicas).split(",") if r.strip()]
-    if not reps or min(reps) < 1:
-        raise UserError(f"--whatif-replicas {replicas}: give positive integers, e.g. 1 or 1,2.")
     svc = src.service(threads, precision, reps[0])
     k = min(max_batch, max(src.batch_sizes(threads, precision) or [1]))
     capacity, mean_s = fixed_batch_capacity(svc, k, reps[0], np.random.default_rng(ctx.seed))
     if rates is None:
-        rates = ",".join(f"{capacity * f:.3g}" for f in (0.2, 0.4, 0.6, 0.8, 0.9))
+        rates = [float(f"{capacity * f:.3g}") for f in (0.2, 0.4, 0.6, 0.8, 0.9)]
         sec.notes.append(f"rates chosen at 20–90% of an estimated capacity of {capacity:.3g} requests/s "
                          f"({reps[0]} replica(s), batches of {k}); set them with --whatif-rate.")
-    if deadline is None:
+    if deadline_s is None:
         deadline_s = float(f"{10 * mean_s:.2g}")
-        deadline = f"{deadline_s}"
         sec.notes.append(f"deadline {fmt_seconds(deadline_s)} = 10× the mean service time; set it with --whatif-deadline.")
-    parse_duration(deadline, "whatif-deadline")
-    out = whatif_sweep(home=ctx.ws.home, system=ctx.system, workload=ctx.workload, rates=rates, replicas=replicas,
-                       threads=threads, max_batch=max_batch, max_wait="0", thresholds=[deadline],
-                       precision=precision, draws=20, windows=30, tail_q=ctx.tail_q, seed=ctx.seed)
+    out = whatif_sweep(home=ctx.ws.home, system=ctx.system, workload=ctx.workload, rates=rates, replicas=reps,
+                       threads=threads, max_batch=max_batch, max_wait_s=0.0, thresholds_s=[deadline_s],
+                       precision=precision, draws=20, windows=30, tail_q=ctx.tail_q, seed=ctx.seed).as_dict()
     sec.notes += out["notes"]
     sec.data = out
     rows = []

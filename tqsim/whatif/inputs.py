@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from tqsim.data.schema import batch_starts
 from tqsim.errors import UserError
+from tqsim.quality import INTERVAL
+from tqsim.whatif.objective import Objective
 from tqsim.whatif.overheads import load_overheads
 from tqsim.whatif.service import EmpiricalService, ForecastService, ServiceModel, WithOverheads
 
@@ -151,42 +153,47 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
     return draw_batch_latency
 
 
-def _list(values, what: str, cast=float) -> list:
-    out = []
-    for v in values if isinstance(values, (list, tuple)) else [values]:
-        for part in str(v).split(","):
-            if part.strip():
-                try:
-                    out.append(cast(part))
-                except ValueError:
-                    raise UserError(f"{what} '{part}' is not a number; give e.g. 300 or 100,200,400.") from None
-    if not out:
-        raise UserError(f"give at least one {what}.")
-    return out
-
-
 def _open(home, system, workload, overheads, forecast, service) -> WorkspaceInputs:
     if service not in ("empirical", "forecast"):
         raise UserError(f"--service {service}: choose empirical (calibrated times, no fit) or forecast (fitted model).")
     return WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast, service=service)
 
 
-def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replicas=(1,), threads: int = 1,
-                 max_batch: int = 1, max_wait="0", thresholds=("20ms",), precision: str | None = None,
-                 trace=None, draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
-                 forecast=None, service: str = "empirical", seed: int = 0) -> dict:
-    """The ``tqsim whatif`` computation: one ``whatif`` JSON result (docs/design.md) per (rate, replicas, threshold)."""
-    from tqsim.units import parse_duration
+@dataclasses.dataclass
+class Sweep:
+    """What `tqsim whatif` computed: one ``whatif`` result (docs/design.md) per (rate, replicas, threshold)."""
+
+    system: str
+    workload: str
+    service_model: str
+    results: list[dict]
+    notes: list[str]
+
+    def as_dict(self) -> dict:
+        return {"system": self.system, "workload": self.workload, "interval": INTERVAL, "notes": self.notes,
+                "service_model": self.service_model, "results": self.results}
+
+
+def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float] = (300.0,),
+                 replicas: Sequence[int] = (1,), threads: int = 1, max_batch: int = 1, max_wait_s: float = 0.0,
+                 thresholds_s: Sequence[float] = (0.02,), precision: str | None = None, trace=None, draws: int = 40,
+                 windows: int = 100, tail_q: float = 0.01, overheads: bool = True, forecast=None,
+                 service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None) -> Sweep:
+    """The ``tqsim whatif`` computation over every (replicas, rate); seconds and numbers in, a :class:`Sweep` out."""
     from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
 
-    rate_list = _list(rates, "rate") if trace is None else [None]
-    rep_list = _list(replicas, "replicas", int)
-    thr = [parse_duration(t, "threshold") for t in (thresholds or [])]
+    rate_list = list(rates) if trace is None else [None]
+    rep_list = [int(r) for r in replicas]
+    thr = [float(t) for t in thresholds_s]
+    if not rate_list:
+        raise UserError("give at least one rate, e.g. --rate 300 or --rate 100,200,400.")
+    if not rep_list or min(rep_list) < 1:
+        raise UserError(f"replicas {rep_list}: give whole numbers ≥ 1, e.g. --replicas 1,2.")
     if not thr:
         raise UserError("give a deadline with --threshold, e.g. --threshold 20ms.")
     if not 0 < tail_q < 1:
         raise UserError(f"tail-q={tail_q}: must lie strictly between 0 and 1.")
-    wait = parse_duration(max_wait, "max-wait")
+    wait = float(max_wait_s)
     for r in rate_list:
         if r is not None and not r > 0:
             raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
@@ -204,6 +211,8 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
             raise UserError(f"threshold {min(thr) * 1e3:g} ms is below the fastest possible service time "
                             f"({fastest * 1e3:.3g} ms for one request on an idle replica): every request misses.")
         for i, rate in enumerate(rate_list):
+            if progress:
+                progress(f"{reps} replica(s)" + (f", {rate:g} req/s" if rate is not None else ", trace"))
             wi = simulate(svc, setup, thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals, correct=correct,
                           n_windows=windows, draws=draws, tail_q=tail_q, seed=seed + 1000 * i + reps)
             results.extend(wi.results())
@@ -220,8 +229,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates=(300,), replica
     if src.forecast is None and calibrated and max_batch > max(calibrated):
         notes.append(f"batch sizes above {max(calibrated)} were never calibrated; their service time is "
                      "extrapolated log-linearly (calibrate them for a trustworthy answer).")
-    return {"system": src.system, "workload": src.workload, "interval": 0.9, "notes": notes,
-            "service_model": "empirical" if src.forecast is None else "forecast", "results": results}
+    return Sweep(src.system, src.workload, "empirical" if src.forecast is None else "forecast", results, notes)
 
 
 def _calibrated_precisions(src: WorkspaceInputs, asked: list) -> list[str]:
@@ -237,22 +245,19 @@ def _calibrated_precisions(src: WorkspaceInputs, asked: list) -> list[str]:
     return levels
 
 
-def plan_from_workspace(objective: str, rate: float, cores: int, *, home=None, system=None, workload=None,
-                        confidence: float = 0.9, max_batches=None, max_waits=None, precisions=None,
+def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=None, system=None, workload=None,
+                        confidence: float = INTERVAL, max_batches: Sequence[int] | None = None,
+                        max_waits_s: Sequence[float] | None = None, precisions: Sequence[str] | None = None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
-                        service: str = "empirical", seed: int = 0):
-    """The ``tqsim plan`` computation; returns (:class:`~tqsim.whatif.planner.Plan`, notes)."""
-    from tqsim.units import parse_duration
-    from tqsim.whatif.objective import parse_objective
+                        service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None):
+    """The ``tqsim plan`` computation: a :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed."""
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
-    obj = parse_objective(objective)
     src = _open(home, system, workload, overheads, forecast, service)
-    space = {"max_batches": _list(max_batches, "max-batch", int) if max_batches else MAX_BATCHES,
-             "max_waits_s": [parse_duration(w, "max-wait") for w in _list(max_waits, "max-wait", str)]
-             if max_waits else MAX_WAITS_S,
-             "precisions": _calibrated_precisions(src, _list(precisions, "precision", str)) if precisions
-             else src.precisions()}
-    result = plan(obj, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.correct,
-                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, **space)
-    return result, src.notes
+    space = {"max_batches": list(max_batches) if max_batches else MAX_BATCHES,
+             "max_waits_s": list(max_waits_s) if max_waits_s else MAX_WAITS_S,
+             "precisions": _calibrated_precisions(src, list(precisions)) if precisions else src.precisions()}
+    result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.correct,
+                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, **space)
+    result.notes = list(src.notes)
+    return result

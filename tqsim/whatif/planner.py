@@ -57,6 +57,7 @@ class Plan:
     rejected: list[Candidate]
     closest: Candidate | None
     screened: list[Candidate] = dataclasses.field(default_factory=list)  # met the objective in screening only
+    notes: list[str] = dataclasses.field(default_factory=list)            # what the inputs assumed
 
     @property
     def feasible(self) -> bool:
@@ -69,7 +70,7 @@ class Plan:
                 "runners_up": [c.as_dict() for c in self.runners_up],
                 "closest": self.closest.as_dict() if self.closest else None,
                 "rejected": [c.as_dict() for c in self.rejected],
-                "screened_only": [c.as_dict() for c in self.screened]}
+                "screened_only": [c.as_dict() for c in self.screened], "notes": list(self.notes)}
 
 
 def candidates(cores: int, *, replicas: Sequence[int] | None = None, threads: Sequence[int] | None = None,
@@ -103,7 +104,7 @@ def _score(cand: Candidate, obj: Objective, confidence: float, wi: WhatIf) -> No
 def plan(objective: Objective, rate_rps: float, cores: int,
          service_for: Callable[[int, str, int], ServiceModel], correct_for: Callable[[str], np.ndarray], *,
          confidence: float = 0.9, draws: int = 30, screen_draws: int = 6, n_windows: int = 100,
-         refine: int = 8, seed: int = 0, **space) -> Plan:
+         refine: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None, **space) -> Plan:
     """Search the set-ups of :func:`candidates` (``space`` passes its keyword arguments).
 
     ``service_for(threads, precision, replicas)`` returns the replica's service model (raising a
@@ -117,6 +118,8 @@ def plan(objective: Objective, rate_rps: float, cores: int,
     thr = [objective.threshold_s if objective.threshold_s is not None else objective.target]
     cands, fastest = [], []
     for i, s in enumerate(setups):
+        if progress:
+            progress(f"screening {i + 1}/{len(setups)} {s.label()}")
         c = Candidate(s)
         cands.append(c)
         try:
@@ -140,7 +143,9 @@ def plan(objective: Objective, rate_rps: float, cores: int,
     # Re-simulate the promising ones with the full number of draws, cheapest first.
     simulated.sort(key=lambda c: (-c.probability, c.setup.cores, _p99(c)))
     promising = sorted(simulated[:refine], key=lambda c: (c.setup.cores, -c.probability))
-    for c in promising:
+    for j, c in enumerate(promising):
+        if progress:
+            progress(f"refining {j + 1}/{len(promising)} {c.setup.label()}")
         _score(c, objective, confidence, simulate(c._svc, c.setup, thresholds_s=thr, rate_rps=rate_rps,
                                                    correct=c._correct, draws=draws, n_windows=n_windows,
                                                    seed=seed + 7919))
