@@ -126,6 +126,23 @@ def test_whatif_command_json_and_sweep(tmp_path):
     assert res.exit_code == 0 and "tail quality" in res.stdout
 
 
+def test_every_list_option_takes_repeats_and_comma_lists_alike(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tqsim.cli import app
+
+    make_workspace(tmp_path)
+    common = ["whatif", "--home", str(tmp_path), "--draws", "3", "--windows", "10", "--json"]
+    comma = CliRunner().invoke(app, [*common, "--rate", "1000,4000", "--replicas", "1,2", "-t", "2ms,3ms"])
+    repeated = CliRunner().invoke(app, [*common, "--rate", "1000", "--rate", "4000", "--replicas", "1",
+                                        "--replicas", "2", "-t", "2ms", "-t", "3ms"])
+    assert comma.exit_code == 0 and repeated.exit_code == 0, comma.output + repeated.output
+    a, b = json.loads(comma.stdout)["results"], json.loads(repeated.stdout)["results"]
+    assert len(a) == 8 and a == b                       # same sweep, same seeds, same numbers
+
+
 def test_plan_command(tmp_path):
     import json
 
