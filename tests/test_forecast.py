@@ -18,7 +18,9 @@ def quick():
 def test_predict_object_has_design_keys_and_invariants(quick):
     _, fm, _ = quick
     fc = forecast(fm, Config(batch_size=8, threads=2), n_passes=20, n_draws=50)
-    r = fc.result
+    r = fc.as_dict()
+    assert r["latency_s"]["p99"]["median"] == fc.latency["p99"].median and fc.quality[0].tail.lo == \
+        r["quality"]["thresholds"][0]["tail_lo"]                       # the JSON is the typed result, flattened
     for key in ("system", "workload", "config", "calibrated", "interval", "latency_s", "quality"):
         assert key in r
     assert r["calibrated"] is False and r["interval"] == 0.9
@@ -41,7 +43,7 @@ def test_batch_layout_and_position_in_simulation(quick):
     lat = fc.latency_s
     assert np.allclose(lat[..., :64], lat[..., :1])          # one latency per batch
     assert np.allclose(lat[..., 512:], lat[..., 539:540])    # last partial batch of 28
-    assert fc.result["quality"]["thresholds"][0]["mean"] == pytest.approx(fc.result["quality"]["no_deadline"])
+    assert fc.as_dict()["quality"]["thresholds"][0]["mean"] == pytest.approx(fc.as_dict()["quality"]["no_deadline"])
 
 
 def test_refusals_and_warnings(quick):
@@ -54,7 +56,7 @@ def test_refusals_and_warnings(quick):
     with pytest.raises(UserError, match="--force"):
         forecast(bad, Config(batch_size=8))
     fc = forecast(bad, Config(batch_size=8), n_passes=5, n_draws=10, force=True)
-    assert fc.result["diagnostics_ok"] is False and "FAILED" in fc.result["warnings"][-1]
+    assert fc.as_dict()["diagnostics_ok"] is False and "FAILED" in fc.as_dict()["warnings"][-1]
 
 
 def test_resolve_config_fills_single_levels_and_asks_for_others(quick):
@@ -90,8 +92,10 @@ def test_tail_and_p99_bands_of_a_known_forecast():
     order = np.random.default_rng(0).permutation(P)
     qat[:, :, 1] = (np.arange(D)[:, None] + order[None, :]) / 100   # draw d: passes d/100 … (d + 9)/100, shuffled
     lat = np.broadcast_to((np.arange(D) + 1.0)[:, None, None] * 1e-3, (D, P, 40)).copy()   # draw d: (d + 1) ms
-    fc = Forecast(config=Config(4), latency_s=lat, qat=qat, thresholds_s=np.array([0.002, 0.003]),
-                  threshold_labels=["2ms", "3ms"], calibrated=True, tail_q=0.25)
+    fc = Forecast(system="s", workload="w", config=Config(4), latency_s=lat, qat=qat,
+                  thresholds_s=np.array([0.002, 0.003]), threshold_labels=["2ms", "3ms"], calibrated=True,
+                  latency={}, quality=[], metric="accuracy", no_deadline=1.0, passes_per_run=P, family="quantile",
+                  session="a new session", tail_q=0.25)
     # TQ_0.25 of 10 passes is the 3rd worst: (d + 2)/100, i.e. .02 … .06 over draws
     assert tail_and_p99_bands(fc, k=1, level=0.5) == pytest.approx(
         {"tail": 0.04, "tail_lo": 0.03, "tail_hi": 0.05, "threshold_s": 0.003,
@@ -119,9 +123,9 @@ def test_true_p99_inside_interval_for_unseen_config():
     for cfg in (Config(8, 2), Config(32, 1)):
         fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True)
         truth = law.truth(cfg, 540, fc.thresholds_s, n_runs=60, passes_per_run=20)
-        lat = fc.result["latency_s"]["p99"]
+        lat = fc.as_dict()["latency_s"]["p99"]
         assert lat["lo"] <= truth["p99"] <= lat["hi"]
-        row = fc.result["quality"]["thresholds"][0]
+        row = fc.as_dict()["quality"]["thresholds"][0]
         assert row["mean_lo"] - 0.005 <= truth["mean_q"][0] <= row["mean_hi"] + 0.005
 
 
@@ -142,6 +146,6 @@ def test_coverage_near_nominal_over_seeds():
         for cfg in (Config(8, 1), Config(32, 2), Config(2, 2)):
             fc = forecast(fm, cfg, ["p99"], n_passes=20, n_draws=200, force=True, seed=seed)
             truth = law.truth(cfg, 540, [], n_runs=20, passes_per_run=20, seed=seed)
-            lo, hi = fc.result["latency_s"]["p99"]["lo"], fc.result["latency_s"]["p99"]["hi"]
+            lo, hi = fc.as_dict()["latency_s"]["p99"]["lo"], fc.as_dict()["latency_s"]["p99"]["hi"]
             hits += [lo <= x <= hi for x in truth["per_run"]["p99"]]
     assert 0.75 <= np.mean(hits) <= 0.99

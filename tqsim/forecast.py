@@ -31,29 +31,75 @@ PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 RESID_CAP = 8.0
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A per-draw statistic over the posterior: mean, median (the point forecast: it minimises the expected
+    absolute error, and a tail percentile's predictive is right-skewed) and the central interval."""
+
+    mean: float
+    median: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, x: np.ndarray, level: float = INTERVAL) -> "Interval":
+        a = (1 - level) / 2
+        return cls(float(np.mean(x)), float(np.median(x)), float(np.quantile(x, a)), float(np.quantile(x, 1 - a)))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "median": self.median, "lo": self.lo, "hi": self.hi}
+
+
+@dataclass(frozen=True)
+class QualityAt:
+    """Q@T of forecast runs at one deadline: its mean over passes, tail quality TQ_q and minimum, per draw."""
+
+    threshold: str
+    threshold_s: float
+    tail_q: float
+    mean: Interval
+    tail: Interval
+    minimum: Interval
+
+    def as_dict(self) -> dict:
+        out = {"threshold": self.threshold, "threshold_s": self.threshold_s, "tail_q": self.tail_q}
+        for key, iv in (("mean", self.mean), ("tail", self.tail), ("min", self.minimum)):
+            out.update({key: iv.mean, f"{key}_median": iv.median, f"{key}_lo": iv.lo, f"{key}_hi": iv.hi})
+        return out
+
+
 @dataclass
 class Forecast:
-    """Simulated runs of one configuration: ``latency_s[draw, pass, instance]`` and the summaries."""
+    """Simulated runs of one configuration (``latency_s[draw, pass, instance]``, ``qat[draw, pass, k]``) and
+    their summaries; ``as_dict()`` is the ``predict`` JSON object (docs/design.md)."""
 
+    system: str
+    workload: str
     config: Config
     latency_s: np.ndarray
-    qat: np.ndarray                    # [draw, pass, k]
+    qat: np.ndarray
     thresholds_s: np.ndarray           # [k]
     threshold_labels: list[str]
     calibrated: bool
+    latency: dict[str, Interval]       # "p50", "p90", "p99", "p99.9" of a run's per-instance latency
+    quality: list[QualityAt]           # one per threshold
+    metric: str
+    no_deadline: float                 # quality when nothing is late
+    passes_per_run: int
+    family: str
+    session: str                       # which session the runs are forecast for
     warnings: list[str] = field(default_factory=list)
     diagnostics_ok: bool = True
     tail_q: float = 0.01
-    result: dict = field(default_factory=dict)
 
-
-def _summary(x: np.ndarray, level: float = INTERVAL) -> dict[str, float]:
-    """Posterior mean, median and the central interval of a per-draw statistic. The median is the point
-    forecast tools should compare (it minimises the expected absolute log error; a tail percentile's
-    predictive is right-skewed, and its mean sat 36 % above the median on a real forecast)."""
-    a = (1 - level) / 2
-    return {"mean": float(np.mean(x)), "median": float(np.median(x)), "lo": float(np.quantile(x, a)),
-            "hi": float(np.quantile(x, 1 - a))}
+    def as_dict(self) -> dict:
+        return {"system": self.system, "workload": self.workload, "config": self.config.as_dict(),
+                "config_id": self.config.id, "calibrated": bool(self.calibrated), "interval": INTERVAL,
+                "latency_s": {name: iv.as_dict() for name, iv in self.latency.items()},
+                "quality": {"metric": self.metric, "no_deadline": self.no_deadline,
+                            "thresholds": [q.as_dict() for q in self.quality]},
+                "passes_per_run": self.passes_per_run, "draws": int(self.latency_s.shape[0]), "family": self.family,
+                "session": self.session, "diagnostics_ok": bool(self.diagnostics_ok), "warnings": list(self.warnings)}
 
 
 def pscale(u: np.ndarray) -> np.ndarray:
@@ -175,7 +221,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
 def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
              n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
              force: bool = False, session: np.ndarray | None = None, session_note: str | None = None) -> Forecast:
-    """Forecast ``config`` from a fitted model; the result's ``.result`` is the ``predict`` JSON object (docs/design.md).
+    """Forecast ``config`` from a fitted model (runs of ``n_passes`` passes, ``n_draws`` posterior draws).
 
     Thresholds: absolute seconds, or ``pXX`` = that percentile of the forecast latency (posterior
     mean). Refuses a quality-relevant level never calibrated, and a fit whose diagnostics failed
@@ -227,28 +273,17 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     mean_q = qat.mean(axis=1)
     tail = tail_quality(np.moveaxis(qat, 1, -1), tail_q)  # [draw, k]
     min_q = qat.min(axis=1)
-    rows = []
-    for k, tau in enumerate(taus_arr):
-        m, t, mn = _summary(mean_q[:, k]), _summary(tail[:, k]), _summary(min_q[:, k])
-        rows.append({"threshold": labels[k], "threshold_s": float(tau), "mean": m["mean"], "mean_median": m["median"],
-                     "mean_lo": m["lo"], "mean_hi": m["hi"], "tail": t["mean"], "tail_median": t["median"],
-                     "tail_q": tail_q, "tail_lo": t["lo"], "tail_hi": t["hi"],
-                     "min": mn["mean"], "min_median": mn["median"], "min_lo": mn["lo"], "min_hi": mn["hi"]})
-    result = {
-        "system": fm.system, "workload": fm.workload, "config": config.as_dict(), "config_id": config.id,
-        "calibrated": bool(calibrated), "interval": INTERVAL,
-        "latency_s": {name: _summary(v) for name, v in pct.items()},
-        "quality": {"metric": fm.quality_metric, "no_deadline": no_deadline_quality(metric=fm.quality_metric, **kw),
-                    "thresholds": rows},
-        "passes_per_run": int(n_passes), "draws": int(D), "family": fm.spec.family,
-        "session": session_note or ("a new session (drift measured over "
-                                    f"{fm.summaries.sessions.size} sessions)" if fm.summaries.sessions.size > 1
-                                    else "a new session (drift assumed: one calibrated session)"),
-        "diagnostics_ok": bool(fm.diagnostics_ok), "warnings": list(warns),
-    }
-    return Forecast(config=config, latency_s=lat, qat=qat, thresholds_s=taus_arr, threshold_labels=labels,
-                    calibrated=calibrated, warnings=warns, diagnostics_ok=fm.diagnostics_ok, tail_q=tail_q,
-                    result=result)
+    quality = [QualityAt(labels[k], float(tau), tail_q, Interval.of(mean_q[:, k]), Interval.of(tail[:, k]),
+                         Interval.of(min_q[:, k])) for k, tau in enumerate(taus_arr)]
+    sessions = fm.summaries.sessions.size
+    session_text = session_note or (f"a new session (drift measured over {sessions} sessions)" if sessions > 1
+                                    else "a new session (drift assumed: one calibrated session)")
+    return Forecast(system=fm.system, workload=fm.workload, config=config, latency_s=lat, qat=qat,
+                    thresholds_s=taus_arr, threshold_labels=labels, calibrated=bool(calibrated),
+                    latency={name: Interval.of(v) for name, v in pct.items()}, quality=quality,
+                    metric=fm.quality_metric, no_deadline=no_deadline_quality(metric=fm.quality_metric, **kw),
+                    passes_per_run=int(n_passes), family=fm.spec.family, session=session_text, warnings=warns,
+                    diagnostics_ok=bool(fm.diagnostics_ok), tail_q=tail_q)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +322,7 @@ def percentile_bands(calls: np.ndarray, percentiles: Sequence[float] = (50, 99, 
                      level: float = INTERVAL) -> dict[str, dict[str, float]]:
     """``{"p99": {mean, median, lo, hi}, ...}``: each latency percentile of a run (``calls[draw, call]``)
     per draw, summarised over draws."""
-    return {f"p{p:g}": _summary(np.percentile(calls, p, axis=1), level) for p in percentiles}
+    return {f"p{p:g}": Interval.of(np.percentile(calls, p, axis=1), level).as_dict() for p in percentiles}
 
 
 def tail_and_p99_bands(fc: Forecast, k: int = 0, level: float = INTERVAL) -> dict[str, float]:

@@ -83,12 +83,13 @@ def _score(fc, obs: np.ndarray, ds, t_obs: dict, tail_q: float, rng: np.random.G
     tq_obs = tail_quality(q_obs.T, tail_q)
     row["tail_quality"] = []
     for k, (label, tau) in enumerate(t_obs.items()):
-        f = fc.result["quality"]["thresholds"][k]
+        tq = fc.quality[k].tail
         row["tail_quality"].append({"threshold": label, "threshold_s": float(tau), "observed": float(tq_obs[k]),
-                                    "predicted": f["tail_median"], "lo": f["tail_lo"], "hi": f["tail_hi"],
-                                    "abs_error": abs(f["tail_median"] - float(tq_obs[k])),
-                                    "inside": bool(f["tail_lo"] <= tq_obs[k] <= f["tail_hi"]),
-                                    "mean_observed": float(q_obs[:, k].mean()), "mean_predicted": f["mean_median"]})
+                                    "predicted": tq.median, "lo": tq.lo, "hi": tq.hi,
+                                    "abs_error": abs(tq.median - float(tq_obs[k])),
+                                    "inside": bool(tq.lo <= tq_obs[k] <= tq.hi),
+                                    "mean_observed": float(q_obs[:, k].mean()),
+                                    "mean_predicted": fc.quality[k].mean.median})
     return row
 
 

@@ -118,9 +118,8 @@ def predict(
         note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
     fc = forecast(fm, config, split_list(thresholds), n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed,
                   force=force, session=session, session_note=note)
-    r = fc.result
     if json_out:
-        emit_json(r)
+        emit_json(fc.as_dict())
         return
     from rich.table import Table
 
@@ -128,20 +127,18 @@ def predict(
     for w in fc.warnings:
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     c = console()
-    c.print(f"{r['workload']} on {r['system']}: {config.id} ({'calibrated' if r['calibrated'] else 'never run'}); "
-            f"runs of {passes} passes in {r['session']}; posterior medians with 90% intervals")
+    c.print(f"{fc.workload} on {fc.system}: {config.id} ({'calibrated' if fc.calibrated else 'never run'}); "
+            f"runs of {passes} passes in {fc.session}; posterior medians with 90% intervals")
     t = Table("latency", "forecast", "90% interval")
-    for k, v in r["latency_s"].items():
-        t.add_row(k, fmt_seconds(v["median"]), f"{fmt_seconds(v['lo'])} – {fmt_seconds(v['hi'])}")
+    for k, v in fc.latency.items():
+        t.add_row(k, fmt_seconds(v.median), f"{fmt_seconds(v.lo)} – {fmt_seconds(v.hi)}")
     c.print(t)
     t = Table("threshold", "mean Q@T", f"tail (q={tail_q:g})", "min Q@T")
-    for row in r["quality"]["thresholds"]:
-        t.add_row(f"{row['threshold']} = {fmt_seconds(row['threshold_s'])}",
-                  fmt_iv(row["mean_median"], row["mean_lo"], row["mean_hi"]),
-                  fmt_iv(row["tail_median"], row["tail_lo"], row["tail_hi"]),
-                  fmt_iv(row["min_median"], row["min_lo"], row["min_hi"]))
+    for q in fc.quality:
+        t.add_row(f"{q.threshold} = {fmt_seconds(q.threshold_s)}", fmt_iv(q.mean.median, q.mean.lo, q.mean.hi),
+                  fmt_iv(q.tail.median, q.tail.lo, q.tail.hi), fmt_iv(q.minimum.median, q.minimum.lo, q.minimum.hi))
     c.print(t)
-    c.print(f"{r['quality']['metric']} without a deadline: {fmt_pct(r['quality']['no_deadline'])}")
+    c.print(f"{fc.metric} without a deadline: {fmt_pct(fc.no_deadline)}")
 
 
 def _anchors(record: dict):
