@@ -19,9 +19,9 @@ def test_crps_matches_closed_form_for_normal():
 def test_validate_object_and_summaries():
     home, fm, _ = example_fit()
     res = validate(fm, home / "heldout", n_draws=60)
-    assert {"system", "workload", "configs", "summary"} <= set(res)
-    assert len(res["configs"]) == 2
-    for row in res["configs"]:
+    assert {"system", "workload", "configs", "summary", "summary_conditioned"} <= set(res.as_dict())
+    assert len(res.configs) == 2
+    for row in res.configs:
         for k in ("p50", "p90", "p99"):
             v = row["latency_s"][k]
             assert {"observed", "predicted", "rel_error", "inside"} <= set(v)
@@ -30,7 +30,7 @@ def test_validate_object_and_summaries():
         assert row["w1_rel"] >= 0 and row["crps_rel"] >= 0
         assert [t["threshold"] for t in row["tail_quality"]] == ["T90", "T95", "T99"]
         assert row["passes"] == 10
-    s = res["summary"]
+    s = res.summary
     for k in ("median_rel_error_p99", "max_rel_error_p99", "coverage", "median_abs_error_tail_quality"):
         assert k in s
     assert s["median_rel_error_p99"] <= s["max_rel_error_p99"]
@@ -50,4 +50,4 @@ def test_validate_takes_the_held_out_workspace(tmp_path):
     home, fm, _ = example_fit()
     folder = tmp_path / "calibration" / fm.system / fm.workload
     shutil.copytree(home / "heldout", folder)
-    assert len(validate(fm, tmp_path, n_draws=20)["configs"]) == 2
+    assert len(validate(fm, tmp_path, n_draws=20).configs) == 2

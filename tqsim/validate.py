@@ -10,6 +10,7 @@ error of tail quality at the held-out configuration's own T_90/T_95/T_99.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +175,28 @@ def _summary(rows: list[dict], key: str | None) -> dict:
     return out
 
 
+@dataclass
+class Validation:
+    """Forecasts scored against held-out runs: one row per held-out configuration (errors as a new session
+    and conditioned on the machine state), their summaries, and the anchors that read the machine."""
+
+    system: str
+    workload: str
+    heldout: str
+    family: str
+    diagnostics_ok: bool
+    anchors: list[str]
+    configs: list[dict]
+    summary: dict
+    summary_conditioned: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def validate(fm: FittedModel, heldout: str | Path, *, n_draws: int = 200, seed: int = 0, force: bool = False,
-             tail_q: float = 0.01, progress=None) -> dict:
-    """Score the fit against every configuration file under ``heldout``; the ``validate`` object.
+             tail_q: float = 0.01, progress=None) -> Validation:
+    """Score the fit against every configuration file under ``heldout``.
 
     Held-out files of configurations the fit calibrated are anchors: they read the machine's state in
     their session, and are scored themselves only when nothing else was held out."""
@@ -202,6 +222,5 @@ def validate(fm: FittedModel, heldout: str | Path, *, n_draws: int = 200, seed: 
                                     tail_q=tail_q))
         if progress:
             progress(ds.attrs.get("config_id", ""))
-    return {"system": fm.system, "workload": fm.workload, "heldout": str(folder), "family": fm.spec.family,
-            "diagnostics_ok": fm.diagnostics_ok, "anchors": sorted({c.id for c, _, _ in anchors}),
-            "configs": rows, "summary": _summary(rows, None), "summary_conditioned": _summary(rows, "conditioned")}
+    return Validation(fm.system, fm.workload, str(folder), fm.spec.family, bool(fm.diagnostics_ok),
+                      sorted({c.id for c, _, _ in anchors}), rows, _summary(rows, None), _summary(rows, "conditioned"))

@@ -169,14 +169,14 @@ def validate(
             res = run_validate(fm, heldout, n_draws=draws, seed=seed if seed is not None else 0, force=force,
                                progress=lambda cid: bar.update(task, advance=1, description=f"validate {cid}"))
     if json_out:
-        emit_json(res)
+        emit_json(res.as_dict())
         return
     from rich.table import Table
 
     c = console()
     from rich import box
 
-    ids = [row["config_id"].split("-") for row in res["configs"]]
+    ids = [row["config_id"].split("-") for row in res.configs]
     # the trailing factor levels every held-out config shares are said once, in the title
     shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
     common = "-".join(ids[0][len(ids[0]) - shared:])
@@ -185,7 +185,7 @@ def validate(
               pad_edge=False, collapse_padding=True)
     for name in ("config", "p50", "p90", "p99", "in 90%", "cond. p99", "rJSD/floor", "W1", "TQ err"):
         t.add_column(name, no_wrap=True)
-    for row, parts in zip(res["configs"], ids):
+    for row, parts in zip(res.configs, ids):
         lat = row["latency_s"]
         inside = "".join("✓" if lat[k]["inside"] else "✗" for k in ("p50", "p90", "p99"))
         cond = row.get("conditioned")
@@ -195,11 +195,11 @@ def validate(
                   f"{row['rjsd']:.2f}/{row['rjsd_floor']:.2f}", f"{row['w1_rel']:.2f}",
                   "/".join(f"{100 * tq['abs_error']:.0f}" for tq in row["tail_quality"]))
     c.print(t)
-    for label, s in (("as a new session", res["summary"]), ("conditioned on the machine state",
-                                                               res["summary_conditioned"])):
+    for label, s in (("as a new session", res.summary), ("conditioned on the machine state",
+                                                               res.summary_conditioned)):
         if s:
             c.print(f"{label}: median |rel error| p99 {100 * s['median_rel_error_p99']:.1f}%, worst "
                     f"{100 * s['max_rel_error_p99']:.1f}%; 90% interval coverage {100 * s['coverage']:.0f}%; "
                     f"median tail-quality error {100 * s['median_abs_error_tail_quality']:.2f} pp")
-    if res["anchors"]:
-        c.print(f"anchors (calibrated configurations in the held-out runs): {', '.join(res['anchors'])}")
+    if res.anchors:
+        c.print(f"anchors (calibrated configurations in the held-out runs): {', '.join(res.anchors)}")

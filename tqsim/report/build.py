@@ -426,9 +426,9 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
         sec.missing = f"validation needs a usable fit: {ctx.fit_problem}"
         return sec
     res = validate(ctx.fm, heldout, n_draws=ctx.draws, seed=ctx.seed, force=force)
-    sec.data = res
+    sec.data = res.as_dict()
     rows = []
-    for r in res["configs"]:
+    for r in res.configs:
         p = r["latency_s"]["p99"]
         t = r["tail_quality"][-1]
         rows.append([r["config_id"], "yes" if r["calibrated"] else "no", fmt_seconds(p["observed"]),
@@ -437,7 +437,7 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
                      f"{r['rjsd']:.3f} ({r['rjsd_floor']:.3f})"])
     sec.tables.append(Table(["held-out configuration", "calibrated", "observed p99", "forecast p99 [90%]",
                              "p99 error", "observed TQ@T99", "forecast TQ@T99 [90%]", "rJSD (floor)"], rows))
-    s = res["summary"]
+    s = res.summary
     sec.tables.append(Table(["summary", "value"], [
         ["median |rel. error| of p99", fmt_pct(s["median_rel_error_p99"])],
         ["worst |rel. error| of p99", fmt_pct(s["max_rel_error_p99"])],
