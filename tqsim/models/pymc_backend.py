@@ -21,9 +21,8 @@ from tqsim.models.summaries import Summaries
 
 MAX_TREE_DEPTH = 7
 MISSING_SE = 1e3     # an unobserved summary enters as a value with this se: it informs nothing
-# every summary is also off by a small discrepancy beyond its bootstrap se (two halves of one campaign
-# differ by ~1 % in level and in the body's quantiles); without it the trends must thread summaries
-# known to ±0.2 % as a GP scale shrinks, a funnel that diverged on real data (3-5 per fit)
+# every summary is also off by a small discrepancy beyond its bootstrap se; without it the trends must
+# thread summaries known to ±0.2 % as a GP scale shrinks, a funnel (docs/method.md, "Summaries: what the fit sees")
 DISCREPANCY = 0.01
 
 

@@ -172,8 +172,7 @@ def make_spec(configs: list[Config], summaries=None) -> ModelSpec:
         dummies = [f"{factor}={s}" for s in levels[factor][1:]]
         terms += dummies
     n_sessions = int(summaries.sessions.size) if summaries is not None else 1
-    # a convex cost in log batch size (overhead, then work): measured on the three digits workloads, the
-    # Lz² term cut the median level error of held-out batch sizes from 4.7/3.5/5.7 % to 5.2/2.9/2.6 %
+    # a convex cost in log batch size (overhead, then work): docs/method.md, "The model"
     size_mean = float(summaries.size_mean) if summaries is not None else 0.0
     size_sd = float(summaries.size_sd) if summaries is not None else 0.0
     priors = {

@@ -210,8 +210,8 @@ def slow_share_sd(resid: np.ndarray, boot: np.ndarray) -> tuple[float, float]:
 
     Per pass, f = the share of its level batches above the configuration's within-pass 0.9 quantile
     (0.1 on average). Measured, var(f) = binomial var + latent var; the latent sd on the logit scale is
-    ``√(latent var) / (0.1·0.9)`` (delta method). On digits-cnn at batch 1 the share ranged from 3 to 38 %
-    between passes (var 32–40× binomial): iid calls within a pass cannot make such passes."""
+    ``√(latent var) / (0.1·0.9)`` (delta method). Real passes vary far beyond binomial (docs/method.md,
+    "Summaries: what the fit sees"): iid calls within a pass cannot make them."""
     q = np.quantile(resid, SLOW_U)
     f = (resid > q).mean(axis=1)                            # [pass]
     n = resid.shape[1]

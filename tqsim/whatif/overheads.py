@@ -29,9 +29,8 @@ class ServingOverheads:
 
     ``shape`` (quantiles of in-server forward time / its median), when given, replaces the spread
     of the forward-time model around its median: the forward calibration then says how the median
-    moves with batch size, threads and precision, the serving runs how in-server calls spread. A
-    tight timing loop and a loaded server spread differently (measured here: the loop's p99 was
-    8× its median on a busy machine, the server's 5×), so the shape comes from where it is served.
+    moves with batch size, threads and precision, the serving runs how in-server calls spread (a tight
+    timing loop and a loaded server spread differently; docs/method.md).
 
     ``inflation_s`` (g) stretches every batch by ``1 + g λ`` at arrival rate λ: in one Python
     process the request driver and the replicas contend for the GIL, more so the more requests

@@ -304,8 +304,7 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
     The evaluation set's ``correct`` vector is replayed in arrival order; each window of
     ``len(correct)`` requests is one pass, whose Q@T counts late requests as wrong. With
     ``samples="random"`` each request is a uniform draw from the set instead, as MLPerf LoadGen's
-    Server scenario issues them: a window's accuracy then varies with its composition (±0.5 pp for
-    540 instances at 98.5 %), which moves a worst window by ~1 pp. Tail quality of
+    Server scenario issues them: a window's accuracy then varies with its composition. Tail quality of
     a draw is the ``tail_q``-quantile of its windows' Q@T; every statistic is reported over draws
     (mean and ``interval`` bounds).
     """
