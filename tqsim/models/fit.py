@@ -14,7 +14,7 @@ from tqsim.errors import UserError
 from tqsim.factors import QUALITY_FACTORS
 from tqsim.models.spec import make_spec
 from tqsim.models.store import FittedModel, now, quality_level_id
-from tqsim.models.summaries import campaign_configs, summarise
+from tqsim.models.summaries import configs_of_campaign, summarise
 
 # Graded like Vehtari et al. (2021): r-hat ≤ 1.01, bulk ESS ≥ 100 and no divergence is a clean
 # fit; up to r-hat 1.05 / ESS 50 / divergences in 0.1 % of draws the posterior is usable but a
@@ -121,7 +121,7 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
     if chains < 1 or draws < 1 or tune < 0:
         raise UserError("--chains and --draws must be at least 1 and --tune at least 0.")
     t_start = time.perf_counter()
-    configs = campaign_configs(campaign)
+    configs = configs_of_campaign(campaign)
     if len(configs) < 2:
         make_spec(configs)  # raises the message that names the fix
     summ = summarise(campaign, seed=seed)

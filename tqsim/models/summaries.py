@@ -105,7 +105,7 @@ def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.nda
     return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
 
 
-def campaign_configs(campaign: xr.Dataset) -> list[Config]:
+def configs_of_campaign(campaign: xr.Dataset) -> list[Config]:
     """The configuration of each ``config`` of a campaign, in order."""
     out = []
     for i in range(campaign.sizes["config"]):
@@ -118,7 +118,7 @@ def campaign_configs(campaign: xr.Dataset) -> list[Config]:
 def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summaries:
     """Reduce a campaign (``tqsim.data.io.load_campaign``) to the model's summaries."""
     rng = np.random.default_rng(seed)
-    configs = campaign_configs(campaign)
+    configs = configs_of_campaign(campaign)
     lat_all = campaign["latency_s"].values                      # [config, pass, instance]
     rounds = campaign["round"].values
     sessions_all = campaign["session"].values if "session" in campaign else np.zeros_like(rounds)
