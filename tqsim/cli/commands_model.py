@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
-                              fmt_seconds, split_list)
+                              fmt_seconds, split_list, steps)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 
@@ -95,29 +95,34 @@ def predict(
                                                     "`tqsim check` (instead of drawing a new session).")] = False,
 ) -> None:
     """Forecast latency, Q@T and tail quality of a configuration (run or not), with 90% intervals."""
-    from tqsim.factors import parse_assignment
-    from tqsim.forecast import forecast, resolve_config
-
     seed = seed if seed is not None else 0
-    fm = _load(home, system, workload)
-    values = {}
-    for text in set_ or []:
-        factor, levels = parse_assignment(text)
-        if len(levels) != 1 or factor in values:
-            raise UserError(f"--set {text}: give one value per factor, once (e.g. --set batch_size=8).")
-        values[factor] = levels[0]
-    config = resolve_config(fm, values)
-    session = note = None
-    if now:
-        from tqsim.drift import anchor_offsets, describe, sentence
-        from tqsim.measure.check import load_checks
+    with steps("predict", enabled=not json_out) as progress:
+        if progress:
+            progress("loading the model")
+        from tqsim.factors import parse_assignment
+        from tqsim.forecast import forecast, resolve_config
 
-        ws, sys_name, wl = _where(home, system, workload)
-        last = load_checks(ws, sys_name, wl)[-1]
-        session = anchor_offsets(fm, _anchors(last), n_draws=draws, seed=seed)
-        note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
-    fc = forecast(fm, config, split_list(thresholds), n_passes=passes, n_draws=draws, tail_q=tail_q, seed=seed,
-                  force=force, session=session, session_note=note)
+        fm = _load(home, system, workload)
+        values = {}
+        for text in set_ or []:
+            factor, levels = parse_assignment(text)
+            if len(levels) != 1 or factor in values:
+                raise UserError(f"--set {text}: give one value per factor, once (e.g. --set batch_size=8).")
+            values[factor] = levels[0]
+        config = resolve_config(fm, values)
+        session = note = None
+        if now:
+            from tqsim.drift import anchor_offsets, describe, sentence
+            from tqsim.measure.check import load_checks
+
+            ws, sys_name, wl = _where(home, system, workload)
+            last = load_checks(ws, sys_name, wl)[-1]
+            session = anchor_offsets(fm, _anchors(last), n_draws=draws, seed=seed)
+            note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
+        if progress:
+            progress(f"simulating {draws} posterior draws of {passes}-pass runs")
+        fc = forecast(fm, config, split_list(thresholds), n_passes=passes, n_draws=draws, tail_q=tail_q,
+                      seed=seed, force=force, session=session, session_note=note)
     if json_out:
         emit_json(fc.as_dict())
         return

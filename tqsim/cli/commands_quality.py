@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, check_plot_path, console,
-                              emit_json, fmt_seconds, split_list)
+                              emit_json, fmt_seconds, split_list, steps)
 from tqsim.units import fmt_pct as pct
 
 
@@ -58,8 +58,13 @@ def quality(
     check_tail_q(tail_q)
     ths = parse_thresholds(split_list(threshold))
     check_plot_path(plot)
-    campaign = _load(home, system, workload, files)
-    report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)
+    with steps("quality", enabled=not json_out) as progress:
+        if progress:
+            progress("reading the calibration")
+        campaign = _load(home, system, workload, files)
+        if progress:
+            progress("Q@T, tail quality and bootstrap intervals")
+        report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)
     if plot is not None:
         from tqsim.report.quality_plot import plot_quality_bands
 
