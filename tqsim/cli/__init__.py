@@ -5,6 +5,7 @@ Heavy imports (torch, PyMC) happen inside the command that needs them so ``tqsim
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -37,6 +38,9 @@ def main() -> None:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
     except KeyboardInterrupt:
+        # A native sampler can take the signal first and return; Python's own handler may then still be
+        # pending and would raise again during shutdown (the process then dies by SIGINT, not exit 130).
+        signal.signal(signal.SIGINT, lambda *_: None)
         typer.secho("interrupted; nothing finished was lost (a calibration resumes with the same command; an "
                     "interrupted fit left the previous model as it was).", err=True, fg="yellow")
         sys.exit(130)
