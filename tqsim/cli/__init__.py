@@ -5,8 +5,10 @@ Heavy imports (torch, PyMC) happen inside the command that needs them so ``tqsim
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 
 import typer
 
@@ -21,11 +23,24 @@ from tqsim.cli import commands_report  # noqa: F401
 from tqsim.cli import commands_check  # noqa: F401
 
 
+def _redeliver_swallowed_interrupts(default=sys.unraisablehook):
+    """A Ctrl-C that lands inside a garbage-collector callback or a ``__del__`` (JAX registers one) is
+    "ignored" by Python as unraisable, and the command would run on to the end; raise it again, so it
+    is handled at the next safe point like any other."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):  # from another thread: handled after this returns
+            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+        else:
+            default(unraisable)
+    return hook
+
+
 def main() -> None:
     """Entry point: user mistakes exit 2 in one or two lines; internal failures exit 1."""
     from tqsim.errors import UserError
 
     debug = "--debug" in sys.argv
+    sys.unraisablehook = _redeliver_swallowed_interrupts()
     try:
         code = app(standalone_mode=False, prog_name="tqsim")
         if code == 130:  # typer turns KeyboardInterrupt into a returned exit code in this mode
