@@ -73,14 +73,14 @@ def test_mvn_potential_equals_scipy():
     import pytensor.tensor as pt
     from scipy.stats import multivariate_normal
 
-    from tqsim.models.pymc_backend import _mvn_logp
+    from tqsim.models.pymc_backend import mvn_logp
 
     rng = np.random.default_rng(0)
     A = rng.normal(size=(3, 5, 5))
     cov = A @ np.swapaxes(A, 1, 2) + 0.5 * np.eye(5)
     r = rng.normal(size=(3, 5))
     want = sum(multivariate_normal(np.zeros(5), cov[b]).logpdf(r[b]) for b in range(3))
-    assert _mvn_logp(pt.as_tensor(r), pt.as_tensor(cov), 15).eval() == pytest.approx(want, rel=1e-10)
+    assert mvn_logp(pt.as_tensor(r), pt.as_tensor(cov), 15).eval() == pytest.approx(want, rel=1e-10)
 
 
 def test_fit_on_one_thread_level_converges(tmp_path):

@@ -74,7 +74,7 @@ def level_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> t
     return np.full(len(a), float(np.median(summ.level))), (Xa * sd ** 2) @ Xb.T
 
 
-def _mvn_logp(r, cov, n_obs):
+def mvn_logp(r, cov, n_obs):
     """log N(r | 0, cov) for a batch ``[B, C]`` of residuals with covariances ``[B, C, C]``."""
     import pytensor.tensor as pt
     from pytensor.tensor.slinalg import cholesky, solve_triangular
@@ -108,7 +108,7 @@ def build_model(spec: ModelSpec, summ: Summaries):
         ci = summ.level_cfg
         trend, cov_t = level_prior_moments(spec, summ, configs, configs)
         cov = cov_t[np.ix_(ci, ci)] + level_sd ** 2 * K[np.ix_(ci, ci)] + np.diag(noise_sd(summ.level_se) ** 2)
-        pm.Potential("level_obs", _mvn_logp((obs_level - trend[ci])[None, :], cov[None], ci.size))
+        pm.Potential("level_obs", mvn_logp((obs_level - trend[ci])[None, :], cov[None], ci.size))
         # ---- the shape summaries: one trend + GP each, all at once -----------------------------
         # the trend coefficients are Gaussian too and integrated out with the deviations (a GP with
         # explicit basis functions, Rasmussen & Williams 2006 §2.7): only one scale per summary is
@@ -120,7 +120,7 @@ def build_model(spec: ModelSpec, summ: Summaries):
             tau = pm.Gamma("shape_sd", alpha=2.0, beta=2.0 / sp["gp"][live], dims="block")
             cov_s = cov_s0[live] + tau[:, None, None] ** 2 * K[None] + se_shape[:, :, None] ** 2 * np.eye(C)[None]
             n_obs = int(np.isfinite(summ.shape[live]).sum())
-            pm.Potential("shape_obs", _mvn_logp(y_shape - mean_s[live], cov_s, n_obs))
+            pm.Potential("shape_obs", mvn_logp(y_shape - mean_s[live], cov_s, n_obs))
     return model
 
 
