@@ -293,13 +293,18 @@ def config_factors(ds) -> dict:
     return out
 
 
+def measured_latency(ds) -> np.ndarray:
+    """``[pass, instance]`` latencies of the passes actually measured (a campaign pads missing passes with NaN)."""
+    lat = ds["latency_s"].transpose("pass", "instance").values
+    return lat[~np.isnan(lat).all(axis=-1)]
+
+
 def quality_block(ds, thresholds: Sequence[str | Threshold] | None = None, *, tail_q: float = 0.01,
                   level: float = INTERVAL, n_boot: int = 2000, seed: int = 0) -> dict:
     """The ``quality`` JSON object (docs/design.md) for one configuration's dataset (dims pass, instance)."""
     check_tail_q(tail_q)
     ths = parse_thresholds(thresholds)
-    lat = ds["latency_s"].transpose("pass", "instance").values
-    lat = lat[~np.isnan(lat).all(axis=-1)]
+    lat = measured_latency(ds)
     check_passes(lat.shape[0], f"configuration {ds.attrs.get('config_id', '')}".strip())
     scoring = scoring_of(ds)
     taus = np.array([t.resolve(lat) for t in ths])
@@ -325,8 +330,7 @@ def latency_percentiles(latency_s: np.ndarray,
 def tail_and_p99(ds, threshold: str | Threshold, tail_q: float = 0.01) -> dict[str, float]:
     """TQ_q at one threshold (resolved on this configuration's own latencies) and the p99 latency of one
     configuration's measured passes: a cell of the report's heatmap."""
-    lat = ds["latency_s"].transpose("pass", "instance").values
-    lat = lat[~np.isnan(lat).all(axis=-1)]
+    lat = measured_latency(ds)
     tau = parse_threshold(threshold).resolve(lat)
     q = quality_at_deadline(lat, np.array([tau]), **scoring_of(ds))[:, 0]
     return {"tail": float(tail_quality(q, tail_q)), "threshold_s": float(tau),
@@ -373,8 +377,7 @@ def quality_report(campaign, thresholds: Sequence[str | Threshold] | None = None
     ths = parse_thresholds(thresholds)
     configs = campaign_configs(campaign)
     for ds in configs:
-        lat = ds["latency_s"].values
-        check_passes(int((~np.isnan(lat).all(axis=-1)).sum()), f"configuration {ds.attrs['config_id']}")
+        check_passes(measured_latency(ds).shape[0], f"configuration {ds.attrs['config_id']}")
     rows = []
     for ds in configs:
         lat = ds["latency_s"].transpose("pass", "instance").values

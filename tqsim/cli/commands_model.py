@@ -164,15 +164,9 @@ def validate(
     from tqsim.validate import validate as run_validate
 
     fm = _load(home, system, workload)
-    if json_out:
-        res = run_validate(fm, heldout, n_draws=draws, seed=seed if seed is not None else 0, force=force)
-    else:
-        from rich.progress import Progress
-
-        with Progress(transient=True, console=console(stderr=True)) as bar:
-            task = bar.add_task("validate", total=None)
-            res = run_validate(fm, heldout, n_draws=draws, seed=seed if seed is not None else 0, force=force,
-                               progress=lambda cid: bar.update(task, advance=1, description=f"validate {cid}"))
+    with steps("validate", enabled=not json_out) as progress:
+        res = run_validate(fm, heldout, n_draws=draws, seed=seed if seed is not None else 0, force=force,
+                           progress=progress)
     if json_out:
         emit_json(res.as_dict())
         return

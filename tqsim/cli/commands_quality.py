@@ -12,7 +12,6 @@ from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, 
 from tqsim.units import fmt_pct as pct
 
 
-
 def _load(home, system, workload, files):
     """The campaign to score: given files/folders, or the workspace's <system>/<workload> folder."""
     from tqsim.data.io import calibration_files, load_campaign

@@ -30,9 +30,9 @@ from tqsim.forecast import (INTERVAL, forecast, percentile_bands, simulate_calls
                             tail_and_p99_bands)
 from tqsim.models import load
 from tqsim.models.fit import REFIT
-from tqsim.quality import (campaign_configs, check_tail_q, config_factors, latency_percentiles, no_deadline_quality,
-                           parse_threshold, parse_thresholds, quality_curves, quality_report, scoring_of,
-                           tail_and_p99)
+from tqsim.quality import (campaign_configs, check_tail_q, config_factors, latency_percentiles, measured_latency,
+                           no_deadline_quality, parse_threshold, parse_thresholds, quality_curves, quality_report,
+                           scoring_of, tail_and_p99)
 from tqsim.report.figures import draw_figures
 from tqsim.report.html import to_html
 from tqsim.report.markdown import to_markdown
@@ -211,7 +211,7 @@ def _overview_section(ctx: _Ctx) -> Section:
         lat = ds["latency_s"].transpose("pass", "instance").values
         pct = latency_percentiles(lat)
         nd = no_deadline_quality(**scoring_of(ds))
-        n_pass = int((~np.isnan(lat).all(axis=-1)).sum())
+        n_pass = measured_latency(ds).shape[0]
         data.append({"config_id": ds.attrs["config_id"], "config": config_factors(ds), "passes": n_pass,
                      "instances": int(lat.shape[1]), "latency_s": pct, "no_deadline": nd})
         rows.append([ds.attrs["config_id"], str(n_pass), str(lat.shape[1]), fmt_seconds(pct["p50"]), fmt_seconds(pct["p99"]),

@@ -246,7 +246,7 @@ def _calibrated_precisions(src: WorkspaceInputs, asked: list) -> list[str]:
 
 
 def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=None, system=None, workload=None,
-                        confidence: float = INTERVAL, max_batches: Sequence[int] | None = None,
+                        confidence: float = 0.9, max_batches: Sequence[int] | None = None,
                         max_waits_s: Sequence[float] | None = None, precisions: Sequence[str] | None = None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
                         service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None):
