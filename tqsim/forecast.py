@@ -328,13 +328,10 @@ def percentile_bands(calls: np.ndarray, percentiles: Sequence[float] = (50, 99, 
 def tail_and_p99_bands(fc: Forecast, k: int = 0, level: float = INTERVAL) -> dict[str, float]:
     """Posterior median and central interval of TQ_q at threshold ``k`` and of p99 latency: medians, as
     they resist the rare absurd draw of a heavy-tailed residual (a forecast cell of the report's heatmap)."""
-    a = (1 - level) / 2
-    tq = tail_quality(fc.qat[:, :, k], fc.tail_q)
-    p99 = np.percentile(fc.latency_s.reshape(fc.latency_s.shape[0], -1), 99, axis=1)
-    return {"tail": float(np.median(tq)), "tail_lo": float(np.quantile(tq, a)),
-            "tail_hi": float(np.quantile(tq, 1 - a)), "threshold_s": float(fc.thresholds_s[k]),
-            "p99_s": float(np.median(p99)), "p99_lo_s": float(np.quantile(p99, a)),
-            "p99_hi_s": float(np.quantile(p99, 1 - a))}
+    tq = Interval.of(tail_quality(fc.qat[:, :, k], fc.tail_q), level)
+    p99 = Interval.of(np.percentile(fc.latency_s.reshape(fc.latency_s.shape[0], -1), 99, axis=1), level)
+    return {"tail": tq.median, "tail_lo": tq.lo, "tail_hi": tq.hi, "threshold_s": float(fc.thresholds_s[k]),
+            "p99_s": p99.median, "p99_lo_s": p99.lo, "p99_hi_s": p99.hi}
 
 
 def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:
