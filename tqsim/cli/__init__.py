@@ -6,12 +6,11 @@ Heavy imports (torch, PyMC) happen inside the command that needs them so ``tqsim
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 
 import typer
 
+from tqsim import interrupts
 from tqsim.cli.common import app
 
 # Each module registers its commands on ``app``; imported for that side effect.
@@ -23,27 +22,15 @@ from tqsim.cli import commands_report  # noqa: F401
 from tqsim.cli import commands_check  # noqa: F401
 
 
-def _redeliver_swallowed_interrupts(default=sys.unraisablehook):
-    """A Ctrl-C that lands inside a garbage-collector callback or a ``__del__`` (JAX registers one) is
-    "ignored" by Python as unraisable, and the command would run on to the end; raise it again, so it
-    is handled at the next safe point like any other."""
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):  # from another thread: handled after this returns
-            threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
-        else:
-            default(unraisable)
-    return hook
-
-
 def main() -> None:
     """Entry point: user mistakes exit 2 in one or two lines; internal failures exit 1."""
     from tqsim.errors import UserError
 
     debug = "--debug" in sys.argv
-    sys.unraisablehook = _redeliver_swallowed_interrupts()
+    interrupts.install()
     try:
         code = app(standalone_mode=False, prog_name="tqsim")
-        if code == 130:  # typer turns KeyboardInterrupt into a returned exit code in this mode
+        if code == 130 or interrupts.seen():  # typer returns 130 for KeyboardInterrupt in this mode; or swallowed
             raise KeyboardInterrupt
         if isinstance(code, int) and code:
             sys.exit(code)
@@ -53,12 +40,14 @@ def main() -> None:
         typer.secho(f"error: {exc}", err=True, fg="red")
         sys.exit(2)
     except KeyboardInterrupt:
-        # A native sampler can take the signal first and return; Python's own handler may then still be
-        # pending and would raise again during shutdown (the process then dies by SIGINT, not exit 130).
-        signal.signal(signal.SIGINT, lambda *_: None)
         typer.secho("interrupted; nothing finished was lost (a calibration resumes with the same command; an "
                     "interrupted fit left the previous model as it was).", err=True, fg="yellow")
-        sys.exit(130)
+        # Every file is complete or untouched by now (atomic writes clean up as the exception unwinds).
+        # Leave without the interpreter's shutdown: the sampler's native threads can deliver the signal
+        # again there, and the process then dies by SIGINT instead of exiting 130.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
         sys.exit(code)

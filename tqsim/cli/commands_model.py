@@ -11,6 +11,7 @@ import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
                               fmt_seconds, split_list, steps)
+from tqsim import interrupts
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 
@@ -49,6 +50,7 @@ def fit(
     say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
     fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains,
                       seed=seed if seed is not None else 0, progress=not json_out, log=say)
+    interrupts.check()  # a Ctrl-C swallowed during the fit must not replace the model
     path = save(fm, target)
     d = fm.diagnostics
     out = {"system": sys_name, "workload": wl, "model": str(path), "family": d["family"], "diagnostics": d}

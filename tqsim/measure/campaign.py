@@ -156,6 +156,7 @@ def _run_locked(plan: Plan, folder: Path, system: str, *, workload: Any, prepare
                 before = load.read()
                 ns = time_pass(runner, clock)
                 reading = load.between(before, load.read())
+                interrupts.check()  # a Ctrl-C swallowed during the pass stops here, before the write
                 session_loads.append(reading)
                 rec.add_pass(ns, round_id, started, session, reading)
                 write_atomic(rec.to_dataset(), folder / f"{config.id}.nc")
