@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from tqsim import interrupts
 from tqsim.data.io import calibration_files, read_calibration, remove_stale_temporaries, write_atomic
 from tqsim.data.lock import calibration_lock
 from tqsim.data.workspace import Workspace
