@@ -35,6 +35,7 @@ def check(
     from tqsim.measure.fingerprint import fingerprint
     from tqsim.models import load
     from tqsim.workloads import BUILTINS, get_workload
+    from tqsim.workloads.files import is_file_spec
 
     ws = Workspace.at(home)
     sys_name = ws.resolve_system(system)
@@ -45,9 +46,10 @@ def check(
                         "machine with the fitted calibration).")
     fm = load(model_path, workload=wl_name, system=sys_name)
     spec = workload or wl_name
-    if spec not in BUILTINS and ":" not in spec:
-        raise UserError(f"{wl_name} is a user workload: name its factory, e.g. --workload path/to/file.py:factory.")
     files = {p.stem: p for p in calibration_files(ws.calibration_dir(sys_name, wl_name))}
+    source = _recorded_source(files.values())
+    if source is None and spec not in BUILTINS and ":" not in spec:
+        raise UserError(f"{wl_name} is a user workload: name its factory, e.g. --workload path/to/file.py:factory.")
     fitted = [parse_config_id(c["id"]) for c in fm.configs]
     if anchor:
         chosen = []
@@ -67,7 +69,14 @@ def check(
     mismatch = fingerprint_mismatch(cal_fp, fingerprint())
     if mismatch and not force:
         raise UserError(f"this is not the calibrated machine ({mismatch}); calibrate this one, or pass --force.")
-    wl = get_workload(spec)
+    if source is not None and (workload is None or is_file_spec(workload)):
+        wl = get_workload(source["spec"], source["data"])  # the files the calibration recorded, no --data retyped
+        calibrated = str(read_calibration(files[chosen[0].id]).attrs.get("model_digest", ""))
+        if calibrated and wl.digest != calibrated:
+            raise UserError(f"{source['model']} changed since it was calibrated; recalibrate it (calibrate --fresh) "
+                            "before checking the machine with it.")
+    else:
+        wl = get_workload(spec)
     if workload_name_of(spec) != wl_name and wl.name != wl_name:
         raise UserError(f"--workload {spec} is not the calibrated workload {wl_name}.")
     from tqsim.measure.campaign import set_torch_threads  # noqa: F401  (torch is needed from here on)
@@ -92,3 +101,17 @@ def check(
     c = console()
     c.print(sentence(result))
     c.print(f"stored in {path}; `tqsim predict --now ...` conditions forecasts on it.")
+
+
+def _recorded_source(paths) -> dict | None:
+    """The model-file source a calibration recorded (tqsim/workloads/files.py), or None for other workloads."""
+    import json
+
+    from tqsim.data.io import read_calibration
+    from tqsim.measure.campaign import SOURCE_ATTR
+
+    for p in paths:
+        text = read_calibration(p).attrs.get(SOURCE_ATTR)
+        if text:
+            return json.loads(str(text))
+    return None

@@ -26,7 +26,7 @@ def workloads(json_out: Json = False, debug: Debug = False) -> None:
     for r in rows:
         table.add_row(r["name"], r["task"], str(r["instances"]), r["metric"])
     console().print(table)
-    console().print("Your own: --workload path/to/file.py:factory (see README).")
+    console().print("Your own: --workload model.onnx --data eval.npz, or path/to/file.py:factory (see README).")
 
 
 @app.command()
@@ -71,11 +71,19 @@ def calibrate(
         "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
                           "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (also duration=8s, repeats=3: runs per "
                           "rate; needs the forward-time calibration first).")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Evaluation data of a model-file workload (--workload model.onnx or model.pt): an .npz or "
+                       ".parquet holding `labels` and one array per model input, named as the input.")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
     """Measure configurations of a workload on this system into the workspace (resumes by default)."""
     if serving is not None:
+        if data is not None:
+            from tqsim.errors import UserError
+
+            raise UserError("--serving measures built-in and factory workloads only; drop --data (a model file is "
+                            "calibrated for forward times, without --serving).")
         from tqsim.serving_calibration import calibrate_serving_setup
 
         with warnings.catch_warnings(record=True) as caught:
@@ -95,7 +103,7 @@ def calibrate(
         result = run_calibration(plan, grid, home=home, system=system, workload=workload, passes=passes,
                                  warmup=warmup, fresh=fresh, seed=seed, until_converged=until_converged,
                                  rjsd=rjsd, max_passes=max_passes, sessions=sessions, gap=gap,
-                                 show_progress=not json_out)
+                                 show_progress=not json_out, data=data)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if json_out:
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})

@@ -40,7 +40,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 Home = Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (env TQSIM_HOME; default: .).")]
 System = Annotated[Optional[str], typer.Option("--system", help="System name (default: host name when measuring, "
                                                                  "the only system in the workspace otherwise).")]
-WorkloadOpt = Annotated[Optional[str], typer.Option("--workload", help="Workload name, or path/file.py:factory.")]
+WorkloadOpt = Annotated[Optional[str], typer.Option("--workload", help="Workload name, model file (.onnx, .pt, .toml), or path/file.py:factory.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]

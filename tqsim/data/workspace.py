@@ -94,9 +94,26 @@ class Workspace:
 
 
 def workload_name_of(spec: str) -> str:
-    """The stored name of a workload spec: built-ins by name, ``file.py:factory`` as ``file-factory``."""
+    """The stored name of a workload spec: built-ins by name, ``file.py:factory`` as ``file-factory``,
+    a model file by its stem (``model.onnx`` as ``model``), a TOML description by its ``name`` key or stem."""
+    path = Path(spec)
+    if path.suffix.lower() in (".onnx", ".pt"):
+        return path.stem
+    if path.suffix.lower() == ".toml":
+        return _described_name(path) or path.stem
     if ":" in spec:
         module, _, factory = spec.rpartition(":")
         stem = Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
         return f"{stem}-{factory}"
     return spec
+
+
+def _described_name(path: Path) -> str | None:
+    """The ``name`` key of a TOML workload description, if it is readable and has one (the loader reports errors)."""
+    import tomllib
+
+    try:
+        name = tomllib.loads(path.read_text(encoding="utf-8")).get("name")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return name if isinstance(name, str) and name.strip() else None

@@ -1,9 +1,9 @@
 """Execution backends: turn (workload, configuration) into a :class:`Runner` the timing loop calls.
 
 Everything that is not the forward call itself — collation, casting to the precision, moving to
-the device, compiling, exporting to ONNX — happens here, once, before any timing, so a timed call
-measures only the network. ``check_supported`` refuses a configuration this system cannot run
-before anything is trained or measured.
+the device, compiling, exporting to ONNX (or opening the user's own ONNX file) — happens here, once,
+before any timing, so a timed call measures only the network. ``check_supported`` refuses a
+configuration this system (or, given one, the workload) cannot run before anything is measured.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.workloads.base import Workload
+from tqsim.workloads.files import OnnxFile
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +61,7 @@ class Runner:
         return (self._raw or self._call)(args)
 
     def synchronize(self) -> None:
-        if self.config.device == "cuda":
+        if self.config.device == "cuda" and self.config.backend == "torch":  # onnxruntime returns host arrays
             torch.cuda.synchronize()
 
     def predicted_classes(self, output: Any) -> np.ndarray:
@@ -81,9 +82,11 @@ def _closed(args: tuple) -> Any:
     raise RuntimeError("this runner was closed; prepare() a new one")
 
 
-def check_supported(config: Config) -> None:
-    """Refuse, naming the fix, a configuration this system or backend cannot run. Cheap: no model.
+def check_supported(config: Config, workload: Workload | None = None) -> None:
+    """Refuse, naming the fix, a configuration this system or backend cannot run. Cheap: no forward call.
 
+    Without ``workload`` only the system is checked (before a workload is built); with it, also what
+    that model can run (an ONNX file's precision and batch axis, a TorchScript model's backend).
     Threads above the core count are allowed (oversubscription is a legitimate experiment) but
     warned about with ``warnings.warn`` for the caller to print.
     """
@@ -91,7 +94,7 @@ def check_supported(config: Config) -> None:
     if config.threads > cores:
         warnings.warn(f"threads={config.threads} exceeds the {cores} cores of this machine; the threads "
                       "will share cores and latencies will show it.", stacklevel=2)
-    if config.device == "cuda":
+    if config.device == "cuda" and config.backend == "torch":
         if not torch.cuda.is_available():
             raise UserError("no CUDA device on this system; drop device=cuda (or run on a machine with a GPU).")
         if config.precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -100,11 +103,15 @@ def check_supported(config: Config) -> None:
     if config.backend == "onnxruntime":
         if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
             raise UserError("backend onnxruntime needs `pip install 'tqsim[onnx]'` (onnxruntime, onnx, onnxscript).")
-        if config.precision != "fp32":
-            raise UserError(f"backend onnxruntime runs fp32 only here; drop precision={config.precision} "
-                            "or use backend=torch.")
-        if config.device != "cpu":
-            raise UserError("backend onnxruntime runs on the CPU only here; use device=cpu, or backend=torch on cuda.")
+        if config.precision == "bf16":
+            raise UserError("backend onnxruntime runs fp32 only here (fp16 for an .onnx file with fp16 inputs); "
+                            "drop precision=bf16 or use backend=torch.")
+        if config.device == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("this onnxruntime has no CUDA execution provider; use device=cpu, or install "
+                                "onnxruntime-gpu.")
         if config.compile:
             raise UserError("compile applies to backend=torch; drop compile=on for backend=onnxruntime.")
     elif config.backend != "torch":
@@ -113,6 +120,21 @@ def check_supported(config: Config) -> None:
                                                           or shutil.which("clang++")):
         raise UserError("compile=on on the CPU needs a C++ compiler (g++ or clang++, or set CXX); install one "
                         "or drop compile=on.")
+    if workload is not None:
+        _check_workload_supports(config, workload)
+
+
+def _check_workload_supports(config: Config, workload: Workload) -> None:
+    if isinstance(workload.model, OnnxFile):
+        workload.model.refuse_unsupported(config, workload.n_instances)
+        return
+    if config.backend == "onnxruntime":
+        if isinstance(workload.model, torch.jit.ScriptModule):
+            raise UserError(f"{workload.name} is a TorchScript model, which cannot be exported to ONNX here; use "
+                            "backend=torch (the default), or export the model to .onnx and measure that file.")
+        if config.precision != "fp32":
+            raise UserError(f"backend onnxruntime runs {workload.name} exported in fp32 only; drop "
+                            f"precision={config.precision} or use backend=torch.")
 
 
 def prepare(workload: Workload, config: Config) -> Runner:
@@ -234,29 +256,54 @@ def _onnx_model(workload: Workload, example: tuple) -> bytes:
     return _ONNX_CACHE[key]
 
 
-def _prepare_onnxruntime(workload: Workload, config: Config, groups: list[np.ndarray],
-                         batch_of_instance: np.ndarray) -> Runner:
+def _export_example(workload: Workload, groups: list[np.ndarray], collated: list[tuple]) -> tuple:
+    """An example of at least two instances and the longest inputs, so no dynamic dim is traced at 1."""
+    example_idx = np.argsort([-sum(a.numel() for a in b if isinstance(a, torch.Tensor)) for b in collated])[0]
+    if len(groups[example_idx]) < 2 and workload.n_instances >= 2:
+        return _collate(workload, np.arange(min(workload.n_instances, 4)))
+    return collated[example_idx]
+
+
+def onnx_session(model: bytes | str, config: Config):
+    """An onnxruntime session for ``config``: its threads as intra-op threads, one op at a time, on the
+    CPU provider or (device=cuda) the CUDA one; refused, naming the fix, if onnxruntime does otherwise."""
     import onnxruntime as ort
 
-    collated = [_collate(workload, idx) for idx in groups]
-    # An example of at least two instances and the longest inputs, so no dynamic dim is traced at 1.
-    example_idx = np.argsort([-sum(a.numel() for a in b if isinstance(a, torch.Tensor)) for b in collated])[0]
-    example = collated[example_idx]
-    if len(groups[example_idx]) < 2 and workload.n_instances >= 2:
-        example = _collate(workload, np.arange(min(workload.n_instances, 4)))
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    session = ort.InferenceSession(_onnx_model(workload, example), options, providers=["CPUExecutionProvider"])
+    provider = "CUDAExecutionProvider" if config.device == "cuda" else "CPUExecutionProvider"
+    try:
+        session = ort.InferenceSession(model, options, providers=[provider, "CPUExecutionProvider"][:1 + (provider != "CPUExecutionProvider")])
+    except Exception as exc:
+        where = model if isinstance(model, str) else "the exported model"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"onnxruntime cannot load {where} ({first}); check that the file opens in onnxruntime "
+                        "(a newer opset may need a newer onnxruntime).") from None
+    if session.get_providers()[0] != provider:
+        raise UserError(f"onnxruntime runs on {session.get_providers()[0]} although {provider} was asked for; "
+                        "use device=cpu, or fix the onnxruntime-gpu install.")
     got = session.get_session_options().intra_op_num_threads
     if got != config.threads:
         raise UserError(f"onnxruntime kept {got} threads although {config.threads} were asked for; "
                         "choose another threads level.")
-    names = [i.name for i in session.get_inputs()]
-    if len(names) != len(example):
-        raise UserError(f"the ONNX export of {workload.name} takes {len(names)} inputs for {len(example)} "
+    return session
+
+
+def _prepare_onnxruntime(workload: Workload, config: Config, groups: list[np.ndarray],
+                         batch_of_instance: np.ndarray) -> Runner:
+    """The user's own ONNX file as it is, or the torch model exported once; one session per configuration."""
+    collated = [_collate(workload, idx) for idx in groups]
+    if isinstance(workload.model, OnnxFile):
+        session = onnx_session(str(workload.model.path), config)
+        names = workload.model.input_names  # the data were matched to these names when the file was loaded
+    else:
+        session = onnx_session(_onnx_model(workload, _export_example(workload, groups, collated)), config)
+        names = [i.name for i in session.get_inputs()]
+    if len(names) != len(collated[0]):
+        raise UserError(f"the ONNX export of {workload.name} takes {len(names)} inputs for {len(collated[0])} "
                         "collated arguments (constant arguments are folded away); use backend=torch.")
     batches = [tuple(np.ascontiguousarray(a.numpy()) if isinstance(a, torch.Tensor) else a for a in b)
                for b in collated]

@@ -189,10 +189,21 @@ def _new_record(config: Config, workload: Any, system: str, runner: Any, fp: dic
                        label=np.asarray(workload.labels), fingerprint=fp, model_digest=workload.digest,
                        instance_size=workload.instance_size,
                        extra_attrs={"warmup_passes": plan.warmup, "priming_calls": PRIMING_CALLS, "seed": plan.seed,
-                                    "task": workload.task})
+                                    "task": workload.task, **_source_attr(workload)})
     for _ in range(plan.warmup):
         rec.warmup_ns.append(time_pass(runner, clock))
     return rec
+
+
+def _source_attr(workload: Any) -> dict:
+    """Where a model-file workload came from (files, digests), so `tqsim check` can rebuild it unaided."""
+    import json
+
+    source = getattr(workload, "source", None)
+    return {SOURCE_ATTR: json.dumps(source, sort_keys=True)} if source else {}
+
+
+SOURCE_ATTR = "workload_source"
 
 
 def summarise(records: Iterable[ConfigRecord]) -> list[dict]:

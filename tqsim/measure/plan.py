@@ -14,6 +14,7 @@ from typing import Any
 
 from tqsim.errors import UserError
 from tqsim.factors import DEFAULTS, FACTORS, Config, parse_assignment, parse_level
+from tqsim.workloads.files import model_kind
 
 PLAN_KEYS = {"description", "workload", "passes", "warmup", "seed", "grid"}
 QUICK_PLAN = "quick"
@@ -91,15 +92,17 @@ def build_plan(plan_file: str | Path | None, grid_options: list[str] | None, *, 
     for factor, levels in grid.items():
         if len(set(levels)) != len(levels):
             raise UserError(f"{factor} lists a level twice: {levels}.")
+    workload = workload or data.get("workload", "digits-cnn")
+    if not isinstance(workload, str) or not workload.strip():
+        raise UserError(f"plan workload {workload!r}: give a workload name, e.g. workload = \"digits-cnn\".")
+    if "backend" not in grid and model_kind(workload) == "onnx":
+        grid["backend"] = ["onnxruntime"]  # an .onnx file runs in onnxruntime, without the user saying so
     ordered = {f: tuple(grid.get(f, [DEFAULTS[f]])) for f in FACTORS}
     passes = passes if passes is not None else _whole(data, "passes", 20)
     warmup = warmup if warmup is not None else _whole(data, "warmup", 2)
     seed = seed if seed is not None else _whole(data, "seed", 0)
     if seed < 0:
         raise UserError(f"seed {seed}: must be ≥ 0.")
-    workload = workload or data.get("workload", "digits-cnn")
-    if not isinstance(workload, str) or not workload.strip():
-        raise UserError(f"plan workload {workload!r}: give a workload name, e.g. workload = \"digits-cnn\".")
     if passes < 1:
         raise UserError(f"--passes {passes}: need at least 1 timed pass (20 or more for tail statistics).")
     if warmup < 0:

@@ -49,8 +49,10 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
               system: str | None = None, workload: str | None = None, passes: int | None = None,
               warmup: int | None = None, fresh: bool = False, seed: int | None = None,
               until_converged: bool = False, rjsd: float = 0.05, max_passes: int | None = None,
-              sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True) -> dict:
+              sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True, data: str | None = None) -> dict:
     """Run (or resume) a calibration campaign and return the JSON-ready summary.
+
+    ``data`` is the evaluation data file of a model-file workload (``--workload model.onnx``).
 
     ``sessions > 1`` spreads the passes over that many sessions, each a fresh process started
     ``gap`` after the previous one ended, so that the fit can measure how much the machine's speed
@@ -78,7 +80,7 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
     for config in plan.configs:  # cheap checks first: nothing trained or measured on a bad level
         check_supported(config)
     kwargs = dict(home=ws.home, system=system, workload=plan.workload, warmup=plan.warmup, seed=plan.seed,
-                  until_converged=until_converged, rjsd=rjsd, show_progress=show_progress)
+                  until_converged=until_converged, rjsd=rjsd, show_progress=show_progress, data=data)
     if sessions == 1:
         return _one_session(plan_file, grid, passes=plan.passes, fresh=fresh, **kwargs)
     with _sigterm_as_interrupt():
@@ -86,18 +88,19 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
 
 
 def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, seed, fresh, until_converged,
-                 rjsd, show_progress) -> dict:
+                 rjsd, show_progress, data=None) -> dict:
     """One session: this process measures every pass still missing, up to ``passes``."""
     plan = build_plan(plan_file, grid, workload=workload, passes=passes, warmup=warmup, seed=seed)
     from tqsim.measure.backends import check_supported, prepare
     from tqsim.measure.fingerprint import fingerprint
     from tqsim.workloads import get_workload
 
-    wl = get_workload(plan.workload)
+    wl = get_workload(plan.workload, data)
     stop_when = _convergence_rule(rjsd) if until_converged else None
     with _sigterm_as_interrupt(), progress_bar(show_progress) as progress:
         result = run_campaign(plan, Workspace.at(home), system, workload=wl, prepare=prepare,
-                              check_supported=check_supported, fingerprint=fingerprint(), fresh=fresh,
+                              check_supported=lambda config: check_supported(config, wl),
+                              fingerprint=fingerprint(), fresh=fresh,
                               progress=progress, stop_when=stop_when)
     if result.busy:
         warnings.warn(result.busy, UserWarning, stacklevel=2)

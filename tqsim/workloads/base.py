@@ -27,7 +27,9 @@ class Workload:
     configuration. ``collate(inputs, index)`` returns the positional arguments of one forward call
     for the instances ``index`` (a batch). ``predict(output)`` turns the model output of a batch
     into one predicted class per instance. ``instance_size`` (optional) is a per-instance cost
-    covariate, e.g. the token count of a sequence, used by the latency models.
+    covariate, e.g. the token count of a sequence, used by the latency models. ``source`` (set for
+    model-file workloads) says where the workload came from; each calibration file records it so
+    ``tqsim check`` can rebuild the workload without the user naming it again.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Workload:
     instance_size: np.ndarray | None = None
     digest: str = ""
     float_inputs: Sequence[int] = (0,)
+    source: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_instances(self) -> int:

@@ -1,4 +1,5 @@
-"""Find a workload by name: the built-ins, or a user factory ``path/to/file.py:factory`` / ``module:factory``.
+"""Find a workload by name: the built-ins, a model file or TOML description (tqsim/workloads/files.py),
+or a user factory ``path/to/file.py:factory`` / ``module:factory``.
 
 Importing this module is cheap (no torch): ``list_workloads`` answers from static metadata, and a
 built-in's module (which trains or loads its network) is imported only when it is asked for.
@@ -34,15 +35,24 @@ def list_workloads() -> list[dict[str, Any]]:
             for name, (_, _, task, n, metric) in BUILTINS.items()]
 
 
-def get_workload(spec: str) -> Workload:
-    """A built-in by name, or the :class:`Workload` returned by a user factory (named after the spec)."""
+def get_workload(spec: str, data: str | None = None) -> Workload:
+    """A built-in by name, a model file (``.onnx``/``.pt``, with its ``data`` file) or TOML description,
+    or the :class:`Workload` returned by a user factory (named after the spec)."""
+    from tqsim.workloads.files import is_file_spec, load_file_workload
+
     spec = str(spec).strip()
+    if is_file_spec(spec):
+        return check_workload(load_file_workload(spec, data), spec)
+    if data is not None:
+        raise UserError(f"--data goes with a model file workload (.onnx, .pt or a .toml description), not {spec}; "
+                        "drop --data, or give --workload model.onnx.")
     if spec in BUILTINS:
         module, factory = BUILTINS[spec][:2]
         return check_workload(getattr(importlib.import_module(module), factory)(), spec)
     if ":" not in spec:
         raise UserError(f"unknown workload '{spec}'; built-ins are: {', '.join(BUILTINS)} "
-                        "(or give your own as path/to/file.py:factory or module:factory).")
+                        "(or give your own as model.onnx/model.pt with --data, path/to/file.py:factory or "
+                        "module:factory).")
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
         raise UserError(f"workload '{spec}' must look like path/to/file.py:factory or module:factory.")
@@ -82,6 +92,8 @@ def check_workload(w: Workload, spec: str) -> Workload:
     """Refuse a workload whose parts disagree, naming the part; cheap, no forward call."""
     import numpy as np
 
+    from tqsim.workloads.files import OnnxFile
+
     w.labels = np.asarray(w.labels)
     if w.labels.ndim != 1 or len(w.labels) == 0:
         raise UserError(f"workload {spec}: labels must be a non-empty 1-D array (got shape {w.labels.shape}).")
@@ -100,7 +112,7 @@ def check_workload(w: Workload, spec: str) -> Workload:
                             f"{len(w.labels)} instances; give one size per instance or None.")
     if w.metric not in METRICS:
         raise UserError(f"workload {spec}: unknown metric '{w.metric}'; choose one of: {', '.join(METRICS)}.")
-    if not callable(getattr(w.model, "forward", None)) and not callable(w.model):
+    if not isinstance(w.model, OnnxFile) and not callable(getattr(w.model, "forward", None)) and not callable(w.model):
         raise UserError(f"workload {spec}: model is {_describe(w.model)}; give a torch.nn.Module.")
     return w
 
