@@ -125,6 +125,36 @@ def test_torchscript_file_runs_in_torch_with_precision(files):
     assert bf16.shape == (N,) and (bf16 == files["pred"]).mean() > 0.8  # cast, not refused
 
 
+def test_threads_are_the_sessions_intra_op_threads_and_cuda_needs_its_provider(files):
+    import onnxruntime as ort
+
+    from tqsim.errors import UserError
+    from tqsim.factors import Config
+    from tqsim.measure.backends import check_supported, onnx_session
+
+    session = onnx_session(str(files["dir"] / "mlp.onnx"), Config(threads=2, backend="onnxruntime"))
+    assert session.get_session_options().intra_op_num_threads == 2
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(UserError, match="no CUDA execution provider; use device=cpu"):
+            check_supported(Config(backend="onnxruntime", device="cuda"))
+
+
+@pytest.mark.gpu
+def test_onnx_file_runs_on_the_cuda_provider(files):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA execution provider (onnxruntime-gpu)")
+    from tqsim.factors import Config
+    from tqsim.workloads import get_workload
+
+    d = files["dir"]
+    wl = get_workload(str(d / "mlp.onnx"), str(d / "mlp.npz"))
+    pred = _predictions(wl, Config(batch_size=8, threads=1, backend="onnxruntime", device="cuda"))
+    np.testing.assert_array_equal(pred, files["pred"])
+
+
 def test_parquet_holds_the_same_instances_as_npz(files):
     from tqsim.workloads import get_workload
 
