@@ -139,7 +139,7 @@ def _check_workload_supports(config: Config, workload: Workload) -> None:
 
 def prepare(workload: Workload, config: Config) -> Runner:
     """Build the runner for ``config``: set threads, cast, move, collate every batch, compile/export."""
-    check_supported(config)
+    check_supported(config, workload)
     _set_threads(config.threads)
     index = np.arange(workload.n_instances)
     batch_of_instance = index // config.batch_size
@@ -276,7 +276,9 @@ def onnx_session(model: bytes | str, config: Config):
     options.log_severity_level = 3
     provider = "CUDAExecutionProvider" if config.device == "cuda" else "CPUExecutionProvider"
     try:
-        session = ort.InferenceSession(model, options, providers=[provider, "CPUExecutionProvider"][:1 + (provider != "CPUExecutionProvider")])
+        # on cuda, ops the CUDA provider lacks fall back to the CPU, as onnxruntime users expect
+        fallback = ["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else []
+        session = ort.InferenceSession(model, options, providers=[provider, *fallback])
     except Exception as exc:
         where = model if isinstance(model, str) else "the exported model"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
