@@ -354,3 +354,24 @@ def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:
         raise UserError("the calibration used several levels of " + "; ".join(missing)
                         + "; choose with --set FACTOR=VALUE.")
     return Config.from_mapping(values)
+
+
+def predict(fm: FittedModel, settings: dict[str, object] | None = None,
+            thresholds: Sequence[str | float | Threshold] | None = None, *, check: dict | None = None,
+            n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
+            force: bool = False) -> Forecast:
+    """``tqsim predict``: forecast the configuration ``settings`` names (``{"batch_size": 8, ...}``; a factor
+    left out takes the calibration's level when it used one), in a new session or, given ``check`` (a
+    record of ``tqsim check``), in the machine state that check measured."""
+    from tqsim.factors import Config
+
+    config = resolve_config(fm, dict(settings or {}))
+    session = note = None
+    if check is not None:
+        from tqsim.drift import anchor_offsets, describe, sentence
+
+        anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
+        session = anchor_offsets(fm, anchors, n_draws=n_draws, seed=seed)
+        note = f"conditioned on the check of {check['created_at']}: " + sentence(describe(session, fm))
+    return forecast(fm, config, thresholds, n_passes=n_passes, n_draws=n_draws, tail_q=tail_q, seed=seed,
+                    force=force, session=session, session_note=note)

@@ -154,3 +154,26 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
                      created_at=now())
     fm.add_config_levels(config_level_draws(fm))
     return fm
+
+
+def fit_workspace(home=None, system: str | None = None, workload: str | None = None, *, family: str = "auto",
+                  sampler: str | None = None, draws: int = 1000, tune: int = 500, chains: int = 2, seed: int = 0,
+                  progress: bool = False, log: Callable[[str], None] | None = None):
+    """``tqsim fit``: fit the workspace's calibration of ``<system>/<workload>`` and save the model to
+    ``models/<system>/<workload>.nc``; returns ``(FittedModel, path)``. The folder is checked writable
+    before sampling, and a Ctrl-C swallowed during sampling stops here, before the saved model is replaced."""
+    from tqsim import interrupts
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models.store import save
+
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    workload = ws.resolve_workload(system, workload)
+    target = ws.model_path(system, workload)
+    ws.check_writable(target.parent)
+    campaign = load_campaign(ws.calibration_dir(system, workload), workload=workload)
+    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
+                      progress=progress, log=log)
+    interrupts.check()
+    return fm, save(fm, target)
