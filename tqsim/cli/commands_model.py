@@ -28,7 +28,7 @@ def fit(
                                                        "configuration's own quantile functions).")] = "auto",
 ) -> None:
     """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
-    from tqsim.models.fit import REFIT, fit_workspace, shortfall
+    from tqsim.models.fit import fit_summary, fit_workspace
 
     err = console(stderr=True)
     say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
@@ -40,22 +40,8 @@ def fit(
         emit_json(out)
         return
     c = console()
-    c.print(f"fitted {d['n_configs']} configurations ({d['n_passes']} passes, {d['n_batches_total']} calls, "
-            f"{d['n_sessions']} session{'s' if d['n_sessions'] != 1 else ''}) with {d['sampler']} in "
-            f"{d['total_seconds']:.1f} s")
-    if d.get("rhat_max") is not None:
-        c.print(f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}")
-    if d["n_sessions"] < 2:
-        c.print("[yellow]one calibrated session: the drift between sessions is assumed, not measured "
-                "(`tqsim calibrate --sessions 3 --gap 5min` measures it).[/yellow]")
-    for note in d.get("notes", []):
-        c.print(f"[yellow]{note}[/yellow]")
-    if not d["ok"]:
-        c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
-                "without --force.")
-    elif d.get("status") == "warn":
-        c.print(f"[yellow]diagnostics usable but not clean ({shortfall(d)}): "
-                f"forecasts will say so; refit with `{REFIT}` for final numbers.[/yellow]")
+    for text, style in fit_summary(d):
+        c.print(text, style=style, markup=False)
     c.print(f"wrote {path}")
 
 

@@ -177,3 +177,26 @@ def fit_workspace(home=None, system: str | None = None, workload: str | None = N
                       progress=progress, log=log)
     interrupts.check()
     return fm, save(fm, target)
+
+
+def fit_summary(d: dict) -> list[tuple[str, str | None]]:
+    """What a fit's diagnostics ``d`` mean for its forecasts, as ``(line, style)`` pairs (style ``None``,
+    ``yellow`` for a caution, ``bold red`` for a failed fit): the CLI prints them, the API joins them."""
+    lines: list[tuple[str, str | None]] = [
+        (f"fitted {d['n_configs']} configurations ({d['n_passes']} passes, {d['n_batches_total']} calls, "
+         f"{d['n_sessions']} session{'s' if d['n_sessions'] != 1 else ''}) with {d['sampler']} in "
+         f"{d['total_seconds']:.1f} s", None)]
+    if d.get("rhat_max") is not None:
+        lines.append((f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences "
+                      f"{d['divergences']}", None))
+    if d["n_sessions"] < 2:
+        lines.append(("one calibrated session: the drift between sessions is assumed, not measured "
+                      "(`tqsim calibrate --sessions 3 --gap 5min` measures it).", "yellow"))
+    lines += [(note, "yellow") for note in d.get("notes", [])]
+    if not d["ok"]:
+        lines.append(("diagnostics FAILED: refit with more --draws/--tune; predict refuses this fit without --force.",
+                      "bold red"))
+    elif d.get("status") == "warn":
+        lines.append((f"diagnostics usable but not clean ({shortfall(d)}): forecasts will say so; refit with "
+                      f"`{REFIT}` for final numbers.", "yellow"))
+    return lines
