@@ -101,6 +101,51 @@ class Forecast:
                 "passes_per_run": self.passes_per_run, "draws": int(self.latency_s.shape[0]), "family": self.family,
                 "session": self.session, "diagnostics_ok": bool(self.diagnostics_ok), "warnings": list(self.warnings)}
 
+    def to_dict(self) -> dict:
+        """The JSON contract of ``tqsim predict --json`` (the same object as :meth:`as_dict`)."""
+        return self.as_dict()
+
+    def to_xarray(self):
+        """The simulated runs as a self-describing ``xarray.Dataset``: ``latency_s[draw, pass, instance]``,
+        ``qat[draw, pass, threshold]``, and their summaries over draws (``latency[percentile, stat]``,
+        ``quality_mean``/``quality_tail``/``quality_min[threshold, stat]``, stat = mean, median, lo, hi);
+        what was forecast (system, workload, configuration, session, metric, ...) in the attributes."""
+        import json
+
+        import xarray as xr
+
+        stats = ["mean", "median", "lo", "hi"]
+
+        def table(ivs):
+            return np.array([[getattr(iv, s) for s in stats] for iv in ivs], float)
+
+        ds = xr.Dataset(
+            {"latency_s": (("draw", "pass", "instance"), self.latency_s,
+                           {"units": "s", "long_name": "latency of each instance in each pass of a simulated run"}),
+             "qat": (("draw", "pass", "threshold"), self.qat,
+                     {"long_name": f"{self.metric} at the deadline (late instances count as wrong), per pass"}),
+             "latency": (("percentile", "stat"), table(self.latency.values()),
+                         {"units": "s", "long_name": "a run's latency percentile over draws"}),
+             "quality_mean": (("threshold", "stat"), table(q.mean for q in self.quality),
+                              {"long_name": "mean Q@T of a run over draws"}),
+             "quality_tail": (("threshold", "stat"), table(q.tail for q in self.quality),
+                              {"long_name": f"tail quality TQ_{self.tail_q:g} of a run over draws"}),
+             "quality_min": (("threshold", "stat"), table(q.minimum for q in self.quality),
+                             {"long_name": "minimum Q@T of a run over draws"})},
+            coords={"draw": np.arange(self.latency_s.shape[0]), "pass": np.arange(self.latency_s.shape[1]),
+                    "instance": np.arange(self.latency_s.shape[2]), "threshold": list(self.threshold_labels),
+                    "threshold_s": ("threshold", np.asarray(self.thresholds_s, float), {"units": "s"}),
+                    "percentile": list(self.latency), "stat": stats})
+        ds.attrs.update({"system": self.system, "workload": self.workload, "config_id": self.config.id,
+                         "config": json.dumps(self.config.as_dict()), "calibrated": int(self.calibrated),
+                         "metric": self.metric, "no_deadline_quality": float(self.no_deadline),
+                         "tail_q": float(self.tail_q), "interval": INTERVAL, "passes_per_run": int(self.passes_per_run),
+                         "family": self.family, "session": self.session, "diagnostics_ok": int(self.diagnostics_ok),
+                         "warnings": json.dumps(list(self.warnings)),
+                         "description": "tqsim forecast: posterior-predictive simulated runs of one configuration; "
+                                        "stat lo/hi bound the central interval given by the interval attribute"})
+        return ds
+
 
 def pscale(u: np.ndarray) -> np.ndarray:
     """The probability scale quantile functions are linear on between knots: log(2u) below the
@@ -354,3 +399,24 @@ def resolve_config(fm: FittedModel, assignments: dict[str, object]) -> Config:
         raise UserError("the calibration used several levels of " + "; ".join(missing)
                         + "; choose with --set FACTOR=VALUE.")
     return Config.from_mapping(values)
+
+
+def predict(fm: FittedModel, settings: dict[str, object] | None = None,
+            thresholds: Sequence[str | float | Threshold] | None = None, *, check: dict | None = None,
+            n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
+            force: bool = False) -> Forecast:
+    """``tqsim predict``: forecast the configuration ``settings`` names (``{"batch_size": 8, ...}``; a factor
+    left out takes the calibration's level when it used one), in a new session or, given ``check`` (a
+    record of ``tqsim check``), in the machine state that check measured."""
+    from tqsim.factors import Config
+
+    config = resolve_config(fm, dict(settings or {}))
+    session = note = None
+    if check is not None:
+        from tqsim.drift import anchor_offsets, describe, sentence
+
+        anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
+        session = anchor_offsets(fm, anchors, n_draws=n_draws, seed=seed)
+        note = f"conditioned on the check of {check['created_at']}: " + sentence(describe(session, fm))
+    return forecast(fm, config, thresholds, n_passes=n_passes, n_draws=n_draws, tail_q=tail_q, seed=seed,
+                    force=force, session=session, session_note=note)

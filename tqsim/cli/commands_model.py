@@ -11,18 +11,8 @@ import typer
 
 from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
                               fmt_seconds, split_list, steps)
-from tqsim import interrupts
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
-
-
-def _where(home, system, workload):
-    from tqsim.data.workspace import Workspace
-
-    ws = Workspace.at(home)
-    sys_name = ws.resolve_system(system)
-    wl = ws.resolve_workload(sys_name, workload)
-    return ws, sys_name, wl
 
 
 @app.command()
@@ -38,50 +28,27 @@ def fit(
                                                        "configuration's own quantile functions).")] = "auto",
 ) -> None:
     """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
-    from tqsim.data.io import load_campaign
-    from tqsim.models import fit_campaign, save
-    from tqsim.models.fit import REFIT, shortfall
+    from tqsim.models.fit import fit_summary, fit_workspace
 
-    ws, sys_name, wl = _where(home, system, workload)
-    target = ws.model_path(sys_name, wl)
-    ws.check_writable(target.parent)  # before sampling, not after
-    campaign = load_campaign(ws.calibration_dir(sys_name, wl), workload=wl)
     err = console(stderr=True)
     say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
-    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains,
-                      seed=seed if seed is not None else 0, progress=not json_out, log=say)
-    interrupts.check()  # a Ctrl-C swallowed during the fit must not replace the model
-    path = save(fm, target)
+    fm, path = fit_workspace(home, system, workload, family=family, sampler=sampler, draws=draws, tune=tune,
+                             chains=chains, seed=seed if seed is not None else 0, progress=not json_out, log=say)
     d = fm.diagnostics
-    out = {"system": sys_name, "workload": wl, "model": str(path), "family": d["family"], "diagnostics": d}
+    out = {"system": fm.system, "workload": fm.workload, "model": str(path), "family": d["family"], "diagnostics": d}
     if json_out:
         emit_json(out)
         return
     c = console()
-    c.print(f"fitted {d['n_configs']} configurations ({d['n_passes']} passes, {d['n_batches_total']} calls, "
-            f"{d['n_sessions']} session{'s' if d['n_sessions'] != 1 else ''}) with {d['sampler']} in "
-            f"{d['total_seconds']:.1f} s")
-    if d.get("rhat_max") is not None:
-        c.print(f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}")
-    if d["n_sessions"] < 2:
-        c.print("[yellow]one calibrated session: the drift between sessions is assumed, not measured "
-                "(`tqsim calibrate --sessions 3 --gap 5min` measures it).[/yellow]")
-    for note in d.get("notes", []):
-        c.print(f"[yellow]{note}[/yellow]")
-    if not d["ok"]:
-        c.print("[bold red]diagnostics FAILED[/bold red]: refit with more --draws/--tune; predict refuses this fit "
-                "without --force.")
-    elif d.get("status") == "warn":
-        c.print(f"[yellow]diagnostics usable but not clean ({shortfall(d)}): "
-                f"forecasts will say so; refit with `{REFIT}` for final numbers.[/yellow]")
+    for text, style in fit_summary(d):
+        c.print(text, style=style, markup=False)
     c.print(f"wrote {path}")
 
 
 def _load(home, system, workload):
-    from tqsim.models import load
+    from tqsim.models.store import load_from_workspace
 
-    ws, sys_name, wl = _where(home, system, workload)
-    return load(ws.model_path(sys_name, wl), workload=wl, system=sys_name)
+    return load_from_workspace(home, system, workload)
 
 
 @app.command()
@@ -102,7 +69,7 @@ def predict(
         if progress:
             progress("loading the model")
         from tqsim.factors import parse_assignment
-        from tqsim.forecast import forecast, resolve_config
+        from tqsim.forecast import predict as run_predict
 
         fm = _load(home, system, workload)
         values = {}
@@ -111,20 +78,16 @@ def predict(
             if len(levels) != 1 or factor in values:
                 raise UserError(f"--set {text}: give one value per factor, once (e.g. --set batch_size=8).")
             values[factor] = levels[0]
-        config = resolve_config(fm, values)
-        session = note = None
+        last = None
         if now:
-            from tqsim.drift import anchor_offsets, describe, sentence
+            from tqsim.data.workspace import Workspace
             from tqsim.measure.check import load_checks
 
-            ws, sys_name, wl = _where(home, system, workload)
-            last = load_checks(ws, sys_name, wl)[-1]
-            session = anchor_offsets(fm, _anchors(last), n_draws=draws, seed=seed)
-            note = f"conditioned on the check of {last['created_at']}: " + sentence(describe(session, fm))
+            last = load_checks(Workspace.at(home), fm.system, fm.workload)[-1]
         if progress:
             progress(f"simulating {draws} posterior draws of {passes}-pass runs")
-        fc = forecast(fm, config, split_list(thresholds), n_passes=passes, n_draws=draws, tail_q=tail_q,
-                      seed=seed, force=force, session=session, session_note=note)
+        fc = run_predict(fm, values, split_list(thresholds), check=last, n_passes=passes, n_draws=draws,
+                         tail_q=tail_q, seed=seed, force=force)
     if json_out:
         emit_json(fc.as_dict())
         return
@@ -134,7 +97,7 @@ def predict(
     for w in fc.warnings:
         err.print(f"[bold yellow]warning:[/bold yellow] {w}")
     c = console()
-    c.print(f"{fc.workload} on {fc.system}: {config.id} ({'calibrated' if fc.calibrated else 'never run'}); "
+    c.print(f"{fc.workload} on {fc.system}: {fc.config.id} ({'calibrated' if fc.calibrated else 'never run'}); "
             f"runs of {passes} passes in {fc.session}; posterior medians with 90% intervals")
     t = Table("latency", "forecast", "90% interval")
     for k, v in fc.latency.items():
@@ -146,12 +109,6 @@ def predict(
                   fmt_iv(q.tail.median, q.tail.lo, q.tail.hi), fmt_iv(q.minimum.median, q.minimum.lo, q.minimum.hi))
     c.print(t)
     c.print(f"{fc.metric} without a deadline: {fmt_pct(fc.no_deadline)}")
-
-
-def _anchors(record: dict):
-    from tqsim.factors import Config
-
-    return [(Config.from_mapping(a["config"]), a["levels"]) for a in record["anchors"]]
 
 
 @app.command()

@@ -12,29 +12,6 @@ from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, 
 from tqsim.units import fmt_pct as pct
 
 
-def _load(home, system, workload, files):
-    """The campaign to score: given files/folders, or the workspace's <system>/<workload> folder."""
-    from tqsim.data.io import calibration_files, load_campaign
-    from tqsim.data.workspace import Workspace
-    from tqsim.errors import UserError
-
-    if files:
-        paths = []
-        for f in files:
-            if f.is_dir():
-                found = calibration_files(f)
-                if not found:
-                    raise UserError(f"{f}: holds no calibration files (*.nc); run `tqsim calibrate` first.")
-                paths += found
-            else:
-                paths.append(f)
-        return load_campaign(paths)
-    ws = Workspace.at(home)
-    sys_name = ws.resolve_system(system)
-    wl = ws.resolve_workload(sys_name, workload)
-    return load_campaign(ws.calibration_dir(sys_name, wl))
-
-
 @app.command()
 def quality(
     threshold: Thresholds = None,
@@ -51,7 +28,7 @@ def quality(
     Thresholds default to p90 p95 p99 of each configuration's own latency. Also prints what MLPerf
     LoadGen's early stopping would certify from the same inferences.
     """
-    from tqsim.errors import UserError
+    from tqsim.data.io import workspace_campaign
     from tqsim.quality import check_tail_q, parse_thresholds, quality_curves, quality_report
 
     check_tail_q(tail_q)
@@ -60,7 +37,7 @@ def quality(
     with steps("quality", enabled=not json_out) as progress:
         if progress:
             progress("reading the calibration")
-        campaign = _load(home, system, workload, files)
+        campaign = workspace_campaign(home, system, workload, files)
         if progress:
             progress("Q@T, tail quality and bootstrap intervals")
         report = quality_report(campaign, ths, tail_q=tail_q, seed=seed)

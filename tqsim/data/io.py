@@ -133,3 +133,24 @@ def load_campaign(source: Path | list[Path], workload: str | None = None) -> xr.
                                              "fingerprint")}
     out["n_passes"] = ("config", [ds.sizes["pass"] for ds in parts])
     return out
+
+
+def workspace_campaign(home=None, system: str | None = None, workload: str | None = None,
+                       files: list[Path] | None = None) -> xr.Dataset:
+    """The campaign to score: the given files and folders of files, else the workspace's ``<system>/<workload>``."""
+    from tqsim.data.workspace import Workspace
+
+    if files:
+        paths: list[Path] = []
+        for f in map(Path, files):
+            if f.is_dir():
+                found = calibration_files(f)
+                if not found:
+                    raise UserError(f"{f}: holds no calibration files (*.nc); run `tqsim calibrate` first.")
+                paths += found
+            else:
+                paths.append(f)
+        return load_campaign(paths)
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    return load_campaign(ws.calibration_dir(system, ws.resolve_workload(system, workload)))

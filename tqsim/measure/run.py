@@ -6,11 +6,15 @@ import contextlib
 import signal
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqsim.data.workspace import Workspace, default_system_name, safe_name
 from tqsim.errors import UserError
 from tqsim.measure.campaign import Progress, run_campaign, summarise
 from tqsim.measure.plan import build_plan
+
+if TYPE_CHECKING:
+    from tqsim.workloads.base import Workload
 
 
 @contextlib.contextmanager
@@ -46,7 +50,7 @@ def progress_bar(enabled: bool):
 
 
 def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path | None = None,
-              system: str | None = None, workload: str | None = None, passes: int | None = None,
+              system: str | None = None, workload: "str | Workload | None" = None, passes: int | None = None,
               warmup: int | None = None, fresh: bool = False, seed: int | None = None,
               until_converged: bool = False, rjsd: float = 0.05, max_passes: int | None = None,
               sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True, data: str | None = None) -> dict:
@@ -57,8 +61,17 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
     ``sessions > 1`` spreads the passes over that many sessions, each a fresh process started
     ``gap`` after the previous one ended, so that the fit can measure how much the machine's speed
     moves between sessions (docs/method.md, "Sessions") instead of assuming it.
+
+    ``workload`` is a spec (built-in name, ``file.py:factory``) or an already-built ``Workload`` object
+    (one session only: later sessions run in fresh processes, which rebuild the workload from a spec).
     """
     from tqsim.units import parse_duration
+    from tqsim.workloads.base import Workload
+
+    built = workload if isinstance(workload, Workload) else None
+    if built is not None and sessions > 1:
+        raise UserError(f"sessions={sessions} runs each session in a fresh process, which cannot receive a Workload "
+                        "object; pass its spec instead (a built-in name or 'path/to/file.py:factory'), or sessions=1.")
 
     if until_converged:
         if not 0 < rjsd < 1:
@@ -67,7 +80,12 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
     if sessions < 1:
         raise UserError(f"--sessions {sessions}: need at least 1 session (3 or more to learn the drift).")
     gap_s = parse_duration(gap, "--gap")
-    plan = build_plan(plan_file, grid, workload=workload, passes=passes, warmup=warmup, seed=seed)
+    if built is not None:
+        from tqsim.workloads.registry import resolve_workload
+
+        built = resolve_workload(built)  # checked (and named) before any measuring
+    plan = build_plan(plan_file, grid, workload=_plan_spec(built) if built is not None else workload, passes=passes,
+                      warmup=warmup, seed=seed)
     if sessions > plan.passes:
         raise UserError(f"--sessions {sessions} with --passes {plan.passes}: each session needs at least one pass; "
                         f"use at most {plan.passes} sessions.")
@@ -79,7 +97,7 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
 
     for config in plan.configs:  # cheap checks first: nothing trained or measured on a bad level
         check_supported(config)
-    kwargs = dict(home=ws.home, system=system, workload=plan.workload, warmup=plan.warmup, seed=plan.seed,
+    kwargs = dict(home=ws.home, system=system, workload=built or plan.workload, warmup=plan.warmup, seed=plan.seed,
                   until_converged=until_converged, rjsd=rjsd, show_progress=show_progress, data=data)
     if sessions == 1:
         return _one_session(plan_file, grid, passes=plan.passes, fresh=fresh, **kwargs)
@@ -89,13 +107,15 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
 
 def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, seed, fresh, until_converged,
                  rjsd, show_progress, data=None) -> dict:
-    """One session: this process measures every pass still missing, up to ``passes``."""
-    plan = build_plan(plan_file, grid, workload=workload, passes=passes, warmup=warmup, seed=seed)
+    """One session: this process measures every pass still missing, up to ``passes``, of ``workload``
+    (a built ``Workload``, or a spec that this process builds: a session in a fresh process gets a spec)."""
     from tqsim.measure.backends import check_supported, prepare
     from tqsim.measure.fingerprint import fingerprint
-    from tqsim.workloads import get_workload
+    from tqsim.workloads.registry import resolve_workload
 
-    wl = get_workload(plan.workload, data)
+    wl = resolve_workload(workload, data)
+    plan = build_plan(plan_file, grid, workload=workload if isinstance(workload, str) else _plan_spec(wl),
+                      passes=passes, warmup=warmup, seed=seed)
     stop_when = _convergence_rule(rjsd) if until_converged else None
     with _sigterm_as_interrupt(), progress_bar(show_progress) as progress:
         result = run_campaign(plan, Workspace.at(home), system, workload=wl, prepare=prepare,
@@ -151,6 +171,12 @@ def _spread_sessions(plan_file, grid, plan, sessions: int, gap_s: float, *, fres
     if busy:
         warnings.warn(busy[0] + (f" ({len(busy)} of {ran} sessions)" if ran > 1 else ""), UserWarning, stacklevel=2)
     return out
+
+
+def _plan_spec(workload) -> str:
+    """The spec a plan names a built workload by: a model file's own path (so an .onnx file gets its
+    default backend), else the workload's name."""
+    return workload.source.get("spec") or workload.name
 
 
 def _die_with_parent() -> None:

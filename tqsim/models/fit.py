@@ -154,3 +154,49 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
                      created_at=now())
     fm.add_config_levels(config_level_draws(fm))
     return fm
+
+
+def fit_workspace(home=None, system: str | None = None, workload: str | None = None, *, family: str = "auto",
+                  sampler: str | None = None, draws: int = 1000, tune: int = 500, chains: int = 2, seed: int = 0,
+                  progress: bool = False, log: Callable[[str], None] | None = None):
+    """``tqsim fit``: fit the workspace's calibration of ``<system>/<workload>`` and save the model to
+    ``models/<system>/<workload>.nc``; returns ``(FittedModel, path)``. The folder is checked writable
+    before sampling, and a Ctrl-C swallowed during sampling stops here, before the saved model is replaced."""
+    from tqsim import interrupts
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models.store import save
+
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    workload = ws.resolve_workload(system, workload)
+    target = ws.model_path(system, workload)
+    ws.check_writable(target.parent)
+    campaign = load_campaign(ws.calibration_dir(system, workload), workload=workload)
+    fm = fit_campaign(campaign, family=family, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed,
+                      progress=progress, log=log)
+    interrupts.check()
+    return fm, save(fm, target)
+
+
+def fit_summary(d: dict) -> list[tuple[str, str | None]]:
+    """What a fit's diagnostics ``d`` mean for its forecasts, as ``(line, style)`` pairs (style ``None``,
+    ``yellow`` for a caution, ``bold red`` for a failed fit): the CLI prints them, the API joins them."""
+    lines: list[tuple[str, str | None]] = [
+        (f"fitted {d['n_configs']} configurations ({d['n_passes']} passes, {d['n_batches_total']} calls, "
+         f"{d['n_sessions']} session{'s' if d['n_sessions'] != 1 else ''}) with {d['sampler']} in "
+         f"{d['total_seconds']:.1f} s", None)]
+    if d.get("rhat_max") is not None:
+        lines.append((f"r-hat max {d['rhat_max']:.3f}, ESS min {d['ess_bulk_min']:.0f}, divergences "
+                      f"{d['divergences']}", None))
+    if d["n_sessions"] < 2:
+        lines.append(("one calibrated session: the drift between sessions is assumed, not measured "
+                      "(`tqsim calibrate --sessions 3 --gap 5min` measures it).", "yellow"))
+    lines += [(note, "yellow") for note in d.get("notes", [])]
+    if not d["ok"]:
+        lines.append(("diagnostics FAILED: refit with more --draws/--tune; predict refuses this fit without --force.",
+                      "bold red"))
+    elif d.get("status") == "warn":
+        lines.append((f"diagnostics usable but not clean ({shortfall(d)}): forecasts will say so; refit with "
+                      f"`{REFIT}` for final numbers.", "yellow"))
+    return lines

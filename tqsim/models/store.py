@@ -222,3 +222,13 @@ def load(path: str | os.PathLike, workload: str | None = None, system: str | Non
 
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_from_workspace(home=None, system: str | None = None, workload: str | None = None) -> FittedModel:
+    """The saved fit of ``<system>/<workload>`` in the workspace at ``home`` (each the only one when not named)."""
+    from tqsim.data.workspace import Workspace
+
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    workload = ws.resolve_workload(system, workload)
+    return load(ws.model_path(system, workload), workload=workload, system=system)

@@ -81,6 +81,27 @@ def get_workload(spec: str, data: str | None = None) -> Workload:
                         "return tqsim.workloads.Workload(name=..., task=..., model=..., inputs=..., labels=...).")
     workload.name = safe_name(workload_name_of(spec))
     check_workload(workload, spec)
+    return _with_digest(workload)
+
+
+def resolve_workload(workload: str | Workload, data: str | None = None) -> Workload:
+    """A spec through :func:`get_workload` (``data``: a model file's data file), or a :class:`Workload`
+    object (the Python API's) checked as a factory's would be; the object is copied under a path-safe
+    name, never changed."""
+    if not isinstance(workload, Workload):
+        return get_workload(workload, data)
+    if data is not None:
+        raise UserError("data goes with a model file spec (model.onnx), not a Workload object, which holds its "
+                        "inputs and labels already; drop data.")
+    import dataclasses
+
+    if not isinstance(workload.name, str) or not workload.name.strip():
+        raise UserError(f"the Workload's name {workload.name!r} is empty; give it a name, e.g. Workload(name=\"mine\", ...).")
+    copy = dataclasses.replace(workload, name=safe_name(workload.name))
+    return _with_digest(check_workload(copy, workload.name))
+
+
+def _with_digest(workload: Workload) -> Workload:
     if not workload.digest and hasattr(workload.model, "state_dict"):
         from tqsim.workloads.training import state_digest
 
