@@ -100,7 +100,10 @@ def check_workload(w: Workload, spec: str) -> Workload:
                             f"{len(w.labels)} instances; give one size per instance or None.")
     from tqsim.workloads.metrics import resolve_metric
 
-    resolve_metric(w.metric)  # an unknown name or an unimportable metric function is refused before measuring
+    try:  # an unknown name or an unimportable metric function is refused before anything is measured
+        resolve_metric(w.metric)
+    except UserError as exc:
+        raise UserError(f"workload {spec}: {exc}") from None
     if not callable(getattr(w.model, "forward", None)) and not callable(w.model):
         raise UserError(f"workload {spec}: model is {_describe(w.model)}; give a torch.nn.Module.")
     return w
