@@ -93,11 +93,11 @@ def taus(ds) -> np.ndarray:
 
 
 def tail_at(lat: np.ndarray, ds_target, t: np.ndarray) -> np.ndarray:
-    """TQ_0.01 of passes ``lat`` at thresholds ``t``, scored with the target's correctness."""
-    from tqsim.data.schema import instance_correct
+    """TQ_0.01 of passes ``lat`` at thresholds ``t``, scored with the target's per-instance scores."""
+    from tqsim.data.schema import instance_scores
     from tqsim.quality import quality_at_deadline, tail_quality
 
-    return tail_quality(quality_at_deadline(lat, t, correct=instance_correct(ds_target).values).T, 0.01)
+    return tail_quality(quality_at_deadline(lat, t, score=instance_scores(ds_target).values).T, 0.01)
 
 
 # ---- baselines -------------------------------------------------------------------------------------

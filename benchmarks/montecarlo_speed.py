@@ -39,7 +39,7 @@ def main() -> None:
                 for rep in range(3):
                     t0 = time.perf_counter()
                     monte_carlo_qat(lat, batch, taus, method=method, n_sim=S, seed=rep, prediction=pred, label=label,
-                                    correct=pred == label if metric == "accuracy" else None, metric=metric)
+                                    score=pred == label if metric == "accuracy" else None, metric=metric)
                     times.append(time.perf_counter() - t0)
                 print(f"  batch_size={bs:<2} {metric:<9} {method:<9} {min(times):6.3f} s")
 

@@ -34,7 +34,7 @@ for k in range(4):
     entry = svc.oh.to_dict()  # the overheads this calibration fitted
     cap = saturation_rps(svc, setup)
     rate = rate or round(0.5 * cap, 1)
-    wi = simulate(svc, setup, thresholds_s=[0.01], rate_rps=rate, correct=src.correct("fp32"), n_windows=20, draws=30,
+    wi = simulate(svc, setup, thresholds_s=[0.01], rate_rps=rate, score=src.scores("fp32"), n_windows=20, draws=30,
                   seed=k, samples="random").result()
     p = wi["latency_s"]["p99"]
     obs = [run_load(server, rate, 8.0, seed=500 + k + 10 * j).summary(0.01, workload.n_instances)["latency_s"]["p99"] for j in range(2)]

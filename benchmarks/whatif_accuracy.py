@@ -93,15 +93,15 @@ def main() -> None:
             mid = int(np.argsort(p99_runs)[len(runs) // 2])
             obs, run = summaries[mid], runs[mid]
             # LoadGen draws each query's sample at random: score windows the same way
-            wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
+            wi = simulate(svc, setup, thresholds_s=[thr], rate_rps=rate, score=src.scores("fp32"),
                           n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random")
             pred = wi.result()
-            pred_fixed = simulate(fixed, setup, thresholds_s=[thr], rate_rps=rate, correct=src.correct("fp32"),
+            pred_fixed = simulate(fixed, setup, thresholds_s=[thr], rate_rps=rate, score=src.scores("fp32"),
                                   n_windows=max(obs["windows"], 5), draws=30, seed=i, samples="random").result()
             # Diagnostic only (not a forecast): the same service model fed the arrivals the SUT saw,
             # to tell service-model error from arrival-process error.
             replay = simulate(svc, setup, thresholds_s=[thr], arrivals_s=run.arrival_s - run.arrival_s[0],
-                              correct=src.correct("fp32"), draws=10, seed=i).result()
+                              score=src.scores("fp32"), draws=10, seed=i).result()
             p99 = pred["latency_s"]["p99"]
             tq = pred["tail_quality"]
             rows.append({"setup": label, "load": frac, "rate_rps": rate, "capacity_pred_rps": cap,

@@ -39,7 +39,7 @@ def main() -> None:
         loop = n / (time.perf_counter() - t0)
         correct = rng.random(540) < 0.97
         t0 = time.perf_counter()
-        wi = simulate(svc, setup, thresholds_s=[5e-3, 20e-3], rate_rps=rate, correct=correct, draws=40,
+        wi = simulate(svc, setup, thresholds_s=[5e-3, 20e-3], rate_rps=rate, score=correct, draws=40,
                       n_windows=100)
         whole = 40 * wi.requests / (time.perf_counter() - t0)
         print(f"{name:34s} {rate:8d} {loop:12,.0f} {whole:13,.0f}")

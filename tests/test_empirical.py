@@ -36,7 +36,7 @@ def test_batch_scoring_equals_instance_scoring(metric):
     taus = np.percentile(lat_b, [20, 60, 95])
     kw = {"prediction": pred, "label": label, "metric": metric}
     if metric == "accuracy":
-        kw["correct"] = pred == label
+        kw["score"] = pred == label
     got = qat_from_batches(lat_b, taus, BatchScorer(batch, **kw))
     ref = quality_at_deadline(lat_b[:, batch], taus, **kw)
     assert np.allclose(got, ref, atol=1e-6)
@@ -61,7 +61,7 @@ def test_monte_carlo_binomial_closed_form():
     for i in range(n_inst):
         lat[rng.choice(n_pass, 2, replace=False), i] = 5e-3
     batch = np.arange(n_inst)
-    q0 = monte_carlo_qat(lat, batch, [2e-3], n_sim=40_000, seed=1, correct=np.ones(n_inst, bool), method="kde",
+    q0 = monte_carlo_qat(lat, batch, [2e-3], n_sim=40_000, seed=1, score=np.ones(n_inst), method="kde",
                          bandwidth=0.0)[:, 0]
     exact = stats.binom(n_inst, 0.8)
     assert q0.mean() == pytest.approx(0.8, abs=0.002)
@@ -73,8 +73,8 @@ def test_monte_carlo_binomial_closed_form():
 def test_pass_resampling_keeps_whole_passes():
     lat_b, batch, pred, label = _data(bs=1)
     taus = [np.percentile(lat_b, 80)]
-    observed = quality_at_deadline(lat_b[:, batch], taus, correct=pred == label)[:, 0]
-    sim = monte_carlo_qat(lat_b[:, batch], batch, taus, method="passes", n_sim=3000, correct=pred == label)[:, 0]
+    observed = quality_at_deadline(lat_b[:, batch], taus, score=pred == label)[:, 0]
+    sim = monte_carlo_qat(lat_b[:, batch], batch, taus, method="passes", n_sim=3000, score=pred == label)[:, 0]
     assert set(np.round(sim, 9)) <= set(np.round(observed, 9))
     assert sim.mean() == pytest.approx(observed.mean(), abs=0.01)
 
@@ -87,8 +87,8 @@ def test_pass_effect_spread_is_kept_by_pass_methods():
     batch = np.arange(n_b)
     tau = [np.percentile(lat, 70)]
     ok = np.ones(n_b, bool)
-    sd_obs = quality_at_deadline(lat, tau, correct=ok)[:, 0].std()
-    sd = {m: monte_carlo_qat(lat, batch, tau, method=m, n_sim=4000, correct=ok)[:, 0].std()
+    sd_obs = quality_at_deadline(lat, tau, score=ok)[:, 0].std()
+    sd = {m: monte_carlo_qat(lat, batch, tau, method=m, n_sim=4000, score=ok)[:, 0].std()
           for m in ("kde", "passes", "pass_kde")}
     assert sd["kde"] < 0.5 * sd_obs
     assert sd["passes"] == pytest.approx(sd_obs, rel=0.2)
@@ -155,7 +155,7 @@ def test_tail_quality_benchmark_on_synthetic_data():
     n_pass, n_inst = 45, 64
     batch = np.arange(n_inst) // 4
     lat_b = np.exp(-8 + rng.normal(0, 0.1, (n_pass, 1)) + rng.normal(0, 0.1, (n_pass, batch[-1] + 1)))
-    res = bench.evaluate(lat_b[:, batch], batch, {"correct": rng.random(n_inst) < 0.9, "metric": "accuracy"},
+    res = bench.evaluate(lat_b[:, batch], batch, {"score": rng.random(n_inst) < 0.9, "metric": "accuracy"},
                          ks=(10,), heldout=30, n_sim=600)
     assert len(res["rows"]) == 3 * 3 and all(0 <= r["jsd"] <= 1 and 0 <= r["floor"] <= 1 for r in res["rows"])
     assert res["mlperf"]["p90_single_stream_min"] == 64

@@ -57,7 +57,7 @@ def test_campaign_writes_one_valid_file_per_config_with_shared_rounds(tmp_path):
         assert ds.sizes == {"pass": 3, "instance": 10, "warmup_pass": 1}
         assert ds["round"].values.tolist() == [0, 1, 2]
         assert np.allclose(ds["latency_s"].values, 2e-6)  # the scripted clock's 2000 ns per call
-        assert ds["correct"].values.mean() == pytest.approx(0.8)  # every 5th instance is wrong
+        assert ds["score"].values.mean() == pytest.approx(0.8)  # every 5th instance is wrong
     camp = load_campaign(res.folder, "fake")
     assert camp.sizes["config"] == 2 and list(camp["batch_size"].values) == [2, 5]
 

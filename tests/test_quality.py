@@ -68,7 +68,7 @@ def test_qat_monotone_and_limits(metric):
 def test_accuracy_hand_computed():
     lat = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
     correct = np.array([True, True, False, True])
-    q = quality_at_deadline(lat, [2.5], correct=correct)
+    q = quality_at_deadline(lat, [2.5], score=correct)
     assert q[:, 0].tolist() == [0.5, 0.25]  # pass 0: #0, #1 on time and correct; pass 1: #3 only
 
 
@@ -199,11 +199,11 @@ def test_macro_f1_not_monotone_by_design():
 def test_scoring_of_reads_the_metric_and_its_vectors():
     acc = calibration_dataset(Config(1), n_passes=3)
     s = scoring_of(acc)
-    assert set(s) == {"correct", "metric"} and s["metric"] == "accuracy" and s["correct"].dtype == bool
-    assert no_deadline_quality(**s) == pytest.approx(acc["correct"].values.mean())
+    assert set(s) == {"score", "metric"} and s["metric"] == "accuracy" and s["score"].dtype == float
+    assert no_deadline_quality(**s) == pytest.approx(acc["correct"].values.mean())  # a file of before scores
     f1 = calibration_dataset(Config(1), n_passes=3, metric="macro_f1")
     s = scoring_of(f1)
-    assert set(s) == {"prediction", "label", "metric"} and s["metric"] == "macro_f1"
+    assert set(s) == {"score", "prediction", "label", "metric"} and s["metric"] == "macro_f1"
     assert no_deadline_quality(**s) == pytest.approx(f1_score(f1["label"].values, f1["prediction"].values,
                                                               average="macro"))
 

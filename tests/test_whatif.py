@@ -98,7 +98,7 @@ def test_tail_quality_falls_as_load_rises():
     correct = np.random.default_rng(0).random(200) < 0.95
     svc = ExponentialService(1e-3, 0.2e-3)
     tails = [simulate(svc, ServingSetup(max_batch=8, max_wait_s=0.5e-3), thresholds_s=[5e-3], rate_rps=r,
-                      correct=correct, draws=6, n_windows=60, seed=1).tail_quality[:, 0].mean()
+                      score=correct, draws=6, n_windows=60, seed=1).tail_quality[:, 0].mean()
              for r in (200, 1000, 2000, 3000, 3800)]
     assert all(a >= b - 1e-9 for a, b in zip(tails, tails[1:])), tails
     assert tails[0] > tails[-1]
@@ -106,7 +106,7 @@ def test_tail_quality_falls_as_load_rises():
 
 def test_result_object_follows_the_json_contract():
     wi = simulate(ConstantService(1e-3), ServingSetup(2, 1, 4, 1e-3), thresholds_s=[2e-3, 20e-3], rate_rps=100,
-                  correct=np.ones(50, bool), draws=3, n_windows=10)
+                  score=np.ones(50), draws=3, n_windows=10)
     r = wi.results()
     assert len(r) == 2
     for key in ("rate_rps", "replicas", "threads", "max_batch", "max_wait_s", "threshold_s", "latency_s",
@@ -162,7 +162,7 @@ def test_trace_replay(tmp_path):
     p.write_text("# arrivals\n0\n0.001\n0.002\n0.010\n")
     arr = read_trace(p)
     wi = simulate(ConstantService(1e-3), ServingSetup(), thresholds_s=[5e-3], arrivals_s=arr,
-                  correct=np.ones(2, bool), draws=2)
+                  score=np.ones(2), draws=2)
     assert wi.result()["latency_s"]["p50"]["mean"] == pytest.approx(1e-3)
     (tmp_path / "bad.txt").write_text("0\n0.5\n0.1\n")
     with pytest.raises(UserError, match="sorted"):
@@ -202,7 +202,7 @@ def test_capacity_and_saturation_rate():
 
 def test_saturated_flag_needs_full_batches():
     svc = ConstantService(1e-3, 0.1e-3)
-    kw = dict(thresholds_s=[5e-3], correct=np.ones(100, bool), draws=2, n_windows=20)
+    kw = dict(thresholds_s=[5e-3], score=np.ones(100), draws=2, n_windows=20)
     assert simulate(svc, ServingSetup(), rate_rps=2000, **kw).saturated
     assert not simulate(svc, ServingSetup(), rate_rps=500, **kw).saturated
     # 1.5 × the unbatched capacity, but batches of 4 keep up (4 / 1.3 ms = 3077/s): busy, not saturated
@@ -213,7 +213,7 @@ def test_random_samples_spread_window_quality_like_loadgen():
     """No request is late: replayed windows all score the set's accuracy; random draws (LoadGen's
     way) keep the mean but spread the windows, so the worst window is below it by ~2 binomial sds."""
     correct = np.arange(540) % 50 != 0  # 98 % accurate
-    kw = dict(thresholds_s=[1.0], rate_rps=50, correct=correct, n_windows=60, draws=4, seed=0)
+    kw = dict(thresholds_s=[1.0], rate_rps=50, score=correct, n_windows=60, draws=4, seed=0)
     replay = simulate(ConstantService(1e-4), ServingSetup(), **kw).result()
     rand = simulate(ConstantService(1e-4), ServingSetup(), samples="random", **kw).result()
     acc = correct.mean()

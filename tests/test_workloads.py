@@ -122,7 +122,7 @@ def test_user_workload_from_a_module(tmp_path, monkeypatch):
     cases = {
         "tiny_wl:wrong": "returned a dict",
         "tiny_wl:mismatched": "3 inputs but 4 labels",
-        "tiny_wl:bad_metric": "accuracy, macro_f1",
+        "tiny_wl:bad_metric": "unknown metric 'auc'; choose accuracy, top_k:K",
         "tiny_wl:broken": "no data here",
         "tiny_wl:NOT_A_FUNCTION": "not a function",
         "tiny_wl:absent": "has no factory 'absent'",

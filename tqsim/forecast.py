@@ -5,7 +5,7 @@ configuration's level (its own if calibrated, its GP conditional if not), a fres
 (or the one a check measured), each pass's deviation drawn from the configuration's pass quantile
 function, each batch from its within-pass quantile function (the first batch from its own), a
 partial last batch shifted along the level surface; every instance gets its batch's latency, late
-instances count as wrong, and Q@T is scored with the correctness vector of the configuration's
+instances score 0, and Q@T is scored with the per-instance scores of the configuration's
 quality-relevant levels. Every reported quantity is a per-draw statistic summarised by its
 posterior mean and a 90 % interval over draws.
 """
@@ -311,9 +311,7 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
             taus.append(float(np.mean(np.percentile(flat, th.percentile, axis=1))))
         labels.append(th.text)
     taus_arr = np.asarray(taus, float)
-    scoring = fm.quality_levels[level]
-    kw = {"correct": scoring["correct"]} if fm.quality_metric == "accuracy" else {
-        "prediction": scoring.get("prediction"), "label": scoring.get("label")}
+    kw = fm.quality_levels[level]  # score, and prediction + label (macro-F1) where the fit saw them
     qat = quality_at_deadline(lat, taus_arr, metric=fm.quality_metric, **kw)  # [draw, pass, k]
     mean_q = qat.mean(axis=1)
     tail = tail_quality(np.moveaxis(qat, 1, -1), tail_q)  # [draw, k]

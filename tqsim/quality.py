@@ -18,27 +18,34 @@ from tqsim.errors import UserError
 from tqsim.units import parse_duration
 
 
-def quality_at_deadline(latency_s: np.ndarray, thresholds_s: np.ndarray, *, correct: np.ndarray | None = None,
+def quality_at_deadline(latency_s: np.ndarray, thresholds_s: np.ndarray, *, score: np.ndarray | None = None,
                         prediction: np.ndarray | None = None, label: np.ndarray | None = None,
                         metric: str = "accuracy") -> np.ndarray:
     """Q@T per pass and threshold.
 
     ``latency_s``: (..., pass, instance). ``thresholds_s``: (k,) or broadcastable to (..., k).
-    Returns (..., pass, k). ``accuracy`` needs ``correct`` (instance,); ``macro_f1`` needs
-    ``prediction`` and ``label`` (instance,) — a late instance is predicted as no class at all.
+    Returns (..., pass, k). Every metric but ``macro_f1`` (accuracy, ``top_k:K``, a callable) is the
+    mean of the per-instance ``score`` (instance,) in [0, 1] with late instances scoring 0;
+    ``macro_f1`` needs ``prediction`` and ``label`` (instance,) — a late instance is predicted as no
+    class at all. docs/method.md, "Quality metrics".
     """
     lat = np.asarray(latency_s, dtype=float)
     tau = np.asarray(thresholds_s, dtype=float)
     tau = tau[..., None, None, :] if tau.ndim >= 1 else tau[None, None, None]
     valid = lat[..., None] <= tau  # (..., pass, instance, k)
-    if metric == "accuracy":
-        if correct is None:
-            correct = np.asarray(prediction) == np.asarray(label)
-        ok = np.asarray(correct, dtype=bool)[:, None]
-        return (valid & ok).mean(axis=-2)
     if metric == "macro_f1":
         return _macro_f1(valid, np.asarray(prediction), np.asarray(label))
-    raise ValueError(f"unknown metric {metric!r}")
+    return (valid * score_vector(score, prediction, label, metric)[:, None]).mean(axis=-2)
+
+
+def score_vector(score, prediction, label, metric: str) -> np.ndarray:
+    """``score`` as floats; without it, accuracy's score from ``prediction == label`` (what callers
+    that hold only predictions pass)."""
+    if score is None:
+        if metric != "accuracy":
+            raise ValueError(f"metric {metric!r} needs per-instance scores")
+        score = np.asarray(prediction) == np.asarray(label)
+    return np.asarray(score, dtype=float)
 
 
 def _macro_f1(valid: np.ndarray, prediction: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -57,10 +64,10 @@ def _macro_f1(valid: np.ndarray, prediction: np.ndarray, label: np.ndarray) -> n
     return f1.mean(axis=-1)
 
 
-def no_deadline_quality(*, correct=None, prediction=None, label=None, metric: str = "accuracy") -> float:
+def no_deadline_quality(*, score=None, prediction=None, label=None, metric: str = "accuracy") -> float:
     """Quality when nothing is late."""
-    lat = np.zeros((1, len(correct if correct is not None else label)))
-    return float(quality_at_deadline(lat, np.array([1.0]), correct=correct, prediction=prediction, label=label,
+    lat = np.zeros((1, len(score if score is not None else label)))
+    return float(quality_at_deadline(lat, np.array([1.0]), score=score, prediction=prediction, label=label,
                                      metric=metric)[0, 0])
 
 
@@ -224,7 +231,7 @@ def summarize_qat(qat: np.ndarray, *, q: float = 0.01, level: float = INTERVAL, 
             "std": float(x.std(ddof=1)), "std_lo": std_lo, "std_hi": std_hi, "max": float(x[-1])}
 
 
-def qat_curve(latency_s: np.ndarray, *, n_points: int = 120, correct=None, prediction=None, label=None,
+def qat_curve(latency_s: np.ndarray, *, n_points: int = 120, score=None, prediction=None, label=None,
               metric: str = "accuracy") -> dict[str, np.ndarray]:
     """The min/mean/max band of Q@T over passes along a log-spaced sweep of thresholds.
 
@@ -235,7 +242,7 @@ def qat_curve(latency_s: np.ndarray, *, n_points: int = 120, correct=None, predi
     lat = lat[~np.isnan(lat).all(axis=-1)]
     lo, hi = np.nanmin(lat), np.nanmax(lat)
     taus = np.geomspace(lo / 1.05, hi * 1.05, n_points)
-    qat = quality_at_deadline(lat, taus, correct=correct, prediction=prediction, label=label, metric=metric)
+    qat = quality_at_deadline(lat, taus, score=score, prediction=prediction, label=label, metric=metric)
     return {"threshold_s": taus, "min": qat.min(axis=0), "mean": qat.mean(axis=0), "max": qat.max(axis=0)}
 
 
@@ -244,12 +251,16 @@ def qat_curve(latency_s: np.ndarray, *, n_points: int = 120, correct=None, predi
 # --------------------------------------------------------------------------------------------------
 
 def scoring_of(ds) -> dict:
-    """The keyword arguments that score one configuration's dataset (``metric`` and its vectors), for
-    :func:`quality_at_deadline` and :func:`no_deadline_quality`."""
+    """The keyword arguments that score one configuration's dataset (``metric``, the per-instance
+    ``score``, and for macro-F1 the predictions and labels), for :func:`quality_at_deadline` and
+    :func:`no_deadline_quality`."""
+    from tqsim.data.schema import instance_scores
+
     metric = str(ds.attrs.get("quality_metric", "accuracy"))
-    if "correct" in ds and metric == "accuracy":
-        return {"correct": ds["correct"].values.astype(bool), "metric": metric}
-    return {"prediction": ds["prediction"].values, "label": ds["label"].values, "metric": metric}
+    out = {"score": instance_scores(ds).values, "metric": metric}
+    if "prediction" in ds and "label" in ds:
+        out.update(prediction=ds["prediction"].values, label=ds["label"].values)
+    return out
 
 
 def qat_dataarray(ds, thresholds: Sequence[str | Threshold], *, pass_dim: str = "pass",

@@ -153,7 +153,7 @@ class Law:
         out["per_run"] = {name: np.quantile(pooled, q, axis=1) for name, q in
                           (("p50", .5), ("p90", .9), ("p99", .99), ("p99.9", .999))}
         if len(thresholds_s):
-            qat = quality_at_deadline(lat, np.asarray(thresholds_s, float), correct=self.correct(config, n_instances))
+            qat = quality_at_deadline(lat, np.asarray(thresholds_s, float), score=self.correct(config, n_instances))
             out["mean_q"] = qat.mean(axis=(0, 1))
             out["tail_q"] = np.quantile(qat, tail_q, axis=1).mean(axis=0)
             out["min_q"] = qat.min(axis=1).mean(axis=0)

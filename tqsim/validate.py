@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tqsim.data.schema import instance_correct
 from tqsim.empirical.convergence import jensen_shannon_distance
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.forecast import PERCENTILES, forecast
 from tqsim.models.store import FittedModel
-from tqsim.quality import INTERVAL, quality_at_deadline, tail_quality
+from tqsim.quality import INTERVAL, quality_at_deadline, scoring_of, tail_quality
 
 N_BINS = 120
 
@@ -76,11 +75,8 @@ def _score(fc, obs: np.ndarray, ds, t_obs: dict, tail_q: float, rng: np.random.G
         row["w1_rel"] = float(wasserstein_distance(pred_sample, obs_flat)) / med
         obs_sub = obs_flat[rng.integers(0, obs_flat.size, min(obs_flat.size, 20_000))]
         row["crps_rel"] = crps_sample(pred_sample[:50_000], obs_sub) / med
-    metric = str(ds.attrs.get("quality_metric", "accuracy"))
-    kw = {"correct": instance_correct(ds).values} if metric == "accuracy" else {
-        "prediction": ds["prediction"].values, "label": ds["label"].values}
     taus = np.array(list(t_obs.values()))
-    q_obs = quality_at_deadline(obs, taus, metric=metric, **kw)  # [pass, k]
+    q_obs = quality_at_deadline(obs, taus, **scoring_of(ds))  # [pass, k]
     tq_obs = tail_quality(q_obs.T, tail_q)
     row["tail_quality"] = []
     for k, (label, tau) in enumerate(t_obs.items()):

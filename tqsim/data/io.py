@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from tqsim.data.schema import DataError, check_calibration
+from tqsim.data.schema import DataError, check_calibration, instance_scores
 from tqsim.errors import UserError
 from tqsim.factors import FACTORS
 
@@ -88,11 +88,10 @@ def read_dataset(path: Path) -> xr.Dataset:
 
 
 def read_calibration(path: Path, workload: str | None = None) -> xr.Dataset:
-    ds = read_dataset(path)
-    for name in ("correct",):
-        if name in ds:
-            ds[name] = ds[name].astype(bool)
-    return check_calibration(ds, str(path), workload)
+    ds = check_calibration(read_dataset(path), str(path), workload)
+    if "score" not in ds:  # a file written before scores: the same variables as a new one, for load_campaign
+        ds["score"] = instance_scores(ds)
+    return ds.drop_vars("correct", errors="ignore")
 
 
 def calibration_files(folder: Path) -> list[Path]:

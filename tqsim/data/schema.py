@@ -48,11 +48,17 @@ def check_calibration(ds: xr.Dataset, source: str = "<dataset>", workload: str |
                         f"{SCHEMA_VERSION}); re-calibrate with this version.")
     if workload is not None and ds.attrs["workload"] != workload:
         raise DataError(f"{source}: belongs to workload '{ds.attrs['workload']}', not '{workload}'.")
-    if not ("correct" in ds or ("prediction" in ds and "label" in ds)):
-        raise DataError(f"{source}: has neither 'correct' nor 'prediction'+'label'; quality cannot be scored.")
-    for name in ("correct", "prediction", "label", "instance_size"):
+    if not ("score" in ds or "correct" in ds or ("prediction" in ds and "label" in ds)):
+        raise DataError(f"{source}: has no 'score' (nor 'correct' or 'prediction'+'label'); quality cannot be "
+                        "scored.")
+    for name in ("score", "correct", "prediction", "label", "instance_size"):
         if name in ds and ds[name].dims != ("instance",):
             raise DataError(f"{source}: '{name}' must have dims ('instance',), has {ds[name].dims}.")
+    if "score" in ds:
+        score = ds["score"].values.astype(float)
+        if not (np.isfinite(score) & (score >= 0) & (score <= 1)).all():
+            raise DataError(f"{source}: 'score' holds values outside [0, 1] or NaN; the file is corrupt "
+                            "(re-calibrate that configuration).")
     lat = ds["latency_s"].values
     if lat.size and not (np.isfinite(lat).all() and (lat > 0).all()):
         bad = int((~np.isfinite(lat) | (lat <= 0)).sum())
@@ -63,11 +69,15 @@ def check_calibration(ds: xr.Dataset, source: str = "<dataset>", workload: str |
     return ds
 
 
-def instance_correct(ds: xr.Dataset) -> xr.DataArray:
-    """Per-instance correctness (bool), from ``correct`` or from ``prediction == label``."""
+def instance_scores(ds: xr.Dataset) -> xr.DataArray:
+    """Per-instance score in [0, 1] (float) under the file's ``quality_metric``, what every consumer of
+    quality scores with: ``score`` itself, or from files written before it, ``correct`` or
+    ``prediction == label`` (those files were all accuracy or macro-F1, whose score is correctness)."""
+    if "score" in ds:
+        return ds["score"].astype(float)
     if "correct" in ds:
-        return ds["correct"].astype(bool)
-    return ds["prediction"] == ds["label"]
+        return ds["correct"].astype(float)
+    return (ds["prediction"] == ds["label"]).astype(float)
 
 
 def batch_layout(n_instances: int, batch_size: int) -> np.ndarray:

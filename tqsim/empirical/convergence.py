@@ -114,7 +114,7 @@ def jsd_floor(predicted_qat: np.ndarray, n_heldout: int, *, n_rep: int = 500, se
     return {"mean": float(d.mean()), "p05": float(np.quantile(d, 0.05)), "p95": float(np.quantile(d, 0.95))}
 
 
-def qat_rjsd(batch_latency_s: np.ndarray, batch: np.ndarray, *, correct=None, prediction=None, label=None,
+def qat_rjsd(batch_latency_s: np.ndarray, batch: np.ndarray, *, score=None, prediction=None, label=None,
              metric: str = "accuracy", percentiles=(90, 95, 99), window: int = WINDOW,
              bin_width: float = BIN_WIDTH) -> np.ndarray:
     """rJSD after each measured pass of one configuration, Q@T taken at its current p90/p95/p99.
@@ -128,7 +128,7 @@ def qat_rjsd(batch_latency_s: np.ndarray, batch: np.ndarray, *, correct=None, pr
     batch = np.asarray(batch)
     b_of = batch_numbers(batch)
     taus = np.percentile(lat[:, b_of], percentiles)  # per-instance latencies, as Threshold.resolve
-    scorer = BatchScorer(batch, correct=correct, prediction=prediction, label=label, metric=metric)
+    scorer = BatchScorer(batch, score=score, prediction=prediction, label=label, metric=metric)
     return rjsd_series(qat_from_batches(lat, taus, scorer), window, bin_width)
 
 
@@ -140,6 +140,6 @@ def converged_record(record, epsilon: float = EPSILON, window: int = WINDOW) -> 
     lat = record.batch_latency_s()
     if lat.shape[0] < window:
         return False
-    r = qat_rjsd(lat, record.batch_of_instance, prediction=record.prediction, label=record.label,
-                 metric=record.metric, window=window)
+    r = qat_rjsd(lat, record.batch_of_instance, score=record.score, prediction=record.prediction,
+                 label=record.label, metric=record.metric, window=window)
     return bool(r[-1] < epsilon)

@@ -1,7 +1,8 @@
 """Monte Carlo of the Q@T distribution: simulate S passes of batch latencies, score them by counts.
 
 No (S, instance) array is ever built: Q@T of a pass is a weighted count of on-time batches, the
-weights being each batch's correct instances (accuracy) or per-class counts (macro-F1).
+weights being each batch's summed per-instance scores (accuracy, top_k, a callable) or per-class
+counts (macro-F1).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from scipy import sparse
 
 from tqsim.data.schema import batch_numbers, batch_starts
 from tqsim.empirical.kde import make_sampler
+from tqsim.quality import score_vector
 
 
 def batch_index(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -28,14 +30,14 @@ def batch_latencies(latency_s: np.ndarray, batch: np.ndarray) -> np.ndarray:
 class BatchScorer:
     """Per-batch counts that turn an (S, batch) on-time mask into Q@T (same numbers as quality_at_deadline)."""
 
-    def __init__(self, batch: np.ndarray, *, correct=None, prediction=None, label=None, metric: str = "accuracy"):
+    def __init__(self, batch: np.ndarray, *, score=None, prediction=None, label=None, metric: str = "accuracy"):
         _, b_of = batch_index(batch)
         n_b = int(b_of[-1]) + 1
         self.metric, self.n = metric, b_of.size
-        if metric == "accuracy":
-            ok = np.asarray(correct if correct is not None else np.asarray(prediction) == np.asarray(label), bool)
-            self.w_ = np.bincount(b_of, weights=ok, minlength=n_b).astype(np.float32)
-        elif metric == "macro_f1":
+        if metric != "macro_f1":
+            w = score_vector(score, prediction, label, metric)
+            self.w_ = np.bincount(b_of, weights=w, minlength=n_b).astype(np.float32)
+        else:
             prediction, label = np.asarray(prediction), np.asarray(label)
             classes = np.unique(label)
             pred_oh = (prediction[:, None] == classes).astype(np.float32)
@@ -46,12 +48,10 @@ class BatchScorer:
             self.counts_ = sparse.csr_matrix(counts.T)
             self.n_classes_ = classes.size
             self.support_ = (label[:, None] == classes).sum(axis=0).astype(np.float32)
-        else:
-            raise ValueError(f"unknown metric {metric!r}")
 
     def score(self, on_time: np.ndarray) -> np.ndarray:
         v = on_time.astype(np.float32)
-        if self.metric == "accuracy":
+        if self.metric != "macro_f1":
             return (v @ self.w_).astype(float) / self.n
         both = np.asarray((self.counts_ @ v.T).T)
         tp, pc = both[:, :self.n_classes_], both[:, self.n_classes_:]
@@ -75,7 +75,7 @@ def qat_from_batches(batch_latency_s: np.ndarray, thresholds_s, scorer: BatchSco
 
 
 def monte_carlo_qat(latency_s: np.ndarray, batch: np.ndarray, thresholds_s, *, method: str = "kde",
-                    n_sim: int = 10_000, seed: int = 0, correct=None, prediction=None, label=None,
+                    n_sim: int = 10_000, seed: int = 0, score=None, prediction=None, label=None,
                     metric: str = "accuracy", bandwidth: str | float = "silverman", chunk: int = 256) -> np.ndarray:
     """Predicted Q@T of ``n_sim`` simulated passes (S, k) from measured (pass, instance) latencies.
 
@@ -86,7 +86,7 @@ def monte_carlo_qat(latency_s: np.ndarray, batch: np.ndarray, thresholds_s, *, m
     """
     rng = np.random.default_rng(seed)
     sampler = make_sampler(method, bandwidth).fit(batch_latencies(latency_s, batch))
-    scorer = BatchScorer(batch, correct=correct, prediction=prediction, label=label, metric=metric)
+    scorer = BatchScorer(batch, score=score, prediction=prediction, label=label, metric=metric)
     log_taus = np.log(np.atleast_1d(np.asarray(thresholds_s, dtype=float)))
     out = np.empty((n_sim, log_taus.size))
     for s in range(0, n_sim, chunk):

@@ -177,16 +177,31 @@ def _run_locked(plan: Plan, folder: Path, system: str, *, workload: Any, prepare
 
 def _new_record(config: Config, workload: Any, system: str, runner: Any, fp: dict, plan: Plan,
                 clock: Clock) -> ConfigRecord:
-    """First visit of a configuration: the untimed quality pass, then the warm-up passes (kept apart)."""
-    predictions = [np.asarray(runner.predicted_classes(runner.forward(args))).reshape(-1)
-                   for args in runner.batches]
+    """First visit of a configuration: the untimed quality pass, then the warm-up passes (kept apart).
+
+    The quality pass scores each batch through the workload's metric as it goes (``top_k`` and a
+    callable need the outputs, not only the predicted classes), so no output is kept after its batch.
+    """
+    from tqsim.workloads.metrics import resolve_metric
+
+    metric = resolve_metric(workload.metric)
+    labels = np.asarray(workload.labels)
+    predictions, scores, start = [], [], 0
+    for args in runner.batches:
+        output = runner.forward(args)
+        pred = np.asarray(runner.predicted_classes(output)).reshape(-1)
+        batch_labels = labels[start:start + pred.shape[0]]
+        if pred.shape[0] == batch_labels.shape[0]:
+            scores.append(metric.score(output, batch_labels, pred))
+        predictions.append(pred)
+        start += pred.shape[0]
     prediction = np.concatenate(predictions)
     if prediction.shape[0] != workload.n_instances:
         raise UserError(f"workload {workload.name}: the model predicted {prediction.shape[0]} classes for "
                         f"{workload.n_instances} instances; its predict() must return one class per instance.")
-    rec = ConfigRecord(config=config, workload=workload.name, system=system, metric=workload.metric,
+    rec = ConfigRecord(config=config, workload=workload.name, system=system, metric=metric.name,
                        batch_of_instance=np.asarray(runner.batch_of_instance), prediction=prediction,
-                       label=np.asarray(workload.labels), fingerprint=fp, model_digest=workload.digest,
+                       label=labels, score=np.concatenate(scores), fingerprint=fp, model_digest=workload.digest,
                        instance_size=workload.instance_size,
                        extra_attrs={"warmup_passes": plan.warmup, "priming_calls": PRIMING_CALLS, "seed": plan.seed,
                                     "task": workload.task, **_source_attr(workload)})
@@ -218,7 +233,8 @@ def summarise(records: Iterable[ConfigRecord]) -> list[dict]:
         rows.append({
             "config": rec.config.as_dict(), "config_id": rec.config.id, "passes": rec.n_passes,
             "latency_s": {"p50": float(np.percentile(flat, 50)), "p99": float(np.percentile(flat, 99))},
-            "quality": no_deadline_quality(prediction=rec.prediction, label=rec.label, metric=rec.metric),
+            "quality": no_deadline_quality(score=rec.score, prediction=rec.prediction, label=rec.label,
+                                           metric=rec.metric),
             "metric": rec.metric,
             "outliers": int(flag_outliers(flat).sum()), "calls": int(flat.size),
             "inferences": int(rec.n_passes * rec.batch_of_instance.size),

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from tqsim import __version__
-from tqsim.data.schema import SCHEMA_VERSION, batch_starts
+from tqsim.data.schema import SCHEMA_VERSION, batch_starts, instance_scores
 from tqsim.factors import FACTORS, Config
 
 
@@ -36,6 +36,7 @@ class ConfigRecord:
     label: np.ndarray
     fingerprint: dict
     model_digest: str
+    score: np.ndarray | None = None  # per-instance score in [0, 1] under ``metric``; None: prediction == label
     instance_size: np.ndarray | None = None
     warmup_ns: list[np.ndarray] = dataclasses.field(default_factory=list)
     pass_ns: list[np.ndarray] = dataclasses.field(default_factory=list)
@@ -45,6 +46,10 @@ class ConfigRecord:
     loads: list[dict] = dataclasses.field(default_factory=list)  # other_cpu, steal, load_avg per pass
     created_at: str = dataclasses.field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     extra_attrs: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.score is None:
+            self.score = (np.asarray(self.prediction) == np.asarray(self.label)).astype(np.float64)
 
     @property
     def n_passes(self) -> int:
@@ -79,9 +84,10 @@ class ConfigRecord:
             "latency_s": (("pass", "instance"), lat, {"units": "s", "long_name": "latency of the batch holding the instance"}),
             "warmup_latency_s": (("warmup_pass", "instance"), warm, {"units": "s"}),
             "batch": ("instance", b.astype(np.int64)),
-            "prediction": ("instance", self.prediction.astype(np.int64)),
-            "label": ("instance", self.label.astype(np.int64)),
-            "correct": ("instance", (self.prediction == self.label)),
+            "prediction": ("instance", _stored(self.prediction)),
+            "label": ("instance", _stored(self.label)),
+            "score": ("instance", np.asarray(self.score, dtype=np.float64),
+                      {"long_name": f"per-instance score under {self.metric}, in [0, 1] (late instances score 0)"}),
             "round": ("pass", np.asarray(self.rounds, dtype=np.int64)),
             "pass_started_at": ("pass", np.asarray(self.started_at, dtype=np.float64),
                                 {"long_name": "wall-clock start of the pass, seconds since the Unix epoch"}),
@@ -117,6 +123,7 @@ class ConfigRecord:
                  "schema_version", "model_digest", "config_id", *FACTORS}
         rec = cls(config=config, workload=attrs["workload"], system=attrs["system"], metric=attrs["quality_metric"],
                   batch_of_instance=b, prediction=ds["prediction"].values, label=ds["label"].values,
+                  score=instance_scores(ds).values,
                   fingerprint=json.loads(attrs["fingerprint"]), model_digest=str(attrs.get("model_digest", "")),
                   instance_size=ds["instance_size"].values if "instance_size" in ds else None,
                   created_at=attrs["created_at"], extra_attrs={k: v for k, v in attrs.items() if k not in known})
@@ -131,3 +138,10 @@ class ConfigRecord:
                                     sessions, loads):
             rec.add_pass(to_ns(row), int(r), float(t), int(s), ld)
         return rec
+
+
+def _stored(values: np.ndarray) -> np.ndarray:
+    """Classes as int64; anything else (a regression's targets under a callable metric) as float64."""
+    values = np.asarray(values)
+    kind = np.int64 if np.issubdtype(values.dtype, np.integer) or values.dtype == bool else np.float64
+    return values.astype(kind)

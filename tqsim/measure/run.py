@@ -125,7 +125,7 @@ def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, see
     if result.busy:
         warnings.warn(result.busy, UserWarning, stacklevel=2)
     return {
-        "system": system, "workload": wl.name, "metric": wl.metric, "folder": str(result.folder),
+        "system": system, "workload": wl.name, "metric": wl.metric_name, "folder": str(result.folder),
         "plan": plan.to_dict(), "measured_passes": result.measured_passes, "elapsed_s": result.elapsed_s,
         "sessions": [result.session] if result.measured_passes else [], "busy": result.busy,
         "configs": summarise(result.records),

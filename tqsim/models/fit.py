@@ -9,12 +9,12 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from tqsim.data.schema import instance_correct
 from tqsim.errors import UserError
 from tqsim.factors import QUALITY_FACTORS
 from tqsim.models.spec import make_spec
 from tqsim.models.store import FittedModel, now, quality_level_id
 from tqsim.models.summaries import configs_of_campaign, summarise
+from tqsim.quality import scoring_of
 
 # Graded like Vehtari et al. (2021): r-hat ≤ 1.01, bulk ESS ≥ 100 and no divergence is a clean
 # fit; up to r-hat 1.05 / ESS 50 / divergences in 0.1 % of draws the posterior is usable but a
@@ -91,12 +91,9 @@ def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
         key = quality_level_id(values)
         if key in levels:
             continue
-        one = campaign.isel(config=i)
-        d = {"correct": instance_correct(one).values.astype(bool)}
-        if "prediction" in one and "label" in one:
-            d["prediction"] = one["prediction"].values
-            d["label"] = one["label"].values
-        levels[key] = d
+        scoring = scoring_of(campaign.isel(config=i))
+        scoring.pop("metric")
+        levels[key] = scoring  # score, and prediction + label where the files hold them
     return levels
 
 

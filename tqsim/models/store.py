@@ -2,7 +2,7 @@
 
 Groups: ``posterior``, ``sample_stats``, ``observed_data`` (the per-configuration summaries the model
 was fitted to: session levels and shape quantiles), ``constant_data`` (their standard errors and
-indices), and ``tqsim`` (what the fit saw: per-config factors, the correctness vector of every
+indices), and ``tqsim`` (what the fit saw: per-config factors, the per-instance scores of every
 quality-relevant level, the instance count and sizes; attrs: the spec, diagnostics, schema and tqsim
 versions, created_at).
 ArviZ's own summaries and plots work on the file.
@@ -40,7 +40,7 @@ class FittedModel:
     workload: str
     quality_metric: str
     n_instances: int
-    quality_levels: dict[str, dict]     # level id -> {"correct": array, "prediction"?, "label"?}
+    quality_levels: dict[str, dict]     # level id -> {"score": array in [0, 1], "prediction"?, "label"?}
     configs: list[dict]                 # factors of each calibrated config
     summaries: Summaries | None = None  # what the model was fitted to (needed to condition on it)
     instance_size: np.ndarray | None = None
@@ -87,8 +87,8 @@ def to_inference_data(fm: FittedModel):
     levels = sorted(fm.quality_levels)
     extra = xr.Dataset(coords={"quality_level": levels, "instance": np.arange(fm.n_instances),
                                "fit_config": [c["id"] for c in fm.configs]})
-    extra["correct"] = (("quality_level", "instance"),
-                        np.stack([np.asarray(fm.quality_levels[k]["correct"], bool) for k in levels]))
+    extra["score"] = (("quality_level", "instance"),
+                      np.stack([np.asarray(fm.quality_levels[k]["score"], float) for k in levels]))
     for key in ("prediction", "label"):
         if all(key in fm.quality_levels[k] for k in levels):
             extra[key] = (("quality_level", "instance"), np.stack([np.asarray(fm.quality_levels[k][key])
@@ -197,7 +197,8 @@ def load(path: str | os.PathLike, workload: str | None = None, system: str | Non
                         f"run `tqsim fit --system {system}`.")
     levels = {}
     for i, lvl in enumerate(extra["quality_level"].values.tolist()):
-        d = {"correct": extra["correct"].values[i].astype(bool)}
+        # a model saved before scores holds "correct" (accuracy and macro-F1 only): its score is that
+        d = {"score": extra["score" if "score" in extra else "correct"].values[i].astype(float)}
         for key in ("prediction", "label"):
             if key in extra:
                 d[key] = extra[key].values[i]

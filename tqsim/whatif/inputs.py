@@ -1,4 +1,4 @@
-"""What a what-if reads from the workspace: service models per (threads, precision) and correctness.
+"""What a what-if reads from the workspace: service models per (threads, precision) and per-instance scores.
 
 Service models are :class:`EmpiricalService` (calibrated forward times, no fit needed) wrapped in
 the serving overheads of ``serving.json`` when it exists. A Bayesian forecast plugs in through
@@ -24,7 +24,7 @@ from tqsim.whatif.service import EmpiricalService, ForecastService, ServiceModel
 
 @dataclasses.dataclass
 class WorkspaceInputs:
-    """Lazily built, cached service models and correctness vectors of one ``<system>/<workload>``."""
+    """Lazily built, cached service models and per-instance score vectors of one ``<system>/<workload>``."""
 
     folder: Path
     system: str
@@ -100,18 +100,18 @@ class WorkspaceInputs:
             self._cache["fitted"] = load(self.model_path)
         return self._cache["fitted"]
 
-    def correct(self, precision: str = "fp32") -> np.ndarray:
-        """Per-instance correctness measured at this precision (the quality-relevant factor)."""
-        key = ("correct", precision)
+    def scores(self, precision: str = "fp32") -> np.ndarray:
+        """Per-instance scores (in [0, 1]) measured at this precision (the quality-relevant factor)."""
+        key = ("scores", precision)
         if key not in self._cache:
             from tqsim.data.io import read_calibration
-            from tqsim.data.schema import instance_correct
+            from tqsim.data.schema import instance_scores
 
             paths = [a["path"] for a in self._attrs() if str(a["precision"]) == precision]
             if not paths:
                 raise UserError(f"precision {precision} was never calibrated, so its quality is unknown; "
                                 f"calibrate it: `tqsim calibrate --grid precision={precision}`.")
-            self._cache[key] = instance_correct(read_calibration(paths[0])).values.astype(bool)
+            self._cache[key] = instance_scores(read_calibration(paths[0])).values
         return self._cache[key]
 
 
@@ -201,7 +201,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     precision = _calibrated_precisions(src, [precision])[0] if precision else (
         "fp32" if "fp32" in src.precisions() else src.precisions()[0])
     arrivals = read_trace(trace) if trace is not None else None
-    correct = src.correct(precision)
+    scores = src.scores(precision)
     results = []
     for reps in rep_list:
         setup = ServingSetup(int(reps), int(threads), int(max_batch), wait, precision)
@@ -213,7 +213,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
         for i, rate in enumerate(rate_list):
             if progress:
                 progress(f"{reps} replica(s)" + (f", {rate:g} req/s" if rate is not None else ", trace"))
-            wi = simulate(svc, setup, thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals, correct=correct,
+            wi = simulate(svc, setup, thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals, score=scores,
                           n_windows=windows, draws=draws, tail_q=tail_q, seed=seed + 1000 * i + reps)
             results.extend(wi.results())
     calibrated = src.batch_sizes(threads, precision)
@@ -257,7 +257,7 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
     space = {"max_batches": list(max_batches) if max_batches else MAX_BATCHES,
              "max_waits_s": list(max_waits_s) if max_waits_s else MAX_WAITS_S,
              "precisions": _calibrated_precisions(src, list(precisions)) if precisions else src.precisions()}
-    result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.correct,
+    result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.scores,
                   confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, **space)
     result.notes = list(src.notes)
     return result

@@ -102,14 +102,14 @@ def _score(cand: Candidate, obj: Objective, confidence: float, wi: WhatIf) -> No
 
 
 def plan(objective: Objective, rate_rps: float, cores: int,
-         service_for: Callable[[int, str, int], ServiceModel], correct_for: Callable[[str], np.ndarray], *,
+         service_for: Callable[[int, str, int], ServiceModel], score_for: Callable[[str], np.ndarray], *,
          confidence: float = 0.9, draws: int = 30, screen_draws: int = 6, n_windows: int = 100,
          refine: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None, **space) -> Plan:
     """Search the set-ups of :func:`candidates` (``space`` passes its keyword arguments).
 
     ``service_for(threads, precision, replicas)`` returns the replica's service model (raising a
     UserError when that configuration is not calibrated, which rejects the candidate with that
-    reason); ``correct_for(precision)`` the evaluation set's correctness vector.
+    reason); ``score_for(precision)`` the evaluation set's per-instance scores.
     """
     check_rate(rate_rps)
     if not 0 < confidence < 1:
@@ -124,15 +124,15 @@ def plan(objective: Objective, rate_rps: float, cores: int,
         cands.append(c)
         try:
             svc = service_for(s.threads, s.precision, s.replicas)
-            correct = correct_for(s.precision)
+            scores = score_for(s.precision)
         except UserError as exc:
             c.reason = f"cannot be simulated: {exc}"
             continue
         fastest.append(svc.min_service_s())
-        _score(c, objective, confidence, simulate(svc, s, thresholds_s=thr, rate_rps=rate_rps, correct=correct,
+        _score(c, objective, confidence, simulate(svc, s, thresholds_s=thr, rate_rps=rate_rps, score=scores,
                                                    draws=screen_draws, n_windows=max(n_windows // 2, 20),
                                                    seed=seed + i))
-        c._svc, c._correct = svc, correct
+        c._svc, c._scores = svc, scores
     if not fastest:
         first = cands[0].reason.removeprefix("cannot be simulated: ") if cands else "no candidates in the space"
         raise UserError(f"no candidate set-up can be simulated: {first}")
@@ -147,7 +147,7 @@ def plan(objective: Objective, rate_rps: float, cores: int,
         if progress:
             progress(f"refining {j + 1}/{len(promising)} {c.setup.label()}")
         _score(c, objective, confidence, simulate(c._svc, c.setup, thresholds_s=thr, rate_rps=rate_rps,
-                                                   correct=c._correct, draws=draws, n_windows=n_windows,
+                                                   score=c._scores, draws=draws, n_windows=n_windows,
                                                    seed=seed + 7919))
     order = lambda c: (c.setup.cores, -np.nan_to_num(c.probability, nan=-1.0), _p99(c))  # noqa: E731
     meeting = sorted([c for c in promising if c.meets], key=order)

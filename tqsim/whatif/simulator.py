@@ -297,12 +297,13 @@ class WhatIf:
 
 def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequence[float],
              rate_rps: float | None = None, arrivals_s: np.ndarray | None = None,
-             correct: np.ndarray | None = None, n_windows: int = 100, draws: int = 40,
+             score: np.ndarray | None = None, n_windows: int = 100, draws: int = 40,
              tail_q: float = 0.01, interval: float = INTERVAL, seed: int = 0, samples: str = "replay") -> WhatIf:
     """Serve Poisson arrivals at ``rate_rps`` (or the replayed ``arrivals_s``) over ``draws`` draws.
 
-    The evaluation set's ``correct`` vector is replayed in arrival order; each window of
-    ``len(correct)`` requests is one pass, whose Q@T counts late requests as wrong. With
+    The evaluation set's per-instance ``score`` vector (in [0, 1]; correctness for accuracy) is replayed
+    in arrival order; each window of ``len(score)`` requests is one pass, whose Q@T is the mean score
+    with late requests scoring 0. With
     ``samples="random"`` each request is a uniform draw from the set instead, as MLPerf LoadGen's
     Server scenario issues them: a window's accuracy then varies with its composition. Tail quality of
     a draw is the ``tail_q``-quantile of its windows' Q@T; every statistic is reported over draws
@@ -315,8 +316,8 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
         raise UserError("draws and windows must be ≥ 1.")
     if samples not in ("replay", "random"):
         raise UserError(f"samples must be 'replay' or 'random', not '{samples}'.")
-    correct = np.ones(1000, dtype=bool) if correct is None else np.asarray(correct, dtype=bool)
-    n_inst = correct.size
+    score = np.ones(1000) if score is None else np.asarray(score, dtype=float)
+    n_inst = score.size
     if arrivals_s is not None:
         trace = check_trace(arrivals_s)
         n = trace.size
@@ -347,11 +348,11 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
             lat[key][d] = v
         miss[d] = (latency[:, None] > thresholds[None, :]).mean(axis=0)
         w = latency[:used].reshape(-1, min(n_inst, used))
-        ok = correct[: w.shape[1]][None, :] if samples == "replay" else correct[rng.integers(0, n_inst, w.shape)]
-        q = ((w[:, :, None] <= thresholds[None, None, :]) & ok[:, :, None]).mean(axis=1)  # [window, thr]
+        ok = score[: w.shape[1]][None, :] if samples == "replay" else score[rng.integers(0, n_inst, w.shape)]
+        q = ((w[:, :, None] <= thresholds[None, None, :]) * ok[:, :, None]).mean(axis=1)  # [window, thr]
         tail[d] = np.quantile(q, tail_q, axis=0)
         meanq[d] = q.mean(axis=0)
         util[d] = run.utilisation
         mb[d] = run.batch_sizes.mean()
     return WhatIf(setup, rate, thresholds, tail_q, interval, lat, miss, tail, meanq, util, mb, int(n),
-                  int(n_win), float(correct.mean()))
+                  int(n_win), float(score.mean()))

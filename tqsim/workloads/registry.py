@@ -16,7 +16,7 @@ from typing import Any
 
 from tqsim.data.workspace import safe_name, workload_name_of
 from tqsim.errors import UserError
-from tqsim.workloads.base import METRICS, Workload
+from tqsim.workloads.base import Workload
 
 # name -> (module, factory, task, instances, metric). Instances and metric are stated here so that
 # listing never trains; a test checks they match what the factory returns.
@@ -131,14 +131,19 @@ def check_workload(w: Workload, spec: str) -> Workload:
         if w.instance_size.shape != w.labels.shape:
             raise UserError(f"workload {spec}: instance_size has {w.instance_size.size} entries for "
                             f"{len(w.labels)} instances; give one size per instance or None.")
-    if w.metric not in METRICS:
-        raise UserError(f"workload {spec}: unknown metric '{w.metric}'; choose one of: {', '.join(METRICS)}.")
+    from tqsim.workloads.metrics import resolve_metric
+
+    try:  # an unknown name or an unimportable metric function is refused before anything is measured
+        resolve_metric(w.metric)
+    except UserError as exc:
+        raise UserError(f"workload {spec}: {exc}") from None
     if not isinstance(w.model, OnnxFile) and not callable(getattr(w.model, "forward", None)) and not callable(w.model):
         raise UserError(f"workload {spec}: model is {_describe(w.model)}; give a torch.nn.Module.")
     return w
 
 
-def _load_module(where: str, spec: str):
+def _load_module(where: str, spec: str, kind: str = "workload"):
+    """Import ``where`` (a module name, or a .py path) for ``spec``; ``kind`` names what it provides."""
     is_file = where.endswith(".py") or "/" in where or "\\" in where
     if not is_file:
         if os.getcwd() not in sys.path:  # like uvicorn/gunicorn: modules beside you import without install
@@ -147,20 +152,20 @@ def _load_module(where: str, spec: str):
             return importlib.import_module(where)
         except ModuleNotFoundError as exc:
             if exc.name and where.startswith(exc.name):
-                raise UserError(f"cannot import module '{where}' for workload {spec}; check the name, or give a "
-                                "file path like path/to/file.py:factory.") from exc
+                raise UserError(f"cannot import module '{where}' for {kind} {spec}; check the name, or give a "
+                                "file path like path/to/file.py:function.") from exc
             raise UserError(f"importing '{where}' failed: {exc} (install the missing package).") from exc
         except Exception as exc:
             raise UserError(f"importing '{where}' failed: {type(exc).__name__}: {exc} "
                             "(rerun with --debug for the traceback).") from exc
     path = Path(where).expanduser()
     if not path.is_file():
-        raise UserError(f"workload file '{where}' not found (from {spec}); give an existing path, "
+        raise UserError(f"{kind} file '{where}' not found (from {spec}); give an existing path, "
                         "e.g. examples/my_workload.py:make.")
     name = f"tqsim_user_workload_{safe_name(path.stem)}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise UserError(f"workload file '{where}' is not a Python file (from {spec}); give a .py file, "
+        raise UserError(f"{kind} file '{where}' is not a Python file (from {spec}); give a .py file, "
                         "e.g. examples/my_workload.py:make.")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
@@ -168,7 +173,7 @@ def _load_module(where: str, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise UserError(f"loading workload file '{where}' failed: {type(exc).__name__}: {exc} "
+        raise UserError(f"loading {kind} file '{where}' failed: {type(exc).__name__}: {exc} "
                         "(rerun with --debug for the traceback).") from exc
     return module
 
