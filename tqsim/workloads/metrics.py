@@ -116,9 +116,9 @@ def _resolve_text(text: str) -> Metric:
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
         raise UserError(f"unknown metric '{text}'; {HINT}.")
-    from tqsim.workloads.registry import _load_module
+    from tqsim.workloads.user_code import load_user_module
 
-    fn = getattr(_load_module(where, spec, "metric"), attr, None)
+    fn = getattr(load_user_module(where, spec, "metric"), attr, None)
     if not callable(fn):
         raise UserError(f"metric '{text}': '{where}' has no function '{attr}'; name a function "
                         "fn(outputs, labels) -> per-instance scores in [0, 1].")

@@ -8,15 +8,12 @@ built-in's module (which trains or loads its network) is imported only when it i
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 from tqsim.data.workspace import safe_name, workload_name_of
 from tqsim.errors import UserError
 from tqsim.workloads.base import Workload
+from tqsim.workloads.user_code import load_user_module
 
 # name -> (module, factory, task, instances, metric). Instances and metric are stated here so that
 # listing never trains; a test checks they match what the factory returns.
@@ -56,7 +53,7 @@ def get_workload(spec: str, data: str | None = None) -> Workload:
     where, _, attr = spec.rpartition(":")
     if not where or not attr:
         raise UserError(f"workload '{spec}' must look like path/to/file.py:factory or module:factory.")
-    module = _load_module(where, spec)
+    module = load_user_module(where, spec)
     factory = getattr(module, attr, None)
     if factory is None:
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
@@ -140,42 +137,6 @@ def check_workload(w: Workload, spec: str) -> Workload:
     if not isinstance(w.model, OnnxFile) and not callable(getattr(w.model, "forward", None)) and not callable(w.model):
         raise UserError(f"workload {spec}: model is {_describe(w.model)}; give a torch.nn.Module.")
     return w
-
-
-def _load_module(where: str, spec: str, kind: str = "workload"):
-    """Import ``where`` (a module name, or a .py path) for ``spec``; ``kind`` names what it provides."""
-    is_file = where.endswith(".py") or "/" in where or "\\" in where
-    if not is_file:
-        if os.getcwd() not in sys.path:  # like uvicorn/gunicorn: modules beside you import without install
-            sys.path.insert(0, os.getcwd())
-        try:
-            return importlib.import_module(where)
-        except ModuleNotFoundError as exc:
-            if exc.name and where.startswith(exc.name):
-                raise UserError(f"cannot import module '{where}' for {kind} {spec}; check the name, or give a "
-                                "file path like path/to/file.py:function.") from exc
-            raise UserError(f"importing '{where}' failed: {exc} (install the missing package).") from exc
-        except Exception as exc:
-            raise UserError(f"importing '{where}' failed: {type(exc).__name__}: {exc} "
-                            "(rerun with --debug for the traceback).") from exc
-    path = Path(where).expanduser()
-    if not path.is_file():
-        raise UserError(f"{kind} file '{where}' not found (from {spec}); give an existing path, "
-                        "e.g. examples/my_workload.py:make.")
-    name = f"tqsim_user_workload_{safe_name(path.stem)}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise UserError(f"{kind} file '{where}' is not a Python file (from {spec}); give a .py file, "
-                        "e.g. examples/my_workload.py:make.")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise UserError(f"loading {kind} file '{where}' failed: {type(exc).__name__}: {exc} "
-                        "(rerun with --debug for the traceback).") from exc
-    return module
 
 
 def _describe(obj: Any) -> str:
