@@ -289,7 +289,7 @@ def test_onnx_file_calibrate_fit_predict_check_with_no_python(files, tmp_path):
     cal = tqsim("calibrate", "--workload", d / "mlp.onnx", "--data", d / "mlp.npz", "--grid", "batch_size=1,4,16",
                 "--passes", "6", "--warmup", "0")
     assert {c["config"]["backend"] for c in cal["configs"]} == {"onnxruntime"}
-    tqsim("fit", "--sampler", "advi", "--draws", "100", "--tune", "100")
+    tqsim("fit", "--draws", "300", "--tune", "300")
     fc = tqsim("predict", "--set", "batch_size=8", "--set", "threads=1")
     assert fc["workload"] == "mlp" and fc["config_id"] == "bs8-th1-fp32-onnxruntime-cpu"
     p50 = fc["latency_s"]["p50"]
