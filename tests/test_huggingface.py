@@ -140,3 +140,18 @@ def test_minilm_kaomoji_calibrates_through_the_cli(tmp_path):
     sizes = ds["instance_size"].values.reshape(-1, 8).max(1)
     # a batch costs what its longest member costs: longer batches take longer
     assert np.corrcoef(sizes, np.median(lat, axis=0))[0, 1] > 0.5
+
+
+@pytest.mark.slow
+def test_helper_workload_runs_in_onnxruntime_like_in_torch(tiny, tokenizer):
+    pytest.importorskip("onnxruntime")
+    w = text_classification(tiny, tokenizer, TEXTS, LABELS, name="tiny-bert")
+    predicted = {}
+    for backend in ("torch", "onnxruntime"):
+        runner = prepare(w, Config(batch_size=4, backend=backend))  # batches of 4 and 2: the dynamic axes
+        try:
+            predicted[backend] = np.concatenate([runner.predicted_classes(runner.forward(b))
+                                                 for b in runner.batches])
+        finally:
+            runner.close()
+    np.testing.assert_array_equal(predicted["onnxruntime"], predicted["torch"])
