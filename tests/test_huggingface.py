@@ -155,3 +155,16 @@ def test_helper_workload_runs_in_onnxruntime_like_in_torch(tiny, tokenizer):
         finally:
             runner.close()
     np.testing.assert_array_equal(predicted["onnxruntime"], predicted["torch"])
+
+
+def test_collate_survives_pickling_and_concurrent_replicas(tiny, tokenizer):
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = text_classification(tiny, tokenizer, TEXTS * 20, LABELS * 20)
+    collate = pickle.loads(pickle.dumps(w.collate))  # a spawned session receives it pickled
+    index = [np.arange(i, i + 5) for i in range(0, 100)]
+    with ThreadPoolExecutor(4) as pool:  # the serving loop's replicas collate from threads
+        batches = list(pool.map(lambda idx: collate(w.inputs, idx), index))
+    for idx, (ids, mask) in zip(index, batches):
+        assert ids.shape[1] == w.instance_size[idx].max() and mask.sum().item() == w.instance_size[idx].sum()

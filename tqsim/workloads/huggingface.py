@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -62,19 +63,33 @@ class Logits(nn.Module):
 
 
 class Tokenize:
-    """A picklable ``collate``: the texts ``index`` as (input_ids, attention_mask), padded to the longest."""
+    """A picklable ``collate``: the texts ``index`` as (input_ids, attention_mask), padded to the longest.
+
+    Calls are serialised by a lock: the serving loop collates from several replica threads, and a
+    fast (Rust) tokenizer that is asked to pad/truncate from two threads at once raises
+    "Already borrowed".
+    """
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"tokenizer": self.tokenizer, "max_length": self.max_length}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["tokenizer"], state["max_length"])
 
     def __call__(self, texts: Sequence[str], index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer([texts[i] for i in np.asarray(index).ravel()], padding="longest", truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
+        with self._lock:
+            batch = self.tokenizer([texts[i] for i in np.asarray(index).ravel()], padding="longest",
+                                   truncation=True, max_length=self.max_length, return_tensors="pt")
         return batch["input_ids"], batch["attention_mask"]
 
     def lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text as the model sees it (special tokens included, after truncation)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        with self._lock:
+            ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return np.array([len(row) for row in ids], dtype=np.int64)
 
 
