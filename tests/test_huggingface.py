@@ -22,7 +22,8 @@ from tqsim.workloads.huggingface import text_classification  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["hi", "(◕‿◕) so happy today",
-         "a much longer sentence that has quite a few more word pieces than the rest", "ok", "(╥﹏╥)", "what a nice day to go for a walk in the park"]
+         "a much longer sentence that has quite a few more word pieces than the rest", "ok", "(╥﹏╥)",
+         "what a nice day to go for a walk in the park"]
 LABELS = [0, 1, 2, 0, 1, 2]
 
 
