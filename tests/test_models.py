@@ -1,5 +1,7 @@
 """The Bayesian engine on the simulated system: summaries, spec, fit, conditionals, save/load, ground truth."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -53,6 +55,22 @@ def test_spec_is_printable_round_trips_and_drops_single_level_factors(campaign):
     one_thread = make_spec([Config(1, 1), Config(4, 1), Config(16, 1)])
     assert one_thread.terms == ["Lz"]      # threads calibrated at one level is no dimension of the model
     assert make_spec([Config(8, 1), Config(8, 2)]).terms == ["Tz"]
+
+
+def test_linear_curvature_extrapolation_keeps_the_calibrated_range_and_continues_along_the_tangent():
+    spec = make_spec([Config(b, t) for b in (1, 4, 16, 64) for t in (1, 2)])
+    inside = [Config(b, 1) for b in (1, 2, 8, 64)]
+    outside = [Config(b, 1) for b in (128, 256, 512)]
+    quad = spec.basis(inside + outside, 1.0, 1.0, level=True)[0][:, -1]
+    spec.curvature_extrapolation = "linear"
+    lin = spec.basis(inside + outside, 1.0, 1.0, level=True)[0][:, -1]
+    np.testing.assert_allclose(lin[:4], quad[:4])                      # the calibrated range is unchanged
+    assert np.all(lin[4:] < quad[4:])                                  # beyond it the column no longer bends up
+    step = np.diff(lin[3:])                                            # 64 → 128 → 256 → 512: equal steps in log 2
+    np.testing.assert_allclose(step, step[0])
+    z64 = (math.log(64) - spec.centre["L"]) / spec.scale["L"]
+    np.testing.assert_allclose(step[0], 2 * z64 * math.log(2) / spec.scale["L"])   # the tangent's slope at the edge
+    assert type(spec).from_json(spec.to_json()).curvature_extrapolation == "linear"
 
 
 def test_fit_needs_two_configurations(tmp_path):

@@ -42,6 +42,8 @@ class ModelSpec:
     nugget: float = 0.1
     kernel: str = "se"          # "se" (squared exponential) or "matern32"
     level_curvature: bool = False  # the level trend also gets Lz² (convex cost in log batch size)
+    # beyond the calibrated batch sizes Lz² is "quadratic" (grows on) or "linear" (continues along its tangent)
+    curvature_extrapolation: str = "quadratic"
     blocks: list[str] = dataclasses.field(default_factory=list)       # names of the shape summaries
     n_sessions: int = 1
     size_mean: float = 0.0
@@ -110,8 +112,17 @@ class ModelSpec:
         are integrated out with the GP deviations: Rasmussen & Williams 2006, §2.7)."""
         X = np.c_[np.ones(len(configs)), self.features(configs)]
         if level and self.level_curvature and "Lz" in self.terms:
-            X = np.c_[X, self._lz_tz(configs)[0] ** 2]
+            X = np.c_[X, self._curvature(self._lz_tz(configs)[0])]
         return X, np.r_[intercept_sd, np.full(X.shape[1] - 1, slope_sd)]
+
+    def _curvature(self, lz: np.ndarray) -> np.ndarray:
+        """The level's Lz² column; with ``curvature_extrapolation == "linear"`` it continues along its
+        tangent outside the calibrated batch sizes, so a curvature learnt inside is not carried beyond."""
+        if self.curvature_extrapolation != "linear":
+            return lz ** 2
+        lo, hi = ((math.log(b) - self.centre["L"]) / self.scale["L"] for b in self.batch_range)
+        edge = np.clip(lz, lo, hi)
+        return edge ** 2 + 2 * edge * (lz - edge)
 
     def correlation(self, a: list[Config], b: list[Config]) -> np.ndarray:
         """Prior correlation ``[len(a), len(b)]`` of configuration deviations from a trend."""
