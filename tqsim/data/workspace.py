@@ -108,12 +108,18 @@ def workload_name_of(spec: str) -> str:
     return spec
 
 
-def _described_name(path: Path) -> str | None:
-    """The ``name`` key of a TOML workload description, if it is readable and has one (the loader reports errors)."""
+def described(path: Path, key: str):
+    """One key of a TOML workload description, or None where the file is unreadable or lacks it: for
+    naming and defaults only, the loader (tqsim/workloads/files.py) reports what is wrong with it."""
     import tomllib
 
     try:
-        name = tomllib.loads(path.read_text(encoding="utf-8")).get("name")
+        return tomllib.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
+
+
+def _described_name(path: Path) -> str | None:
+    """The ``name`` key of a TOML workload description, if it is readable and has one."""
+    name = described(path, "name")
     return name if isinstance(name, str) and name.strip() else None

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tqsim.data.workspace import safe_name, workload_name_of
+from tqsim.data.workspace import described, safe_name, workload_name_of
 from tqsim.errors import UserError
 from tqsim.workloads.base import Workload
 
@@ -41,10 +41,7 @@ def model_kind(spec: str | None) -> str | None:
         return None
     path = Path(str(spec))
     if path.suffix.lower() == ".toml":
-        try:
-            model = tomllib.loads(path.read_text(encoding="utf-8")).get("model")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            return None
+        model = described(path, "model")
         if not isinstance(model, str):
             return None
         path = Path(model)
