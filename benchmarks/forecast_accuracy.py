@@ -122,55 +122,89 @@ def baseline(train: dict, target, scale: float = 1.0) -> dict:
     return out
 
 
+METRICS = ("p50", "p99", "tq_T90", "tq_T99")
+
+
+def errors_of(q: dict, tq: np.ndarray, q_ref: dict, tq_ref: np.ndarray) -> dict:
+    """One configuration's errors: relative for the quantiles, absolute (pp) for TQ at T90 and T99."""
+    out = {name: abs(q[name] / q_ref[name] - 1) for name in dict(QS)}
+    out.update({f"tq_{label}": float(abs(tq[k] - tq_ref[k])) for k, (label, _) in enumerate(TQ_AT)})
+    return out
+
+
 def score_baselines(train: dict, targets: list, scale_of=lambda ds: 1.0) -> dict:
-    rows = {"nearest": {"p50": [], "p99": [], "tq": []}, "loglinear": {"p50": [], "p99": [], "tq": []}}
+    """Per method, one error dict per target configuration."""
+    rows = {"nearest": [], "loglinear": []}
     for ds in targets:
         b = baseline(train, ds, scale_of(ds))
         q, tq = quantiles(ds), tail_at(ds["latency_s"].values, ds, taus(ds))
         for m in rows:
-            for name in dict(QS):
-                rows[m][name].append(abs(b[m][name] / q[name] - 1))
-            rows[m]["tq"].extend(np.abs(b[m]["tq"] - tq).tolist())
-    return {m: {k: float(np.median(v)) for k, v in r.items()} for m, r in rows.items()}
+            rows[m].append(errors_of(b[m], b[m]["tq"], q, tq))
+    return rows
 
 
-def floor_between(pairs: list, scale_of=lambda a, b: 1.0) -> dict:
+def floor_between(pairs: list, scale_of=lambda a, b: 1.0) -> list[dict]:
     """Measurement ``a`` of a configuration used as the forecast of measurement ``b`` of the same one."""
-    e = {"p50": [], "p99": [], "tq": []}
+    out = []
     for a, b in pairs:
         s = scale_of(a, b)
-        qa, qb = quantiles(a), quantiles(b)
-        for name in dict(QS):
-            e[name].append(abs(qa[name] * s / qb[name] - 1))
+        qa = {k: v * s for k, v in quantiles(a).items()}
         t = taus(b)
-        e["tq"].extend(np.abs(tail_at(a["latency_s"].values * s, b, t) - tail_at(b["latency_s"].values, b, t)).tolist())
-    return {k: float(np.median(v)) for k, v in e.items()}
+        out.append(errors_of(qa, tail_at(a["latency_s"].values * s, b, t), quantiles(b),
+                             tail_at(b["latency_s"].values, b, t)))
+    return out
 
 
 # ---- tqsim ---------------------------------------------------------------------------------------------
-def score_tqsim(fm, targets: list, *, conditioned: bool, anchors=None, seed: int = 0) -> dict:
+def score_tqsim(fm, targets: list, *, conditioned: bool, anchors=None, seed: int = 0) -> list[dict]:
+    """One dict per target: errors as the baselines', plus interval widths and inside-flags."""
     from tqsim.validate import validate_config
 
-    e = {"p50": [], "p99": [], "tq": [], "tq_width": [], "inside": [], "tq_T99": [], "tq_T99_width": []}
+    out = []
     for i, ds in enumerate(targets):
         row = validate_config(fm, ds, anchors=anchors, n_draws=200, seed=seed + i, force=True)
         r = row.get("conditioned") if conditioned else row
         if r is None:
             continue
-        for name in dict(QS):
-            e[name].append(abs(r["latency_s"][name]["rel_error"]))
-        e["inside"] += [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
+        e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
         for t in r["tail_quality"]:
-            if t["threshold"] in ("T90", "T99"):
-                e["tq"].append(t["abs_error"])
-                e["tq_width"].append(t["hi"] - t["lo"])
-            if t["threshold"] == "T99":
-                e["tq_T99"].append(t["abs_error"])
-                e["tq_T99_width"].append(t["hi"] - t["lo"])
-    out = {k: float(np.median(v)) for k, v in e.items() if v and k != "inside"}
-    out["coverage"] = float(np.mean(e["inside"])) if e["inside"] else float("nan")
-    out["n"] = len(e["p50"])
+            if t["threshold"] in dict(TQ_AT):
+                e[f"tq_{t['threshold']}"] = t["abs_error"]
+                e[f"tq_{t['threshold']}_width"] = t["hi"] - t["lo"]
+        e["inside"] = [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
+        out.append(e)
     return out
+
+
+def mean_of_halves(per_half: list[list[dict]]) -> list[dict]:
+    """Interleaved: each configuration's error averaged over its two halves (inside-flags pooled)."""
+    out = []
+    for rows in zip(*per_half):
+        d = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "inside"}
+        if "inside" in rows[0]:
+            d["inside"] = [x for r in rows for x in r["inside"]]
+        out.append(d)
+    return out
+
+
+def summary(rows: list[dict]) -> dict:
+    """Medians over the configurations, coverage over every interval."""
+    out = {k: float(np.median([r[k] for r in rows])) for k in rows[0] if k != "inside"}
+    if "inside" in rows[0]:
+        out["coverage"] = float(np.mean([x for r in rows for x in r["inside"]]))
+    out["n"] = len(rows)
+    return out
+
+
+def paired_difference(a: list[dict], b: list[dict], metric: str, n_boot: int = 4000, seed: int = 0) -> tuple:
+    """Median error of ``a`` minus that of ``b`` over the same configurations, with a 90 % bootstrap interval
+    (configurations resampled together): whether a win or a loss is larger than the choice of configurations."""
+    x = np.array([r[metric] for r in a])
+    y = np.array([r[metric] for r in b])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    d = np.median(x[idx], axis=1) - np.median(y[idx], axis=1)
+    return float(np.median(x) - np.median(y)), float(np.quantile(d, 0.05)), float(np.quantile(d, 0.95))
 
 
 def own_band(fm, train: dict) -> dict:
@@ -223,16 +257,19 @@ def run_workload(base: Path, workload: str, passes: int, sessions: int, gap: str
                     for k, th in zip(anchors_k, THREADS)}
     # interleaved: score against each half; floor: half vs half
     split = [halves(ds) for ds in held_a]
-    interleaved = {"tqsim": _avg([score_tqsim(fm, [h[i] for h in split], conditioned=True) for i in (0, 1)]),
-                   **{m: _avg([score_baselines(train, [h[i] for h in split])[m] for i in (0, 1)])
-                      for m in ("nearest", "loglinear")},
-                   "floor": _avg([floor_between([(h[1 - i], h[i]) for h in split]) for i in (0, 1)])}
+    per_half = [score_baselines(train, [h[i] for h in split]) for i in (0, 1)]
+    interleaved = {"tqsim": mean_of_halves([score_tqsim(fm, [h[i] for h in split], conditioned=True) for i in (0, 1)]),
+                   **{m: mean_of_halves([per_half[i][m] for i in (0, 1)]) for m in ("nearest", "loglinear")},
+                   "floor": mean_of_halves([floor_between([(h[1 - i], h[i]) for h in split]) for i in (0, 1)])}
     later = {"tqsim": score_tqsim(fm, held_b, conditioned=False), **score_baselines(train, held_b),
              "floor": floor_between(list(zip(held_a, held_b)))}
     scale = lambda ds: anchor_ratio[key(ds)[1]]  # noqa: E731
     checked = {"tqsim": score_tqsim(fm, held_b, conditioned=True, anchors=anchors),
                **score_baselines(train, held_b, scale_of=scale),
                "floor": floor_between(list(zip(held_a, held_b)), scale_of=lambda a, b: scale(b))}
+    protocols = {"interleaved": interleaved, "later": later, "later+check": checked}
+    differences = {proto: {m: {k: paired_difference(rows["tqsim"], rows[m], k) for k in METRICS}
+                           for m in ("loglinear", "nearest", "floor")} for proto, rows in protocols.items()}
     post = fm.posterior_draws()
     return {"workload": workload, "system": fm.system, "passes": passes, "sessions": sessions,
             "calibrate_A_s": round(t_a, 1), "fit_s": round(t_fit, 1),
@@ -243,25 +280,22 @@ def run_workload(base: Path, workload: str, passes: int, sessions: int, gap: str
             "anchors": [Config(*k).id for k in anchors_k],
             "drift_B_vs_A": {str(th): anchor_ratio[th] - 1 for th in THREADS},
             "own_band": own_band(fm, train),
-            "interleaved": interleaved, "later": later, "later+check": checked}
-
-
-def _avg(ds: list[dict]) -> dict:
-    return {k: float(np.mean([d[k] for d in ds])) for k in ds[0] if isinstance(ds[0][k], (int, float))}
+            "held_out": [Config(*key(ds)).id for ds in held_a],
+            **{proto: {m: summary(rows) for m, rows in r.items()} for proto, r in protocols.items()},
+            "per_config": protocols, "tqsim_minus": differences}
 
 
 def tables(rows: list[dict]) -> str:
-    out = ["| workload | protocol | method | \\|p50 err\\| | \\|p99 err\\| | TQ err T90+T99 (pp) | TQ err T99 (pp) | "
+    out = ["| workload | protocol | method | \\|p50 err\\| | \\|p99 err\\| | TQ err T90 (pp) | TQ err T99 (pp) | "
            "TQ 90% width T99 (pp) | coverage |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for proto in ("interleaved", "later", "later+check"):
             for m in ("tqsim", "nearest", "loglinear", "floor"):
                 s = r[proto][m]
                 cov = f"{100 * s['coverage']:.0f}%" if "coverage" in s else "–"
-                t99 = f"{100 * s['tq_T99']:.1f}" if "tq_T99" in s else "–"
                 w99 = f"{100 * s['tq_T99_width']:.1f}" if "tq_T99_width" in s else "–"
                 out.append(f"| {r['workload']} | {proto} | {m} | {100 * s['p50']:.1f}% | {100 * s['p99']:.1f}% | "
-                           f"{100 * s['tq']:.1f} | {t99} | {w99} | {cov} |")
+                           f"{100 * s['tq_T90']:.1f} | {100 * s['tq_T99']:.1f} | {w99} | {cov} |")
     out.append("")
     out.append("| workload | p99 error / floor (interleaved) | later coverage | own p99 in own band (new session / "
                "conditioned) | σ_session (90 %) | drift B vs A (th1, th2) | fit (s) | r-hat | divergences |")
@@ -276,6 +310,18 @@ def tables(rows: list[dict]) -> str:
                    f"{sd['median']:.3f} [{sd['q05']:.3f}, {sd['q95']:.3f}] | "
                    f"{100 * r['drift_B_vs_A']['1']:+.0f}%, {100 * r['drift_B_vs_A']['2']:+.0f}% | {r['fit_s']} | "
                    f"{r['diagnostics']['rhat_max']:.3f} | {r['diagnostics']['divergences']} |")
+    out.append("")
+    out.append("tqsim's median error minus the other method's, over the same held-out configurations (90 % bootstrap "
+               "interval, configurations resampled; negative: tqsim closer)")
+    out.append("")
+    out.append("| workload | protocol | vs | p50 (pp) | p99 (pp) | TQ T90 (pp) | TQ T99 (pp) |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for proto in ("interleaved", "later", "later+check"):
+            for m in ("loglinear", "nearest", "floor"):
+                cells = [f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                         for d, lo, hi in (r["tqsim_minus"][proto][m][k] for k in METRICS)]
+                out.append(f"| {r['workload']} | {proto} | {m} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 

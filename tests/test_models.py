@@ -1,5 +1,6 @@
 """The Bayesian engine on the simulated system: summaries, spec, fit, conditionals, save/load, ground truth."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -71,6 +72,45 @@ def test_linear_curvature_extrapolation_keeps_the_calibrated_range_and_continues
     z64 = (math.log(64) - spec.centre["L"]) / spec.scale["L"]
     np.testing.assert_allclose(step[0], 2 * z64 * math.log(2) / spec.scale["L"])   # the tangent's slope at the edge
     assert type(spec).from_json(spec.to_json()).curvature_extrapolation == "linear"
+
+
+@dataclasses.dataclass(frozen=True)
+class OverheadThenWork(Law):
+    """A cost that is an overhead, then work per instance: convex in log batch size inside the range, straight
+    beyond it (as MiniLM's is), so a quadratic trend learnt inside says little of how it goes on."""
+
+    overhead_s: float = 200e-6
+    work_s: float = 10e-6
+
+    def config_mean(self, config: Config) -> float:
+        return math.log(self.overhead_s + self.work_s * config.batch_size)
+
+
+def test_beyond_the_calibrated_batch_sizes_the_level_interval_widens_by_the_measured_discrepancy(tmp_path):
+    from tqsim.models.conditional import Conditional
+
+    law = OverheadThenWork(session_sd=0.0, round_sd=0.02, pass_sd=0.02)
+    folder = write_campaign(simulate_campaign(grid((1, 4, 16, 64), (1,)), passes=8, seed=0, law=law), tmp_path)
+    fm = fit_campaign(load_campaign(folder), draws=300, tune=300, seed=0)
+    inside, beyond = [Config(16, 1), Config(64, 1)], [Config(128, 1), Config(256, 1)]
+    on = Conditional(fm, 200)
+    # leaving batch 64 out, the quadratic through 1/4/16 misses it by more than the model's own variance says
+    assert on.extrapolation_sd["hi"] > 0.03 and on.extrapolation_sd["lo"] >= 0.0
+    np.testing.assert_allclose(on.beyond_sd(inside + beyond),
+                               [0, 0, math.log(2) * on.extrapolation_sd["hi"], math.log(4) * on.extrapolation_sd["hi"]])
+    fm.spec.extrapolation_discrepancy = False
+    off = Conditional(fm, 200)
+    assert off.extrapolation_sd == {"lo": 0.0, "hi": 0.0}
+    draws_on = on.level(inside + beyond, noise=True, rng=np.random.default_rng(1))
+    draws_off = off.level(inside + beyond, noise=True, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(draws_on[:, :2], draws_off[:, :2])              # nothing changes inside the range
+    sd_on, sd_off = draws_on.std(axis=0), draws_off.std(axis=0)
+    assert np.all(sd_on[2:] > 1.2 * sd_off[2:]) and sd_on[3] > sd_on[2]     # wider, and wider the farther out
+    # the real level beyond the range lies inside the widened 90 % interval (the shift of an average round)
+    lo, hi = np.percentile(draws_on[:, 2:], [5, 95], axis=0)
+    truth = np.array([law.config_mean(c) for c in beyond])
+    offset = np.median(draws_on[:, :2], axis=0) - np.array([law.config_mean(c) for c in inside])
+    assert np.all((lo <= truth + offset.mean()) & (truth + offset.mean() <= hi))
 
 
 def test_fit_needs_two_configurations(tmp_path):

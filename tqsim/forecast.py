@@ -282,6 +282,12 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
         raise UserError(f"batch_size={config.batch_size} is larger than the evaluation set ({fm.n_instances} "
                         f"instances); use at most {fm.n_instances}.")
     warns = fm.spec.check_forecastable(config)
+    from tqsim.models.conditional import conditional
+
+    extra = float(conditional(fm, n_draws).beyond_sd([config])[0])
+    if extra > 0:
+        warns.append(f"beyond the calibrated batch sizes the level's interval includes ±{100 * (math.exp(1.645 * extra) - 1):.0f} % "
+                     "(90 %) of extrapolation error, measured by leaving the end batch size out of the calibration.")
     if fm.summaries.sessions.size < 2 and session is None:
         warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
                      "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")

@@ -41,6 +41,7 @@ class Conditional:
         trend, cov = m[None], cov + S[None]
         self._lev_cov = cov
         self._lev_alpha = np.linalg.solve(cov, (y - trend)[..., None])[..., 0]  # [D, n]
+        self.extrapolation_sd = self._extrapolation_rates(y - trend, cov, obs_cfg)
         # ---- shapes: one GP per live summary -----------------------------------------------------
         ys, ses, live = shape_inputs(summ)
         self.live = live
@@ -55,6 +56,37 @@ class Conditional:
             self._shp_alpha = np.linalg.solve(cov_s, (ys - m[live])[None, ..., None])[..., 0]   # [D, B, C]
 
     # ---- the level ---------------------------------------------------------------------------
+    def _extrapolation_rates(self, r: np.ndarray, cov: np.ndarray, obs_cfg: list[Config]) -> dict[str, float]:
+        """Per end of the calibrated batch sizes, the level error per unit of log batch size that the model's
+        own variance does not explain when that end is left out and extrapolated from the other sizes.
+
+        A trend fitted inside a range says nothing of how the cost bends beyond it (MiniLM's is convex below
+        batch 16 and straight above; digits-transformer's bends up above 64), so the conditional variance
+        alone is overconfident there; this leave-one-batch-size-out check measures the discrepancy on the
+        calibration itself (docs/method.md, "Beyond the calibrated batch sizes")."""
+        L = np.array([math.log(c.batch_size) for c in obs_cfg])
+        sizes = np.unique(L)
+        rates = {"lo": 0.0, "hi": 0.0}
+        if sizes.size < 3 or not self.spec.extrapolation_discrepancy:
+            return rates
+        for end, left, edge in (("lo", sizes[0], sizes[1]), ("hi", sizes[-1], sizes[-2])):
+            out, keep = np.flatnonzero(L == left), np.flatnonzero(L != left)
+            c_kk = cov[:, keep][:, :, keep]
+            c_ok = cov[:, out][:, :, keep]
+            w = np.linalg.solve(c_kk, np.swapaxes(c_ok, 1, 2))                            # [D, keep, out]
+            mean = np.einsum("dko,dk->do", w, r[:, keep])
+            var = cov[:, out, out] - np.einsum("dok,dko->do", c_ok, w)                    # predictive variance
+            excess = float(np.mean((r[:, out] - mean) ** 2) - np.mean(var))
+            rates[end] = math.sqrt(max(excess, 0.0)) / abs(left - edge)
+        return rates
+
+    def beyond_sd(self, configs: list[Config]) -> np.ndarray:
+        """``[len(configs)]``: the extra level sd of configurations outside the calibrated batch sizes."""
+        lo, hi = (math.log(b) for b in self.spec.batch_range)
+        L = np.array([math.log(c.batch_size) for c in configs])
+        return (np.maximum(L - hi, 0.0) * self.extrapolation_sd["hi"]
+                + np.maximum(lo - L, 0.0) * self.extrapolation_sd["lo"])
+
     def level(self, configs: list[Config], noise: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """``[D, len(configs)]``: each configuration's level (its calibration-session average), with the
         GP's conditional noise (independent per configuration) when ``noise``, else its conditional mean."""
@@ -68,7 +100,7 @@ class Conditional:
         if not noise:
             return mean
         v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
-        var = np.maximum(prior - np.einsum("dmn,dnm->dm", k, v), 0.0)
+        var = np.maximum(prior - np.einsum("dmn,dnm->dm", k, v), 0.0) + self.beyond_sd(configs)[None] ** 2
         return mean + np.sqrt(var) * rng.standard_normal(mean.shape)
 
     # ---- shapes ------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class ModelSpec:
     level_curvature: bool = False  # the level trend also gets Lz² (convex cost in log batch size)
     # beyond the calibrated batch sizes Lz² is "quadratic" (grows on) or "linear" (continues along its tangent)
     curvature_extrapolation: str = "quadratic"
+    # beyond them the level also gets the leave-one-batch-size-out discrepancy (conditional.py)
+    extrapolation_discrepancy: bool = True
     blocks: list[str] = dataclasses.field(default_factory=list)       # names of the shape summaries
     n_sessions: int = 1
     size_mean: float = 0.0
