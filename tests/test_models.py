@@ -101,6 +101,12 @@ def test_beyond_the_calibrated_batch_sizes_the_level_interval_widens_by_the_meas
     fm.spec.extrapolation_discrepancy = False
     off = Conditional(fm, 200)
     assert off.extrapolation_sd == {"lo": 0.0, "hi": 0.0}
+    # the shape quantiles get their own rates, per summary, by the same check
+    assert on.shape_extrapolation_sd["hi"].shape == (len(on.blocks),)
+    assert np.all(on.shape_extrapolation_sd["hi"] >= 0) and not off.shape_extrapolation_sd["hi"].any()
+    for config in inside:
+        a, b = on.shapes(config, np.random.default_rng(2)), off.shapes(config, np.random.default_rng(2))
+        assert all(np.allclose(a[k], b[k]) for k in a)
     draws_on = on.level(inside + beyond, noise=True, rng=np.random.default_rng(1))
     draws_off = off.level(inside + beyond, noise=True, rng=np.random.default_rng(1))
     np.testing.assert_allclose(draws_on[:, :2], draws_off[:, :2])              # nothing changes inside the range

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from tqsim.factors import Config
-from tqsim.models.pymc_backend import level_prior_moments, noise_sd, shape_inputs, shape_prior_moments
+from tqsim.models.pymc_backend import MISSING_SE, level_prior_moments, noise_sd, shape_inputs, shape_prior_moments
 
 
 class Conditional:
@@ -41,7 +41,9 @@ class Conditional:
         trend, cov = m[None], cov + S[None]
         self._lev_cov = cov
         self._lev_alpha = np.linalg.solve(cov, (y - trend)[..., None])[..., 0]  # [D, n]
-        self.extrapolation_sd = self._extrapolation_rates(y - trend, cov, obs_cfg)
+        L_obs = np.array([math.log(c.batch_size) for c in obs_cfg])
+        self.extrapolation_sd = {end: float(v) for end, v in
+                                 self._discrepancy(y - trend, cov, L_obs, np.ones(ci.size, bool)).items()}
         # ---- shapes: one GP per live summary -----------------------------------------------------
         ys, ses, live = shape_inputs(summ)
         self.live = live
@@ -54,38 +56,46 @@ class Conditional:
                 (ses[:, :, None] ** 2 * np.eye(len(summ.configs)))[None]
             self._shp_cov = cov_s
             self._shp_alpha = np.linalg.solve(cov_s, (ys - m[live])[None, ..., None])[..., 0]   # [D, B, C]
+            L_cfg = np.array([math.log(c.batch_size) for c in summ.configs])
+            r = np.broadcast_to((ys - m[live])[None], (D, *ys.shape))
+            self.shape_extrapolation_sd = self._discrepancy(r, cov_s, L_cfg, ses < MISSING_SE)     # [B] per end
 
-    # ---- the level ---------------------------------------------------------------------------
-    def _extrapolation_rates(self, r: np.ndarray, cov: np.ndarray, obs_cfg: list[Config]) -> dict[str, float]:
-        """Per end of the calibrated batch sizes, the level error per unit of log batch size that the model's
-        own variance does not explain when that end is left out and extrapolated from the other sizes.
+    def _discrepancy(self, r: np.ndarray, cov: np.ndarray, L: np.ndarray, observed: np.ndarray) -> dict:
+        """Per end of the calibrated batch sizes, the error per unit of log batch size that the model's own
+        variance does not explain when that end's batch size is left out and predicted from the other sizes.
 
-        A trend fitted inside a range says nothing of how the cost bends beyond it (MiniLM's is convex below
+        ``r`` ``[D, ..., n]`` residuals from the trend's prior mean, ``cov`` ``[D, ..., n, n]`` their marginal
+        covariance, ``L`` ``[n]`` log batch sizes, ``observed`` ``[..., n]`` which entries may be scored. A
+        trend fitted inside a range says nothing of how the cost bends beyond it (MiniLM's is convex below
         batch 16 and straight above; digits-transformer's bends up above 64), so the conditional variance
-        alone is overconfident there; this leave-one-batch-size-out check measures the discrepancy on the
-        calibration itself (docs/method.md, "Beyond the calibrated batch sizes")."""
-        L = np.array([math.log(c.batch_size) for c in obs_cfg])
+        alone is overconfident there (docs/method.md, "Beyond the calibrated batch sizes")."""
         sizes = np.unique(L)
-        rates = {"lo": 0.0, "hi": 0.0}
+        zero = np.zeros(r.shape[1:-1])
         if sizes.size < 3 or not self.spec.extrapolation_discrepancy:
-            return rates
+            return {"lo": zero, "hi": zero}
+        rates = {}
         for end, left, edge in (("lo", sizes[0], sizes[1]), ("hi", sizes[-1], sizes[-2])):
             out, keep = np.flatnonzero(L == left), np.flatnonzero(L != left)
-            c_kk = cov[:, keep][:, :, keep]
-            c_ok = cov[:, out][:, :, keep]
-            w = np.linalg.solve(c_kk, np.swapaxes(c_ok, 1, 2))                            # [D, keep, out]
-            mean = np.einsum("dko,dk->do", w, r[:, keep])
-            var = cov[:, out, out] - np.einsum("dok,dko->do", c_ok, w)                    # predictive variance
-            excess = float(np.mean((r[:, out] - mean) ** 2) - np.mean(var))
-            rates[end] = math.sqrt(max(excess, 0.0)) / abs(left - edge)
+            c_kk = cov[..., keep[:, None], keep[None, :]]
+            c_ok = cov[..., out[:, None], keep[None, :]]
+            w = np.linalg.solve(c_kk, np.swapaxes(c_ok, -1, -2))                          # [D, ..., keep, out]
+            mean = np.einsum("...ko,...k->...o", w, r[..., keep])
+            var = cov[..., out, out] - np.einsum("...ok,...ko->...o", c_ok, w)          # predictive variance
+            seen = np.broadcast_to(observed[..., out], mean.shape)
+            n = np.maximum(seen.sum(axis=(0, -1)), 1)
+            excess = (np.where(seen, (r[..., out] - mean) ** 2 - var, 0.0)).sum(axis=(0, -1)) / n
+            rates[end] = np.sqrt(np.maximum(excess, 0.0)) / abs(left - edge)
         return rates
+
+    # ---- the level ---------------------------------------------------------------------------
+    def _beyond(self, config: Config, rates: dict) -> np.ndarray:
+        lo, hi = (math.log(b) for b in self.spec.batch_range)
+        L = math.log(config.batch_size)
+        return max(L - hi, 0.0) * rates["hi"] + max(lo - L, 0.0) * rates["lo"]
 
     def beyond_sd(self, configs: list[Config]) -> np.ndarray:
         """``[len(configs)]``: the extra level sd of configurations outside the calibrated batch sizes."""
-        lo, hi = (math.log(b) for b in self.spec.batch_range)
-        L = np.array([math.log(c.batch_size) for c in configs])
-        return (np.maximum(L - hi, 0.0) * self.extrapolation_sd["hi"]
-                + np.maximum(lo - L, 0.0) * self.extrapolation_sd["lo"])
+        return np.array([self._beyond(c, self.extrapolation_sd) for c in configs], dtype=float)
 
     def level(self, configs: list[Config], noise: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """``[D, len(configs)]``: each configuration's level (its calibration-session average), with the
@@ -117,6 +127,7 @@ class Conditional:
         v = np.linalg.solve(self._shp_cov, k[..., None])[..., 0]
         prior = S_xx[self.live][None, :, 0, 0] + post["shape_sd"] ** 2 * spec.correlation([config], [config])[0, 0]
         var = np.maximum(prior - np.einsum("dbc,dbc->db", k, v), 0.0)
+        var = var + self._beyond(config, self.shape_extrapolation_sd)[None] ** 2
         draws = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
         return {name: draws[:, i] for i, name in enumerate(self.blocks)}
 
