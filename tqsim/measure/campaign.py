@@ -169,10 +169,11 @@ class CampaignFiles:
     rounds and of this session, and each configuration's file rewritten atomically after each of its passes.
     The caller holds the folder's calibration lock; the local loop and a fleet's client both write through here.
 
-    ``workload`` needs only ``name`` and ``digest`` (a fleet's client never builds the model)."""
+    ``workload`` needs only ``name`` and ``digest`` (a fleet's client never builds the model); ``session`` names
+    this invocation (default: now, in µs since the epoch), the same in every file it writes."""
 
     def __init__(self, plan: Plan, folder: Path, system: str, workload: Any, *, fresh: bool = False,
-                 stop_when: Callable[[ConfigRecord], bool] | None = None):
+                 stop_when: Callable[[ConfigRecord], bool] | None = None, session: int | None = None):
         self.plan, self.folder, self.system, self.stop_when = plan, folder, system, stop_when
         self.records: dict[Config, ConfigRecord | None] = {}
         for config in plan.configs:
@@ -193,7 +194,7 @@ class CampaignFiles:
         for p in calibration_files(folder):
             if p.stem not in {c.id for c in plan.configs}:
                 self.round_id = max(self.round_id, int(np.max(read_calibration(p)["round"].values, initial=-1)) + 1)
-        self.session = time.time_ns() // 1000
+        self.session = session if session is not None else time.time_ns() // 1000
         self.loads: list[dict] = []  # this session's passes' load readings
         self.t_start = time.perf_counter()
 
