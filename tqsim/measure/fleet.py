@@ -151,6 +151,18 @@ def choose_systems(client: Any, address: str, wanted: list[str]) -> dict[str, li
     return {s: declared[s] for s in wanted}
 
 
+def _remote(error: BaseException) -> BaseException:
+    """A task's failure as the user can fix it: a scheduler or worker that cannot load tqsim's tasks runs another
+    environment (the scheduler unpickles every task); anything else as it was raised (a UserError stays one)."""
+    text = str(error)
+    if (isinstance(error, RuntimeError) and "deserializ" in text) or \
+            (isinstance(error, ImportError) and "tqsim" in text):
+        return UserError("the Dask scheduler or a worker cannot load tqsim's tasks (another environment): start "
+                         "`dask scheduler` and every `dask worker` where this tqsim is installed (pip install "
+                         "'tqsim[cluster]').")
+    return error
+
+
 def _refusal(system: str, worker: str, mismatch: str) -> str:
     return (f"worker {worker} declares system '{system}' but is another machine ({mismatch}); give it a system name "
             f"of its own (--resources 'system:OTHER=1'), or pass --force to measure it as '{system}'.")
@@ -190,7 +202,7 @@ class _Lane:
         if future.status != "finished":
             error = future.exception() if future.status == "error" else None
             if error is not None and not isinstance(error, KilledWorker):
-                raise error
+                raise _remote(error) from None
             self.queue.insert(0, config)   # its worker died: measured again, on any worker of the system
             return
         out = future.result()
@@ -254,7 +266,10 @@ def _gather(client: Any, futures: dict, address: str) -> dict:
             elif time.monotonic() - alone.setdefault(system, time.monotonic()) > WORKER_GRACE_S:
                 raise UserError(f"system '{system}' has no worker any more; start one (`dask worker {address} "
                                 f"--nthreads 1 --resources '{system_resource(system)}=1'`) and run the command again.")
-    return {s: f.result() for s, f in futures.items()}
+    try:
+        return {s: f.result() for s, f in futures.items()}
+    except (RuntimeError, ImportError) as exc:
+        raise _remote(exc) from None
 
 
 def calibrate_fleet(client: Any, address: str, plan: Plan, spec: str, *, data: str | None, workspace: Workspace,
@@ -269,7 +284,10 @@ def calibrate_fleet(client: Any, address: str, plan: Plan, spec: str, *, data: s
     left for good are reported at the end (the others finish), as a :class:`UserError` naming the fix."""
     chosen = choose_systems(client, address, systems)
     workspace.check_writable()
-    fingerprints = client.run(worker_fingerprint, workers=[w for ws in chosen.values() for w in ws])
+    try:
+        fingerprints = client.run(worker_fingerprint, workers=[w for ws in chosen.values() for w in ws])
+    except (RuntimeError, ImportError) as exc:
+        raise _remote(exc) from None
     references = {s: system_fingerprint(workspace, s) for s in chosen}
     for system, workers in chosen.items():
         for worker in workers:
