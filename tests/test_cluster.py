@@ -128,6 +128,14 @@ def test_two_systems_calibrate_from_one_command_and_systems_lists_both(fleet, tm
     assert all(s["fingerprint"]["cpu_count"] == os.cpu_count() for s in listing["systems"])
 
 
+def test_cluster_local_measures_this_machine_as_one_system(tmp_path):
+    res = tqsim(*CAL, "--passes", "2", "--cluster", "local", "--system", "solo", "--json", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["systems"][0]["system"] == "solo"
+    assert {k: len(v) for k, v in passes_on_disk(tmp_path / "calibration/solo/digits-mlp").items()} == \
+        {"bs1-th1-fp32-torch-cpu": 2, "bs4-th1-fp32-torch-cpu": 2}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--system", "gamma"], "--resources 'system:gamma=1'"),
     (["--system", "alpha,gamma"], "system 'gamma'"),

@@ -153,8 +153,8 @@ def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, see
     }
 
 
-def _on_fleet(cluster: str, plan, *, workload, home, systems: str | list[str] | None, fresh: bool, force: bool, sessions: int,
-              until_converged: bool, rjsd: float, show_progress: bool, data: str | None) -> dict:
+def _on_fleet(cluster: str, plan, *, workload, home, systems: str | list[str] | None, fresh: bool, force: bool,
+              sessions: int, until_converged: bool, rjsd: float, show_progress: bool, data: str | None) -> dict:
     """The campaign on a Dask cluster's workers (tqsim/measure/fleet.py); this process writes every file."""
     from tqsim.cluster import connect
     from tqsim.measure.fleet import calibrate_fleet
@@ -167,10 +167,16 @@ def _on_fleet(cluster: str, plan, *, workload, home, systems: str | list[str] | 
         raise UserError(f"--sessions {sessions} with --cluster: each invocation on a fleet is one session; run the "
                         "same command again later with more --passes for the next one (it resumes).")
     ws = Workspace.at(home)
-    with connect(cluster) as client, _sigterm_as_interrupt(), progress_bars(show_progress) as bar:
+    systems = [systems] if isinstance(systems, str) else list(systems or [])
+    local = None
+    if cluster == "local":  # this machine: one worker, declaring --system (default: the host name)
+        if len(systems) > 1:
+            raise UserError(f"--cluster local is this machine alone: give it one --system, not {', '.join(systems)}.")
+        local = safe_name(systems[0]) if systems else default_system_name()
+    with connect(cluster, n_workers=1 if local else None, system=local) as client, _sigterm_as_interrupt(), \
+            progress_bars(show_progress) as bar:
         result = calibrate_fleet(client, cluster, plan, plan.workload, data=data, workspace=ws,
-                                 systems=[systems] if isinstance(systems, str) else list(systems or []), fresh=fresh,
-                                 force=force,
+                                 systems=[local] if local else systems, fresh=fresh, force=force,
                                  stop_when=_convergence_rule(rjsd) if until_converged else None, progress=bar)
     for note in result.warnings:
         warnings.warn(note, UserWarning, stacklevel=2)
