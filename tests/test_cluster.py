@@ -217,3 +217,39 @@ def test_a_worker_killed_mid_campaign_loses_only_its_pass_and_a_rerun_measures_n
     res = tqsim(*args, home=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["measured_passes"] == 0
+
+
+@pytest.mark.slow
+def test_a_system_whose_last_worker_left_is_given_up_and_the_same_command_finishes_it(fleet, tmp_path, monkeypatch):
+    """No worker of the system comes back within the grace: the command ends (exit 2, naming the worker command);
+    the same command with a worker again measures exactly what is missing."""
+    import threading
+
+    from tqsim.errors import UserError
+    from tqsim.measure import fleet as fleet_module
+    from tqsim.measure.run import calibrate
+
+    monkeypatch.setattr(fleet_module, "WORKER_GRACE_S", 3.0)
+    worker = fleet.worker("delta")
+    fleet.wait_for({"delta": 1})
+    folder = tmp_path / "calibration" / "delta" / "digits-mlp"
+
+    def kill_after_two_rounds():
+        while not (len(on := passes_on_disk(folder)) == 2 and min(len(v) for v in on.values()) >= 2):
+            time.sleep(0.05)
+        fleet.kill(worker)
+
+    threading.Thread(target=kill_after_two_rounds, daemon=True).start()
+    run = dict(workload="digits-mlp", passes=12, warmup=1, home=tmp_path, system="delta", cluster=fleet.address,
+               show_progress=False)
+    with pytest.raises(UserError, match="lost its last worker.*system:delta=1"):
+        calibrate(None, ["batch_size=1,4"], **run)
+    before = passes_on_disk(folder)
+    assert all(len(v) < 12 for v in before.values())
+    fleet.worker("delta")
+    fleet.wait_for({"delta": 1})
+    out = calibrate(None, ["batch_size=1,4"], **run)
+    assert out["measured_passes"] == sum(12 - len(v) for v in before.values())
+    for f in calibration_files(folder):
+        rounds = read_calibration(f)["round"].values
+        assert len(rounds) == 12 and len(set(rounds.tolist())) == 12
