@@ -35,6 +35,7 @@ WORKER_GRACE_S = 30.0   # a system left without any worker this long is given up
 WATCH_S = 1.0           # how often the client asks the scheduler which workers are there
 TICK_S = 0.05           # how often it looks at its passes in flight (local state: no message sent)
 LOCK_PREFIX = "tqsim-timing-"
+MAX_KILLED = 1          # a pass whose task Dask gave up (KilledWorker) is submitted again this many times
 
 # ---------------------------------------------------------------------------------------------------------------
 # the worker's side: tasks run in the worker's process, which keeps the workload and its runners between passes
@@ -114,11 +115,10 @@ def measure_on_worker(spec: str, data: str | None, config: Config, start: Record
 
 @dataclasses.dataclass
 class _WorkloadInfo:
-    """What the client knows of the workload, from a worker (``CampaignFiles`` reads ``name`` and ``digest``)."""
+    """What ``CampaignFiles`` reads of the workload (the client never builds it): told by a worker."""
 
     name: str
     digest: str
-    metric: str
 
 
 @dataclasses.dataclass
@@ -181,6 +181,7 @@ class _Lane:
         self.alone_since: float | None = None
         self.problem: str | None = None
         self.width = 1
+        self.killed: dict[Config, int] = {}
 
     @property
     def active(self) -> bool:
@@ -203,7 +204,12 @@ class _Lane:
             error = future.exception() if future.status == "error" else None
             if error is not None and not isinstance(error, KilledWorker):
                 raise _remote(error) from None
-            self.queue.insert(0, config)   # its worker died: measured again, on any worker of the system
+            if error is not None:   # the scheduler gave up after its workers died under it (allowed-failures)
+                self.killed[config] = self.killed.get(config, 0) + 1
+                if self.killed[config] > MAX_KILLED:
+                    raise UserError(f"every worker of system '{self.system}' that measured {config.id} died during "
+                                    "its pass (out of memory?); drop that level, or give the workers more memory.")
+            self.queue.insert(0, config)   # measured again, on any worker of the system
             return
         out = future.result()
         if self.reference is None:
@@ -303,7 +309,7 @@ def calibrate_fleet(client: Any, address: str, plan: Plan, spec: str, *, data: s
     with contextlib.ExitStack() as stack:
         lanes = []
         for system in chosen:
-            info = _WorkloadInfo(described[system]["name"], described[system]["digest"], described[system]["metric"])
+            info = _WorkloadInfo(described[system]["name"], described[system]["digest"])
             folder = workspace.calibration_dir(system, info.name)
             workspace.check_writable(folder)
             stack.enter_context(calibration_lock(folder))
