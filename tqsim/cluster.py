@@ -28,13 +28,16 @@ def _distributed():
 
 
 @contextlib.contextmanager
-def connect(address: str, n_workers: int | None = None) -> Iterator:
+def connect(address: str, n_workers: int | None = None, system: str | None = None) -> Iterator:
     """A ``distributed.Client`` for ``address``: ``local`` starts a ``LocalCluster`` (``n_workers`` processes, one
-    thread each, default: one per core) and stops it on exit; ``tcp://HOST:PORT`` joins a running scheduler."""
+    thread each, default: one per core; each declaring ``system`` when given) and stops it on exit;
+    ``tcp://HOST:PORT`` joins a running scheduler."""
     distributed = _distributed()
     if address == "local":
+        declared = {"resources": {system_resource(system): 1}} if system else {}
         with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                      dashboard_address=None, **declared) as cluster, \
+                distributed.Client(cluster) as client:
             yield client
         return
     if "://" not in address:

@@ -31,8 +31,8 @@ def check(
     from tqsim.drift import anchor_offsets, describe, sentence
     from tqsim.errors import UserError
     from tqsim.factors import parse_config_id
-    from tqsim.measure.check import cheapest, fingerprint_mismatch, measure_anchors, save_check
-    from tqsim.measure.fingerprint import fingerprint
+    from tqsim.measure.check import cheapest, measure_anchors, save_check
+    from tqsim.measure.fingerprint import fingerprint, fingerprint_mismatch
     from tqsim.models import load
     from tqsim.workloads import BUILTINS, get_workload
     from tqsim.workloads.files import is_file_spec

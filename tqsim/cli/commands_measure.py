@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import app, ClusterOpt, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, \
+    fmt_seconds, split_list
 
 
 @app.command()
@@ -43,11 +44,16 @@ def systems(home: Home = None, json_out: Json = False, debug: Debug = False) -> 
         return
     from rich.table import Table
 
-    table = Table("system", "workload", "configs", "passes", "fitted", title=f"workspace {inv['home']}")
+    from tqsim.measure.fingerprint import describe_machine
+
+    table = Table("system", "machine", "workload", "configs", "passes", "fitted", title=f"workspace {inv['home']}")
     for s in inv["systems"]:
-        for w in s["workloads"]:
+        machine = f"{s['fingerprint'].get('hostname', '?')}: {describe_machine(s['fingerprint'])}" \
+            if s["fingerprint"] else "?"
+        for k, w in enumerate(s["workloads"]):
             passes = w["passes_min"] if w["passes_min"] == w["passes_max"] else f"{w['passes_min']}–{w['passes_max']}"
-            table.add_row(s["system"], w["workload"], str(len(w["configs"])), str(passes), "yes" if w["fitted"] else "no")
+            table.add_row(s["system"] if k == 0 else "", machine if k == 0 else "", w["workload"], str(len(w["configs"])),
+                          str(passes), "yes" if w["fitted"] else "no")
     console().print(table)
 
 
@@ -74,10 +80,20 @@ def calibrate(
     data: Annotated[Optional[str], typer.Option(
         "--data", help="Evaluation data of a model-file workload (--workload model.onnx or model.pt): an .npz or "
                        ".parquet holding `labels` and one array per model input, named as the input.")] = None,
+    cluster: ClusterOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="With --cluster: measure on a worker even if its machine differs from the one its system "
+                        "was calibrated on.")] = False,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
-    """Measure configurations of a workload on this system into the workspace (resumes by default)."""
+    """Measure configurations of a workload on this system into the workspace (resumes by default); with
+    --cluster, on every system a Dask cluster's workers declare (or the --system ones, a comma list)."""
+    if serving is not None and cluster is not None:
+        from tqsim.errors import UserError
+
+        raise UserError("--serving runs the serving stack on this machine; drop --cluster (or run it on each worker's "
+                        "machine with --system).")
     if serving is not None:
         if data is not None:
             from tqsim.errors import UserError
@@ -100,10 +116,11 @@ def calibrate(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_calibration(plan, grid, home=home, system=system, workload=workload, passes=passes,
+        result = run_calibration(plan, grid, home=home, workload=workload, passes=passes,
                                  warmup=warmup, fresh=fresh, seed=seed, until_converged=until_converged,
                                  rjsd=rjsd, max_passes=max_passes, sessions=sessions, gap=gap,
-                                 show_progress=not json_out, data=data)
+                                 show_progress=not json_out, data=data, cluster=cluster, force=force,
+                                 system=split_list(system) if cluster is not None else system)
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if json_out:
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})
@@ -137,24 +154,30 @@ def _render_serving(path, notes: list[str]) -> None:
 
 
 def _render_calibration(result: dict, notes: list[str]) -> None:
-    from rich.table import Table
-
-    out = console()
-    table = Table("config", "passes", "p50", "p99", result["metric"], "outliers",
-                  title=f"{result['workload']} on {result['system']}")
-    for row in result["configs"]:
-        flagged = f"{row['outliers']}/{row['calls']}" if row["outliers"] else "0"
-        table.add_row(row["config_id"], str(row["passes"]), fmt_seconds(row["latency_s"]["p50"]),
-                      fmt_seconds(row["latency_s"]["p99"]), f"{row['quality']:.4f}", flagged)
-    out.print(table)
+    """The closing table (one per system on a fleet), then where the passes went."""
     import datetime as _dt
 
+    out = console()
+    for part in result.get("systems") or [result]:
+        _print_table(out, f"{result['workload']} on {part['system']}", result["metric"], part["configs"])
     ids = result.get("sessions") or []
     started = [_dt.datetime.fromtimestamp(i / 1e6).strftime("%H:%M:%S") for i in ids]
     where = f" in {len(ids)} session{'s' if len(ids) > 1 else ''} (started {', '.join(started)})" if ids else ""
-    out.print(f"measured {result['measured_passes']} passes{where} in {result['elapsed_s']:.1f} s → {result['folder']}")
-    if any(r["outliers"] for r in result["configs"]):
+    folders = ", ".join(p["folder"] for p in result["systems"]) if "systems" in result else result["folder"]
+    out.print(f"measured {result['measured_passes']} passes{where} in {result['elapsed_s']:.1f} s → {folders}")
+    if any(r["outliers"] for part in result.get("systems") or [result] for r in part["configs"]):
         out.print("[yellow]some calls are statistical outliers (|x−median| > 10 MAD); they are kept. "
                   "Close other programs, or add passes, if they were not expected.[/yellow]")
     for note in dict.fromkeys(notes):
         out.print(f"[yellow]warning: {note}[/yellow]")
+
+
+def _print_table(out, title: str, metric: str, configs: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table("config", "passes", "p50", "p99", metric, "outliers", title=title)
+    for row in configs:
+        flagged = f"{row['outliers']}/{row['calls']}" if row["outliers"] else "0"
+        table.add_row(row["config_id"], str(row["passes"]), fmt_seconds(row["latency_s"]["p50"]),
+                      fmt_seconds(row["latency_s"]["p99"]), f"{row['quality']:.4f}", flagged)
+    out.print(table)

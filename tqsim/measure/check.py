@@ -8,7 +8,6 @@ level (the same statistic the fit summarises) so that any later fit can conditio
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -102,16 +101,3 @@ def load_checks(ws: Workspace, system: str, workload: str, missing_ok: bool = Fa
     return checks
 
 
-def fingerprint_mismatch(calibrated: dict, now: dict) -> str | None:
-    """Name both machines when the CPU, core count or memory differ (a check of another machine)."""
-    keys = ("cpu_model", "cpu_count", "memory_bytes", "gpu")
-    diff = [k for k in keys if k in calibrated and k in now and calibrated[k] != now[k]]
-    if not diff:
-        return None
-
-    def name(fp):
-        mem = fp.get("memory_bytes")
-        mem = f", {mem / 2**30:.0f} GiB" if isinstance(mem, (int, float)) and math.isfinite(mem) else ""
-        return f"{fp.get('cpu_model', '?')} × {fp.get('cpu_count', '?')}{mem}"
-
-    return f"calibrated on {name(calibrated)}, now on {name(now)}"

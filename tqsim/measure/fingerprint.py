@@ -1,7 +1,9 @@
-"""The system fingerprint stored in every calibration file: enough to tell two systems apart."""
+"""The system fingerprint stored in every calibration file: enough to tell two systems apart, and the one
+comparison of two fingerprints that `tqsim check` and a fleet's calibration refuse a changed machine by."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -73,3 +75,22 @@ def fingerprint() -> dict:
     except ImportError:
         pass
     return info
+
+
+MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_bytes", "gpu")
+
+
+def describe_machine(fp: dict) -> str:
+    """A fingerprint in a few words: ``CPU model × cores, memory GiB`` (and the GPU, when there is one)."""
+    mem = fp.get("memory_bytes")
+    mem = f", {mem / 2**30:.0f} GiB" if isinstance(mem, (int, float)) and math.isfinite(mem) else ""
+    gpu = f", {fp['gpu']}" if fp.get("gpu") else ""
+    return f"{fp.get('cpu_model', '?')} × {fp.get('cpu_count', '?')}{mem}{gpu}"
+
+
+def fingerprint_mismatch(calibrated: dict, now: dict) -> str | None:
+    """Name both machines when the CPU, core count, memory or GPU differ (another machine than calibrated)."""
+    diff = [k for k in MACHINE_KEYS if k in calibrated and k in now and calibrated[k] != now[k]]
+    if not diff:
+        return None
+    return f"calibrated on {describe_machine(calibrated)}, now on {describe_machine(now)}"

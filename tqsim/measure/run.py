@@ -34,27 +34,44 @@ def _sigterm_as_interrupt():
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool):
-    """A rich progress bar fed through :class:`~tqsim.measure.campaign.Progress` (a silent one if not enabled)."""
+def progress_bars(enabled: bool):
+    """One rich display of progress bars; yields ``bar(name)``, which adds a bar (a fleet draws one per system)
+    and returns its :class:`~tqsim.measure.campaign.Progress` callbacks (silent ones if not enabled)."""
     if not enabled:
-        yield Progress()
+        yield lambda name: Progress()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
-    with Bar(TextColumn("[bold]calibrate[/bold] {task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
-             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task("passes", total=1, label="")
-        yield Progress(start=lambda total: bar.update(task, total=max(total, 1)),
-                       advance=lambda label: bar.update(task, advance=1, label=label))
+    with Bar(TextColumn("[bold]calibrate[/bold] {task.fields[name]}{task.fields[label]}"), BarColumn(),
+             MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+             transient=False) as display:
+        def bar(name: str) -> Progress:
+            task = display.add_task("passes", total=1, label="", name=f"{name}: " if name else "")
+            return Progress(start=lambda total: display.update(task, total=max(total, 1)),
+                            advance=lambda label: display.update(task, advance=1, label=label))
+        yield bar
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool):
+    """A single bar: :func:`progress_bars` with one."""
+    with progress_bars(enabled) as bar:
+        yield bar("")
 
 
 def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path | None = None,
-              system: str | None = None, workload: "str | Workload | None" = None, passes: int | None = None,
+              system: str | list[str] | None = None, workload: "str | Workload | None" = None,
+              passes: int | None = None,
               warmup: int | None = None, fresh: bool = False, seed: int | None = None,
               until_converged: bool = False, rjsd: float = 0.05, max_passes: int | None = None,
-              sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True, data: str | None = None) -> dict:
+              sessions: int = 1, gap: str | float = 0.0, show_progress: bool = True, data: str | None = None,
+              cluster: str | None = None, force: bool = False) -> dict:
     """Run (or resume) a calibration campaign and return the JSON-ready summary.
+
+    ``cluster`` (a scheduler's ``tcp://HOST:PORT``, or ``local``) measures on a fleet of Dask workers instead of
+    this machine: on every system they declare, or on ``system`` (a name or a list); ``force`` accepts a worker
+    whose machine differs from its system's calibration (tqsim/measure/fleet.py).
 
     ``data`` is the evaluation data file of a model-file workload (``--workload model.onnx``).
 
@@ -86,6 +103,10 @@ def calibrate(plan_file: str | None, grid: list[str] | None, *, home: str | Path
         built = resolve_workload(built)  # checked (and named) before any measuring
     plan = build_plan(plan_file, grid, workload=_plan_spec(built) if built is not None else workload, passes=passes,
                       warmup=warmup, seed=seed)
+    if cluster is not None:
+        return _on_fleet(cluster, plan, workload=built or workload, home=home, systems=system, fresh=fresh,
+                         force=force, sessions=sessions, until_converged=until_converged, rjsd=rjsd,
+                         show_progress=show_progress, data=data)
     if sessions > plan.passes:
         raise UserError(f"--sessions {sessions} with --passes {plan.passes}: each session needs at least one pass; "
                         f"use at most {plan.passes} sessions.")
@@ -129,6 +150,45 @@ def _one_session(plan_file, grid, *, home, system, workload, passes, warmup, see
         "plan": plan.to_dict(), "measured_passes": result.measured_passes, "elapsed_s": result.elapsed_s,
         "sessions": [result.session] if result.measured_passes else [], "busy": result.busy,
         "configs": summarise(result.records),
+    }
+
+
+def _on_fleet(cluster: str, plan, *, workload, home, systems: str | list[str] | None, fresh: bool, force: bool,
+              sessions: int, until_converged: bool, rjsd: float, show_progress: bool, data: str | None) -> dict:
+    """The campaign on a Dask cluster's workers (tqsim/measure/fleet.py); this process writes every file."""
+    from tqsim.cluster import connect
+    from tqsim.measure.fleet import calibrate_fleet
+    from tqsim.workloads.base import Workload
+
+    if isinstance(workload, Workload):
+        raise UserError("a fleet's workers build the workload themselves: pass its spec (a built-in name, or a path "
+                        "every worker can read), not a Workload object.")
+    if sessions > 1:
+        raise UserError(f"--sessions {sessions} with --cluster: each invocation on a fleet is one session; run the "
+                        "same command again later with more --passes for the next one (it resumes).")
+    ws = Workspace.at(home)
+    systems = [systems] if isinstance(systems, str) else list(systems or [])
+    local = None
+    if cluster == "local":  # this machine: one worker, declaring --system (default: the host name)
+        if len(systems) > 1:
+            raise UserError(f"--cluster local is this machine alone: give it one --system, not {', '.join(systems)}.")
+        local = safe_name(systems[0]) if systems else default_system_name()
+    with connect(cluster, n_workers=1 if local else None, system=local) as client, _sigterm_as_interrupt(), \
+            progress_bars(show_progress) as bar:
+        result = calibrate_fleet(client, cluster, plan, plan.workload, data=data, workspace=ws,
+                                 systems=[local] if local else systems, fresh=fresh, force=force,
+                                 stop_when=_convergence_rule(rjsd) if until_converged else None, progress=bar)
+    for note in result.warnings:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    for name, res in result.systems.items():
+        if res.busy:
+            warnings.warn(f"system {name}: {res.busy}", UserWarning, stacklevel=2)
+    measured = sum(r.measured_passes for r in result.systems.values())
+    return {
+        "cluster": cluster, "workload": result.workload, "metric": result.metric, "plan": plan.to_dict(),
+        "measured_passes": measured, "elapsed_s": result.elapsed_s, "sessions": [result.session] if measured else [],
+        "systems": [{"system": name, "folder": str(res.folder), "measured_passes": res.measured_passes,
+                     "busy": res.busy, "configs": summarise(res.records)} for name, res in result.systems.items()],
     }
 
 
