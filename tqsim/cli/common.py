@@ -44,6 +44,10 @@ WorkloadOpt = Annotated[Optional[str], typer.Option("--workload", help="Workload
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+ClusterOpt = Annotated[Optional[str], typer.Option("--cluster", help="Dask scheduler tcp://HOST:PORT, or 'local'.")]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", help="Simulations run at once (default: one per core; 1: serially); with --cluster local, its "
+                      "worker processes.")]
 Thresholds = Annotated[Optional[list[str]], typer.Option(
     "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency); a list, "
                             "e.g. 5ms,p99, or repeated.")]
