@@ -91,6 +91,14 @@ class Cluster(Serial):
 SERIAL = Serial()
 
 
+def reporting(progress: Callable[[str], None] | None, n: int, describe: Callable[[int], str]) -> Done | None:
+    """A ``done`` callback that tells ``progress`` "k/n <what task i was>" in the order the tasks finish."""
+    if not progress:
+        return None
+    count = iter(range(1, n + 1))
+    return lambda i, _: progress(f"{next(count)}/{n} {describe(i)}")
+
+
 def default_workers() -> int:
     """One per core this process may run on."""
     try:

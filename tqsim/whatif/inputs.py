@@ -16,7 +16,7 @@ import numpy as np
 
 from tqsim.data.schema import batch_starts
 from tqsim.errors import UserError
-from tqsim.parallel import SERIAL
+from tqsim.parallel import SERIAL, reporting
 from tqsim.quality import INTERVAL
 from tqsim.whatif.objective import Objective
 from tqsim.whatif.overheads import load_overheads
@@ -220,11 +220,8 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
             jobs.append((reps, precision, setup, dict(thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals,
                                                       n_windows=windows, draws=draws, tail_q=tail_q,
                                                       seed=seed + 1000 * i + reps)))
-    done = None
-    if progress:
-        count = iter(range(1, len(jobs) + 1))
-        done = lambda i, _: progress(f"{next(count)}/{len(jobs)}: {jobs[i][0]} replica(s), "  # noqa: E731
-                                     + (f"{jobs[i][3]['rate_rps']:g} req/s" if arrivals is None else "trace"))
+    done = reporting(progress, len(jobs), lambda i: f"{jobs[i][0]} replica(s), " + (
+        f"{jobs[i][3]['rate_rps']:g} req/s" if arrivals is None else "trace"))
     results = [r for wi in (pool or SERIAL).map(simulate_job, jobs, shared, done) for r in wi.results()]
     calibrated = src.batch_sizes(threads, precision)
     notes = list(src.notes)

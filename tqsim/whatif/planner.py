@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tqsim.errors import UserError
-from tqsim.parallel import SERIAL
+from tqsim.parallel import SERIAL, reporting
 from tqsim.whatif.objective import Objective
 from tqsim.whatif.service import ServiceModel
 from tqsim.whatif.simulator import ServingSetup, WhatIf, check_rate, simulate_job
@@ -147,16 +147,16 @@ def plan(objective: Objective, rate_rps: float, cores: int,
                         "meet it.")
     screened = [cands[i] for i in jobs]
     job_of = {id(cands[i]): job for i, job in jobs.items()}
-    for c, wi in zip(screened, pool.map(simulate_job, list(jobs.values()), shared,
-                                        _counting(progress, "screening", [c.setup for c in screened]))):
+    for c, wi in zip(screened, pool.map(simulate_job, list(jobs.values()), shared, reporting(
+            progress, len(screened), lambda i: f"screened: {screened[i].setup.label()}"))):
         _score(c, objective, confidence, wi)
     # Re-simulate the promising ones with the full number of draws, cheapest first.
     simulated = sorted(screened, key=lambda c: (-c.probability, c.setup.cores, _p99(c)))
     promising = sorted(simulated[:refine], key=lambda c: (c.setup.cores, -c.probability))
     refined = [(k, p, s, dict(o, draws=draws, n_windows=n_windows, seed=seed + 7919))
                for k, p, s, o in (job_of[id(c)] for c in promising)]
-    for c, wi in zip(promising, pool.map(simulate_job, refined, shared,
-                                         _counting(progress, "refining", [c.setup for c in promising]))):
+    for c, wi in zip(promising, pool.map(simulate_job, refined, shared, reporting(
+            progress, len(promising), lambda i: f"refined: {promising[i].setup.label()}"))):
         _score(c, objective, confidence, wi)
     order = lambda c: (c.setup.cores, -np.nan_to_num(c.probability, nan=-1.0), _p99(c))  # noqa: E731
     meeting = sorted([c for c in promising if c.meets], key=order)
@@ -168,14 +168,6 @@ def plan(objective: Objective, rate_rps: float, cores: int,
         closest = max(screened, key=lambda c: (c.probability, -abs(c.value - objective.target), -c.setup.cores))
     return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest,
                 screened_only)
-
-
-def _counting(progress: Callable[[str], None] | None, what: str, setups: list[ServingSetup]):
-    """A pool's ``done`` callback that reports ``what k/n label`` in the order the simulations finish."""
-    if not progress:
-        return None
-    count = iter(range(1, len(setups) + 1))
-    return lambda i, _: progress(f"{what} {next(count)}/{len(setups)} {setups[i].label()}")
 
 
 def _p99(c: Candidate) -> float:
