@@ -75,8 +75,8 @@ def test_plan_refuses_deadline_below_fastest_service():
 
 # --- the commands, on a small synthetic workspace -------------------------------------------------
 
-def make_workspace(home, sizes=(1, 4, 16), threads=(1,), n_inst=120, passes=4, seed=0):
-    """Calibration files with a known law: 70 µs × k^0.6 × lognormal noise × pass effect."""
+def make_workspace(home, sizes=(1, 4, 16), threads=(1,), n_inst=120, passes=4, seed=0, system="box", slower=1.0):
+    """Calibration files of ``system`` with a known law: ``slower`` × 70 µs × k^0.6 × lognormal noise × pass effect."""
     import json as _json
 
     import xarray as xr
@@ -93,16 +93,16 @@ def make_workspace(home, sizes=(1, 4, 16), threads=(1,), n_inst=120, passes=4, s
             cfg = Config(batch_size=k, threads=th)
             batch = np.arange(n_inst) // k
             nb = batch[-1] + 1
-            per_batch = 70e-6 * k**0.6 / th**0.3 * np.exp(rng.normal(0, 0.1, (passes, nb)))
+            per_batch = slower * 70e-6 * k**0.6 / th**0.3 * np.exp(rng.normal(0, 0.1, (passes, nb)))
             per_batch *= np.exp(rng.normal(0, 0.03, (passes, 1)))
             ds = xr.Dataset({"latency_s": (("pass", "instance"), per_batch[:, batch]),
                              "batch": ("instance", batch), "round": ("pass", np.arange(passes)),
                              "pass_started_at": ("pass", np.arange(passes) * 1.0),
                              "correct": ("instance", correct)})
-            ds.attrs.update(workload="toy", system="box", fingerprint=_json.dumps({}), quality_metric="accuracy",
+            ds.attrs.update(workload="toy", system=system, fingerprint=_json.dumps({}), quality_metric="accuracy",
                             tqsim_version="0", created_at="now", units="s", schema_version=SCHEMA_VERSION,
                             **{f: (int(v) if isinstance(v, bool) else v) for f, v in cfg.as_dict().items()})
-            write_atomic(ds, Workspace.at(home).config_path("box", "toy", cfg.id))
+            write_atomic(ds, Workspace.at(home).config_path(system, "toy", cfg.id))
     return home
 
 

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, Thresholds, WorkloadOpt, console, emit_json,
-                              fmt_seconds, split_list, steps)
+from tqsim.cli.common import (app, ClusterOpt, Debug, Home, Json, Seed, System, Thresholds, Workers, WorkloadOpt,
+                              console, emit_json, fmt_seconds, split_list, steps)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 
@@ -26,23 +26,35 @@ def fit(
     chains: Annotated[int, typer.Option("--chains", help="Chains.")] = 2,
     family: Annotated[str, typer.Option("--family", help="Kept for old scripts: auto (the only model: each "
                                                        "configuration's own quantile functions).")] = "auto",
+    cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
-    """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc."""
-    from tqsim.models.fit import fit_summary, fit_workspace
+    """Fit the Bayesian latency model to the calibration; writes models/<system>/<workload>.nc. With --cluster,
+    every system × workload of the workspace (or those named) at once on the Dask workers."""
+    from tqsim.models.fit import fit_each, fit_summary, fit_workspace
 
     err = console(stderr=True)
     say = (lambda m: None) if json_out else (lambda m: err.print(f"[dim]{m}[/dim]"))
-    fm, path = fit_workspace(home, system, workload, family=family, sampler=sampler, draws=draws, tune=tune,
-                             chains=chains, seed=seed if seed is not None else 0, progress=not json_out, log=say)
-    d = fm.diagnostics
-    out = {"system": fm.system, "workload": fm.workload, "model": str(path), "family": d["family"], "diagnostics": d}
+    options = dict(family=family, sampler=sampler, draws=draws, tune=tune, chains=chains,
+                   seed=seed if seed is not None else 0, log=say)
+    if cluster:
+        fits = fit_each(home, system, workload, cluster=cluster, workers=workers, **options)
+    elif workers is not None:
+        raise UserError("--workers sizes a cluster: `tqsim fit --cluster local --workers N` fits every system × "
+                        "workload at once; a plain `tqsim fit` fits one model here.")
+    else:
+        fits = [fit_workspace(home, system, workload, progress=not json_out, **options)]
+    out = [{"system": fm.system, "workload": fm.workload, "model": str(path), "family": fm.diagnostics["family"],
+            "diagnostics": fm.diagnostics} for fm, path in fits]
     if json_out:
-        emit_json(out)
+        emit_json({"fits": out} if cluster else out[0])
         return
     c = console()
-    for text, style in fit_summary(d):
-        c.print(text, style=style, markup=False)
-    c.print(f"wrote {path}")
+    for (fm, path) in fits:
+        if cluster:
+            c.print(f"{fm.system}/{fm.workload}:", style="bold")
+        for text, style in fit_summary(fm.diagnostics):
+            c.print(text, style=style, markup=False)
+        c.print(f"wrote {path}")
 
 
 def _load(home, system, workload):

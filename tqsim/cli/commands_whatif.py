@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import (app, Debug, Home, Json, Seed, System, WorkloadOpt, check_plot_path, console, durations,
-                              emit_json, fmt_seconds, numbers, split_list, steps)
+from tqsim.cli.common import (app, ClusterOpt, Debug, Home, Json, Seed, System, Workers, WorkloadOpt, check_plot_path,
+                              console, durations, emit_json, fmt_seconds, numbers, split_list, steps)
 from tqsim.units import parse_duration
 
 ServiceOpt = Annotated[str, typer.Option(
@@ -45,19 +45,20 @@ def whatif(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write tail quality and p99 against load (PNG).")] = None,
     service: ServiceOpt = "empirical",
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
-    seed: Seed = None, debug: Debug = False,
+    seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
     """Simulate serving under load: end-to-end latency, deadline misses and tail quality, with 90% intervals."""
+    from tqsim.parallel import pool
     from tqsim.whatif.inputs import whatif_sweep
 
     check_plot_path(plot)
-    with steps("what-if", enabled=not json_out) as progress:
+    with steps("what-if", enabled=not json_out) as progress, pool(cluster, workers) as on:
         sweep = whatif_sweep(home=home, system=system, workload=workload, rates=numbers(rate or ["300"], "rate"),
                              replicas=numbers(replicas or ["1"], "replicas", int), threads=threads,
                              max_batch=max_batch, max_wait_s=parse_duration(max_wait, "max-wait"),
                              thresholds_s=durations(threshold, "threshold"), precision=precision, trace=trace,
                              draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
-                             service=service, seed=seed or 0, progress=progress)
+                             service=service, seed=seed or 0, progress=progress, pool=on)
     out = sweep.as_dict()
     if plot is not None:
         from tqsim.whatif.plot import plot_sweep
@@ -106,24 +107,48 @@ def plan(
     draws: Annotated[int, typer.Option("--draws", help="Draws for the refined candidates.")] = 30,
     no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration.")] = False,
     service: ServiceOpt = "empirical",
+    systems: Annotated[Optional[list[str]], typer.Option(
+        "--systems", help="Plan across these systems (a list, or all), cheapest by --cost.")] = None,
+    cost: Annotated[Optional[Path], typer.Option(
+        "--cost", help="Prices file (TOML): [systems.NAME] replica_hour = 0.12 or machine_hour = 0.4.")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
-    seed: Seed = None, debug: Debug = False,
+    seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
-    """The cheapest serving set-up (fewest cores) that meets an objective with probability ≥ confidence."""
-    from tqsim.whatif.inputs import plan_from_workspace
+    """The cheapest serving set-up (fewest cores) that meets an objective with probability ≥ confidence; with
+    --systems and --cost, the cheapest system and set-up in money across machine types."""
+    from tqsim.errors import UserError
+    from tqsim.parallel import pool
     from tqsim.whatif.objective import parse_objective
 
     goal = parse_objective(objective)
-    with steps("plan", enabled=not json_out) as progress:
-        result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
-                                     confidence=confidence, max_batches=numbers(max_batch, "max-batch", int),
-                                     max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision),
-                                     draws=draws, overheads=not no_overheads, service=service, seed=seed or 0,
-                                     progress=progress)
-    notes = result.notes
+    fleet = split_list(systems)
+    if fleet and cost is None:
+        raise UserError("--systems compares machine types by price: give --cost prices.toml "
+                        "([systems.NAME] replica_hour = 0.12, or machine_hour = 0.40, per system).")
+    if fleet and system:
+        raise UserError("give either --system (one system) or --systems (several, priced by --cost), not both.")
+    options = dict(confidence=confidence, max_batches=numbers(max_batch, "max-batch", int),
+                   max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision), draws=draws,
+                   overheads=not no_overheads, service=service, seed=seed or 0)
+    if cost is not None:  # checked before any worker starts
+        from tqsim.whatif.fleet import plan_fleet, priced_systems
+
+        priced, workload = priced_systems(home, fleet or ([system] if system else ["all"]), workload, cost)
+    with steps("plan", enabled=not json_out) as progress, pool(cluster, workers) as on:
+        if cost is not None:
+            result = plan_fleet(goal, rate, cores, priced, workload, home=home, progress=progress, pool=on, **options)
+        else:
+            from tqsim.whatif.inputs import plan_from_workspace
+
+            result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
+                                         progress=progress, pool=on, **options)
     if json_out:
         emit_json(result.as_dict())
         return
+    if cost is not None:
+        _print_fleet(result)
+        return
+    notes = result.notes
     c = console()
     head = f"objective {result.objective.text} at {rate:g} requests/s on {cores} cores, confidence {confidence:g}"
     if result.best:
@@ -148,3 +173,29 @@ def plan(
             c.print(f"… and {len(result.rejected) - 15} more (--json lists all).")
     for note in notes:
         c.print(f"note: {note}", style="yellow")
+
+
+def _print_fleet(result) -> None:
+    """The fleet plan: the chosen system and set-up with its hourly cost, the runners-up, every system's verdict."""
+    from rich.table import Table
+
+    c = console()
+    head = (f"objective {result.objective.text} at {result.rate_rps:g} requests/s, confidence {result.confidence:g}, "
+            f"workload {result.workload}")
+    if result.best:
+        b = result.best
+        c.print(f"[bold green]plan:[/] {b.system}: {b.candidate.setup.label()} — {b.cost_per_hour:.4g}/h "
+                f"({b.price.describe()}), {b.candidate.setup.cores} core(s), P(met) = {b.candidate.probability:.2f}"
+                f"   ({head})")
+        for r in result.runners_up:
+            c.print(f"  runner-up: {r.system}: {r.candidate.setup.label()} — {r.cost_per_hour:.4g}/h, "
+                    f"P(met) = {r.candidate.probability:.2f}")
+    else:
+        c.print(f"[bold red]infeasible:[/] no system meets {head}.")
+    table = Table("system", "price", "cores", "verdict", title="systems")
+    for s in result.systems:
+        table.add_row(s.system, s.price.describe(), str(s.cores), s.reason or "chosen")
+    c.print(table)
+    for s in result.systems:
+        for note in (s.plan.notes if s.plan is not None else []):
+            c.print(f"note: {s.system}: {note}", style="yellow")

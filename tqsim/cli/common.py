@@ -47,6 +47,9 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of interna
 ClusterOpt = Annotated[Optional[str], typer.Option(
     "--cluster", help="Run on a Dask cluster: its scheduler tcp://HOST:PORT, or 'local' for one on this machine "
                       "(needs pip install 'tqsim[cluster]').")]
+Workers = Annotated[Optional[int], typer.Option(
+    "--workers", help="Simulations run at once (default: one per core; 1: serially); with --cluster local, its "
+                      "worker processes.")]
 Thresholds = Annotated[Optional[list[str]], typer.Option(
     "--threshold", "-t", help="Deadline: 5ms, 250us, 0.005 (s) or p99 (of the config's own latency); a list, "
                             "e.g. 5ms,p99, or repeated.")]

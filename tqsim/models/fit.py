@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -174,6 +175,54 @@ def fit_workspace(home=None, system: str | None = None, workload: str | None = N
                       progress=progress, log=log)
     interrupts.check()
     return fm, save(fm, target)
+
+
+def _fit_job(options: dict, job: tuple) -> FittedModel:
+    """One fit where a pool runs it (a Dask worker needs no workspace: the campaign travels with the job);
+    a user mistake names the system and workload it is about."""
+    system, workload, campaign = job
+    try:
+        return fit_campaign(campaign, **options)
+    except UserError as exc:
+        raise UserError(f"{system}/{workload}: {exc}") from None
+
+
+def fit_each(home=None, system: str | None = None, workload: str | None = None, *, cluster: str,
+             workers: int | None = None, sampler: str | None = None, draws: int = 1000, tune: int = 500,
+             chains: int = 2, seed: int = 0, family: str = "auto",
+             log: Callable[[str], None] | None = None) -> list[tuple[FittedModel, Path]]:
+    """``tqsim fit --cluster``: fit every system × workload of the workspace (or the ``system``/``workload``
+    named) at once on the Dask workers at ``cluster`` (``local``: ``workers`` processes here, see
+    :func:`tqsim.parallel.pool`), once the files are read, so a mistake is told before any worker starts. A fit is a pure function of its calibration
+    and the seed, so this client reads the files and ships them, and the workers need no shared disk; each model
+    comes back and is saved here atomically as it arrives, the same model a local ``fit_workspace`` with the
+    same seed writes. Returns ``(FittedModel, path)`` in workspace order."""
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models.store import save
+    from tqsim.parallel import pool
+
+    log = log or (lambda msg: None)
+    ws = Workspace.at(home)
+    systems = [ws.resolve_system(system)] if system else ws.systems()
+    if not systems:
+        ws.resolve_system(None)  # the message naming the fix for an empty workspace
+    pairs = [(s, w) for s in systems for w in ([ws.resolve_workload(s, workload)] if workload else ws.workloads(s))]
+    targets = [ws.model_path(s, w) for s, w in pairs]
+    for t in targets:
+        ws.check_writable(t.parent)
+    jobs = [(s, w, load_campaign(ws.calibration_dir(s, w), workload=w)) for s, w in pairs]
+    out: dict[int, tuple] = {}
+
+    def done(i: int, fm: FittedModel) -> None:
+        out[i] = fm, save(fm, targets[i])
+        log(f"wrote {targets[i]} ({len(out)}/{len(jobs)})")
+
+    with pool(cluster, workers) as on:
+        log(f"fitting {len(jobs)} model(s) on {on.workers} worker(s)")
+        on.map(_fit_job, jobs, dict(family=family, sampler=sampler, draws=draws, tune=tune, chains=chains, seed=seed),
+               done)
+    return [out[i] for i in range(len(jobs))]
 
 
 def fit_summary(d: dict) -> list[tuple[str, str | None]]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from tqsim.data.schema import batch_starts
 from tqsim.errors import UserError
+from tqsim.parallel import SERIAL, reporting
 from tqsim.quality import INTERVAL
 from tqsim.whatif.objective import Objective
 from tqsim.whatif.overheads import load_overheads
@@ -143,8 +144,10 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
             # A heavy-tailed residual can draw absurd times (hours, from a quick ADVI fit): one such
             # batch would block a simulated replica for the whole run. Cap at 100× the draw's median.
             cap = 100 * np.median(pool, axis=1, keepdims=True)
-            draw_batch_latency.capped += int((pool > cap).sum())
-            pools[key] = np.minimum(pool, cap)
+            # two threads of a pool may build the same (identical) pool: only the one stored counts its caps
+            capped = np.minimum(pool, cap)
+            if pools.setdefault(key, capped) is capped:
+                draw_batch_latency.capped += int((pool > cap).sum())
         pool = pools[key]
         d = int(rng.integers(pool.shape[0]))
         return pool[d, rng.integers(0, pool.shape[1], n)]
@@ -178,9 +181,12 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
                  replicas: Sequence[int] = (1,), threads: int = 1, max_batch: int = 1, max_wait_s: float = 0.0,
                  thresholds_s: Sequence[float] = (0.02,), precision: str | None = None, trace=None, draws: int = 40,
                  windows: int = 100, tail_q: float = 0.01, overheads: bool = True, forecast=None,
-                 service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None) -> Sweep:
-    """The ``tqsim whatif`` computation over every (replicas, rate); seconds and numbers in, a :class:`Sweep` out."""
-    from tqsim.whatif.simulator import ServingSetup, read_trace, simulate
+                 service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
+                 pool=None) -> Sweep:
+    """The ``tqsim whatif`` computation over every (replicas, rate); seconds and numbers in, a :class:`Sweep` out.
+    The simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread), each seeded by its rate and
+    replicas, so the sweep is the same on any pool."""
+    from tqsim.whatif.simulator import ServingSetup, read_trace, simulate_job
 
     rate_list = list(rates) if trace is None else [None]
     rep_list = [int(r) for r in replicas]
@@ -201,21 +207,22 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     precision = _calibrated_precisions(src, [precision])[0] if precision else (
         "fp32" if "fp32" in src.precisions() else src.precisions()[0])
     arrivals = read_trace(trace) if trace is not None else None
-    scores = src.scores(precision)
-    results = []
+    shared: dict = {"services": {}, "scores": {precision: src.scores(precision)}}
+    jobs = []
     for reps in rep_list:
         setup = ServingSetup(int(reps), int(threads), int(max_batch), wait, precision)
-        svc = src.service(threads, precision, reps)
+        svc = shared["services"][reps] = src.service(threads, precision, reps)
         fastest = svc.min_service_s()
         if min(thr) < fastest:
             raise UserError(f"threshold {min(thr) * 1e3:g} ms is below the fastest possible service time "
                             f"({fastest * 1e3:.3g} ms for one request on an idle replica): every request misses.")
         for i, rate in enumerate(rate_list):
-            if progress:
-                progress(f"{reps} replica(s)" + (f", {rate:g} req/s" if rate is not None else ", trace"))
-            wi = simulate(svc, setup, thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals, score=scores,
-                          n_windows=windows, draws=draws, tail_q=tail_q, seed=seed + 1000 * i + reps)
-            results.extend(wi.results())
+            jobs.append((reps, precision, setup, dict(thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals,
+                                                      n_windows=windows, draws=draws, tail_q=tail_q,
+                                                      seed=seed + 1000 * i + reps)))
+    done = reporting(progress, len(jobs), lambda i: f"{jobs[i][0]} replica(s), " + (
+        f"{jobs[i][3]['rate_rps']:g} req/s" if arrivals is None else "trace"))
+    results = [r for wi in (pool or SERIAL).map(simulate_job, jobs, shared, done) for r in wi.results()]
     calibrated = src.batch_sizes(threads, precision)
     notes = list(src.notes)
     capped = sum(getattr(f, "capped", 0) for f in (src.forecast or {}).values()) if isinstance(src.forecast, dict) else 0
@@ -249,8 +256,10 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
                         confidence: float = 0.9, max_batches: Sequence[int] | None = None,
                         max_waits_s: Sequence[float] | None = None, precisions: Sequence[str] | None = None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
-                        service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None):
-    """The ``tqsim plan`` computation: a :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed."""
+                        service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
+                        pool=None):
+    """The ``tqsim plan`` computation: a :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed;
+    its simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread)."""
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
     src = _open(home, system, workload, overheads, forecast, service)
@@ -258,6 +267,7 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
              "max_waits_s": list(max_waits_s) if max_waits_s else MAX_WAITS_S,
              "precisions": _calibrated_precisions(src, list(precisions)) if precisions else src.precisions()}
     result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.scores,
-                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, **space)
+                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, pool=pool,
+                  **space)
     result.notes = list(src.notes)
     return result

@@ -16,9 +16,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tqsim.errors import UserError
+from tqsim.parallel import SERIAL, reporting
 from tqsim.whatif.objective import Objective
 from tqsim.whatif.service import ServiceModel
-from tqsim.whatif.simulator import ServingSetup, WhatIf, check_rate, simulate
+from tqsim.whatif.simulator import ServingSetup, WhatIf, check_rate, simulate_job
 
 MAX_BATCHES = (1, 2, 4, 8, 16, 32)
 MAX_WAITS_S = (0.0, 0.5e-3, 1e-3, 2e-3, 5e-3)
@@ -104,60 +105,69 @@ def _score(cand: Candidate, obj: Objective, confidence: float, wi: WhatIf) -> No
 def plan(objective: Objective, rate_rps: float, cores: int,
          service_for: Callable[[int, str, int], ServiceModel], score_for: Callable[[str], np.ndarray], *,
          confidence: float = 0.9, draws: int = 30, screen_draws: int = 6, n_windows: int = 100,
-         refine: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None, **space) -> Plan:
+         refine: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None, pool=None,
+         **space) -> Plan:
     """Search the set-ups of :func:`candidates` (``space`` passes its keyword arguments).
 
     ``service_for(threads, precision, replicas)`` returns the replica's service model (raising a
     UserError when that configuration is not calibrated, which rejects the candidate with that
-    reason); ``score_for(precision)`` the evaluation set's per-instance scores.
+    reason); ``score_for(precision)`` the evaluation set's per-instance scores. The simulations run on
+    ``pool`` (:mod:`tqsim.parallel`; default: this thread); each is seeded by its candidate's place in
+    the search space, so the plan is the same on any pool.
     """
     check_rate(rate_rps)
     if not 0 < confidence < 1:
         raise UserError(f"confidence={confidence}: must lie strictly between 0 and 1.")
+    pool = pool or SERIAL
     setups = candidates(cores, **space)
     thr = [objective.threshold_s if objective.threshold_s is not None else objective.target]
-    cands, fastest = [], []
+    shared: dict = {"services": {}, "scores": {}}
+    cands, fastest, jobs = [], {}, {}
     for i, s in enumerate(setups):
-        if progress:
-            progress(f"screening {i + 1}/{len(setups)} {s.label()}")
         c = Candidate(s)
         cands.append(c)
+        key = (s.threads, s.precision, s.replicas)
         try:
-            svc = service_for(s.threads, s.precision, s.replicas)
-            scores = score_for(s.precision)
+            if key not in shared["services"]:
+                shared["services"][key] = service_for(s.threads, s.precision, s.replicas)
+                fastest[key] = shared["services"][key].min_service_s()
+            if s.precision not in shared["scores"]:
+                shared["scores"][s.precision] = score_for(s.precision)
         except UserError as exc:
             c.reason = f"cannot be simulated: {exc}"
             continue
-        fastest.append(svc.min_service_s())
-        _score(c, objective, confidence, simulate(svc, s, thresholds_s=thr, rate_rps=rate_rps, score=scores,
-                                                   draws=screen_draws, n_windows=max(n_windows // 2, 20),
-                                                   seed=seed + i))
-        c._svc, c._scores = svc, scores
-    if not fastest:
+        jobs[i] = (key, s.precision, s, dict(thresholds_s=thr, rate_rps=rate_rps, draws=screen_draws,
+                                             n_windows=max(n_windows // 2, 20), seed=seed + i))
+    if not jobs:
         first = cands[0].reason.removeprefix("cannot be simulated: ") if cands else "no candidates in the space"
         raise UserError(f"no candidate set-up can be simulated: {first}")
-    if objective.threshold_s is not None and objective.threshold_s < min(fastest):
+    if objective.threshold_s is not None and objective.threshold_s < min(fastest.values()):
         raise UserError(f"deadline {objective.threshold_s * 1e3:g} ms is below the fastest possible service time "
-                        f"({min(fastest) * 1e3:.3g} ms for one request on an idle replica); no set-up can meet it.")
-    simulated = [c for c in cands if c.whatif is not None]
+                        f"({min(fastest.values()) * 1e3:.3g} ms for one request on an idle replica); no set-up can "
+                        "meet it.")
+    screened = [cands[i] for i in jobs]
+    job_of = {id(cands[i]): job for i, job in jobs.items()}
+    for c, wi in zip(screened, pool.map(simulate_job, list(jobs.values()), shared, reporting(
+            progress, len(screened), lambda i: f"screened: {screened[i].setup.label()}"))):
+        _score(c, objective, confidence, wi)
     # Re-simulate the promising ones with the full number of draws, cheapest first.
-    simulated.sort(key=lambda c: (-c.probability, c.setup.cores, _p99(c)))
+    simulated = sorted(screened, key=lambda c: (-c.probability, c.setup.cores, _p99(c)))
     promising = sorted(simulated[:refine], key=lambda c: (c.setup.cores, -c.probability))
-    for j, c in enumerate(promising):
-        if progress:
-            progress(f"refining {j + 1}/{len(promising)} {c.setup.label()}")
-        _score(c, objective, confidence, simulate(c._svc, c.setup, thresholds_s=thr, rate_rps=rate_rps,
-                                                   score=c._scores, draws=draws, n_windows=n_windows,
-                                                   seed=seed + 7919))
+    refined = [(k, p, s, dict(o, draws=draws, n_windows=n_windows, seed=seed + 7919))
+               for k, p, s, o in (job_of[id(c)] for c in promising)]
+    for c, wi in zip(promising, pool.map(simulate_job, refined, shared, reporting(
+            progress, len(promising), lambda i: f"refined: {promising[i].setup.label()}"))):
+        _score(c, objective, confidence, wi)
     order = lambda c: (c.setup.cores, -np.nan_to_num(c.probability, nan=-1.0), _p99(c))  # noqa: E731
     meeting = sorted([c for c in promising if c.meets], key=order)
     rejected = sorted([c for c in cands if not c.meets], key=order)
-    screened = sorted([c for c in cands if c.meets and c not in promising], key=order)  # met, few draws
+    screened_only = sorted([c for c in cands if c.meets and c not in promising], key=order)  # met, few draws
     best = meeting[0] if meeting else None
     closest = None
-    if best is None and simulated:
-        closest = max(simulated, key=lambda c: (c.probability, -abs(c.value - objective.target), -c.setup.cores))
-    return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest, screened)
+    if best is None:
+        closest = max(screened, key=lambda c: (c.probability, -abs(c.value - objective.target), -c.setup.cores))
+    return Plan(objective, float(rate_rps), int(cores), confidence, best, meeting[1:4], rejected, closest,
+                screened_only)
 
 
 def _p99(c: Candidate) -> float:

@@ -356,3 +356,12 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
         mb[d] = run.batch_sizes.mean()
     return WhatIf(setup, rate, thresholds, tail_q, interval, lat, miss, tail, meanq, util, mb, int(n),
                   int(n_win), float(score.mean()))
+
+
+def simulate_job(shared: dict, job: tuple) -> WhatIf:
+    """One :func:`simulate` call described by data, for a :mod:`tqsim.parallel` pool: ``job`` is
+    ``(service key, scores key, setup, keyword arguments)``, the keys index ``shared["services"]`` and
+    ``shared["scores"]`` (sent once per worker, not once per job). The seed is among the keyword arguments:
+    whoever runs the job, the answer is the same."""
+    service, scores, setup, options = job
+    return simulate(shared["services"][service], setup, score=shared["scores"][scores], **options)
