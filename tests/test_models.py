@@ -10,7 +10,7 @@ from tqsim.data.io import load_campaign
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models import fit_campaign, load, make_spec, save
-from tqsim.models.summaries import U_PASS, U_WITHIN, block_names, summarise
+from tqsim.models.summaries import U_FIRST, U_PASS, U_WITHIN, block_names, summarise
 from tqsim.testing import Law, example_fit, grid, simulate_campaign, write_campaign
 
 
@@ -35,7 +35,7 @@ def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_the
     # the first batch pays an added cost: its offsets sit above the within-pass median
     assert s.shape[names.index("first:0.5"), c1] > 0.3
     assert (s.shape_se[np.isfinite(s.shape)] > 0).all() and (s.level_se > 0).all()
-    assert len(U_WITHIN) + len(U_PASS) + 5 == len(names)     # + first (3), size slope, slow share
+    assert len(U_WITHIN) + len(U_PASS) + len(U_FIRST) + 2 == len(names)     # + first, size slope, slow share
 
 
 def test_level_summary_matches_the_law(campaign):

@@ -32,7 +32,7 @@ from tqsim.factors import FACTORS, Config
 # probability levels of the three quantile functions
 U_WITHIN = (0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
 U_PASS = (0.005, 0.01, 0.02, 0.1, 0.25, 0.75, 0.9, 0.98, 0.99, 0.995)
-U_FIRST = (0.1, 0.5, 0.9)
+U_FIRST = (0.1, 0.5, 0.9, 0.95, 0.98)
 # a quantile is observed when this many values are expected beyond it (calls / passes)
 MIN_BEYOND_WITHIN = 5.0
 MIN_BEYOND_PASS = 1.0
