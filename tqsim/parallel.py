@@ -58,7 +58,7 @@ class Threads(Serial):
 
 class Cluster(Serial):
     """The workers of a Dask ``distributed.Client``; ``shared`` travels once to each worker (scattered with
-    ``broadcast``), each item once to the worker that runs it."""
+    ``broadcast``), each item inside its task."""
 
     def __init__(self, client):
         self.client = client
@@ -74,17 +74,17 @@ class Cluster(Serial):
             return []
         # scattered inside a list: Dask would take a dict's entries, or a list's items, as separate data
         shared_f = self.client.scatter([shared], broadcast=True, hash=False)[0] if shared is not None else None
-        item_fs = self.client.scatter(list(items), hash=False)
-        futures = self.client.map(fn, [shared_f] * len(item_fs), item_fs, pure=False)
+        # items travel inside their tasks (small: a candidate, a rate); results come back in batches
+        futures = self.client.map(fn, [shared_f] * len(items), list(items), pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         out: list = [None] * len(futures)
         try:
-            for f in as_completed(futures):
-                out[index[f.key]] = f.result()  # raises the task's own exception (a UserError stays one)
+            for f, result in as_completed(futures, with_results=True, raise_errors=True):
+                out[index[f.key]] = result  # the task's own exception is raised (a UserError stays one)
                 if done:
-                    done(index[f.key], out[index[f.key]])
+                    done(index[f.key], result)
         finally:
-            self.client.cancel(futures + item_fs + ([shared_f] if shared_f is not None else []))
+            self.client.cancel(futures + ([shared_f] if shared_f is not None else []))
         return out
 
 

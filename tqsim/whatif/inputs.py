@@ -70,8 +70,12 @@ class WorkspaceInputs:
         return sorted({int(a["batch_size"]) for a in self._attrs()
                        if int(a["threads"]) == threads and str(a["precision"]) == precision})
 
-    def service(self, threads: int, precision: str = "fp32", replicas: int = 1) -> ServiceModel:
-        key = (threads, precision, replicas)
+    def _base(self, threads: int, precision: str) -> ServiceModel:
+        """The service model of one (threads, precision), read once whatever the replicas: the planner asks for
+        every candidate, and reading the calibration again for each was most of a plan's time."""
+        key = ("base", threads, precision)
+        if isinstance(self._cache.get(key), UserError):
+            raise self._cache[key]
         if key in self._cache:
             return self._cache[key]
         if self.forecast is None and self.model_path is not None:
@@ -83,7 +87,19 @@ class WorkspaceInputs:
         elif self.forecast is not None:
             base = ForecastService(self.forecast, threads, precision)
         else:
-            base = EmpiricalService.from_calibration_dir(self.folder, threads, precision)
+            try:
+                base = EmpiricalService.from_calibration_dir(self.folder, threads, precision)
+            except UserError as missing:     # asked again for each candidate of these threads: answered once
+                self._cache[key] = missing
+                raise
+        self._cache[key] = base
+        return base
+
+    def service(self, threads: int, precision: str = "fp32", replicas: int = 1) -> ServiceModel:
+        key = (threads, precision, replicas)
+        if key in self._cache:
+            return self._cache[key]
+        base = self._base(threads, precision)
         svc = base
         if self.overheads:
             oh, note = load_overheads(self.folder, replicas, threads)
