@@ -137,6 +137,74 @@ def bench_campaign(args) -> None:
           f"{(slope['cluster'] - slope['local']) * 1e3:+.0f} ms per pass")
 
 
+def bench_worker_deaths(args) -> None:
+    """A loopback scheduler and one worker of system ``gamma``; a 2-configuration campaign; the worker (with its
+    nanny) SIGKILLed once passes are on disk, a new one started; then counted: passes expected, written,
+    written twice (a round number repeated), and passes written before the kill that changed afterwards."""
+    import signal
+    import socket
+
+    import numpy as np
+
+    from tqsim.data.io import calibration_files, read_calibration
+
+    if not has_cluster_calibrate():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_TIMEOUT="3s",
+               DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_VALIDATION_INTERVAL="1s")
+    dask = str(Path(sys.executable).with_name("dask"))
+    procs = []
+
+    def start(cmd):
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        return procs[-1]
+
+    def worker():
+        return start([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+                      "--resources", "system:gamma=1"])
+
+    def on_disk(folder):
+        return {f.stem: read_calibration(f) for f in calibration_files(folder)} if folder.is_dir() else {}
+
+    passes, totals = (6 if args.tiny else 20), {"expected": 0, "written": 0, "twice": 0, "changed": 0}
+    try:
+        start([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"])
+        for trial in range(1 if args.tiny else 3):
+            first = worker()
+            home = Path(tempfile.mkdtemp(prefix="tqsim-cluster-deaths-"))
+            folder = home / "calibration" / "gamma" / "digits-mlp"
+            cmd = [sys.executable, "-m", "tqsim", "calibrate", "--workload", "digits-mlp", "--grid", "batch_size=1,4",
+                   "--warmup", "1", "--passes", str(passes), "--cluster", address, "--system", "gamma", "--json",
+                   "--home", str(home)]
+            run = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while not ((on := on_disk(folder)) and len(on) == 2 and min(d.sizes["pass"] for d in on.values()) >= 2 + trial):
+                time.sleep(0.05)
+            os.killpg(first.pid, signal.SIGKILL)
+            before = {k: d["latency_s"].values.copy() for k, d in on_disk(folder).items()}
+            worker()
+            run.communicate(timeout=600)
+            after = on_disk(folder)
+            totals["expected"] += 2 * passes
+            for name, d in after.items():
+                rounds = d["round"].values
+                totals["written"] += len(rounds)
+                totals["twice"] += int(len(rounds) - len(set(rounds.tolist())))
+                b = before.get(name)
+                totals["changed"] += 0 if b is None or np.array_equal(d["latency_s"].values[:len(b)], b) else 1
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    print(f"worker killed mid-campaign ({1 if args.tiny else 3} trials, 2 configs × {passes} passes): "
+          f"{totals['written']} of {totals['expected']} passes written, {totals['twice']} measured twice, "
+          f"{totals['changed']} files whose earlier passes changed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=4)
@@ -153,6 +221,7 @@ def main() -> None:
     bench_plan(home, args)
     if not args.no_campaign:
         bench_campaign(args)
+        bench_worker_deaths(args)
 
 
 if __name__ == "__main__":
