@@ -33,7 +33,7 @@ from tqsim.measure.plan import Plan
 
 WORKER_GRACE_S = 30.0   # a system left without any worker this long is given up (a nanny restarts one in seconds)
 WATCH_S = 1.0           # how often the client asks the scheduler which workers are there
-TICK_S = 0.05           # how often it looks at its passes in flight (local state: no message sent)
+TICK_S = 0.05           # the shortest wait for a pass in flight (local state: no message sent)
 LOCK_PREFIX = "tqsim-timing-"
 MAX_KILLED = 1          # a pass whose task Dask gave up (KilledWorker) is submitted again this many times
 
@@ -251,6 +251,20 @@ class _Lane:
         self.inflight.clear()
 
 
+def _until_one_finishes(futures: list, timeout: float) -> None:
+    """Block until a pass in flight finishes (at once, not at the next tick: a polling sleep cost ~25 ms a pass)
+    or ``timeout`` runs out (the client then looks at the workers again)."""
+    from distributed import wait
+
+    if not futures:
+        time.sleep(TICK_S)
+        return
+    try:
+        wait(futures, timeout=max(timeout, TICK_S), return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        pass
+
+
 def _hosts(addresses: list[str]) -> int:
     """Distinct machines among workers' addresses (``tcp://HOST:PORT``): how many passes a system runs at once."""
     return len({a.split("://")[-1].rsplit(":", 1)[0] for a in addresses})
@@ -330,7 +344,8 @@ def calibrate_fleet(client: Any, address: str, plan: Plan, spec: str, *, data: s
                     lane.fill(client)
                 done = [(lane, f) for lane in lanes for f in lane.inflight if f.status != "pending"]
                 if not done:
-                    time.sleep(TICK_S)
+                    _until_one_finishes([f for lane in lanes for f in lane.inflight],
+                                        WATCH_S - (time.monotonic() - last_watch))
                 for lane, future in done:
                     if future in lane.inflight:   # a refusal may have stopped the lane meanwhile
                         lane.receive(future)
