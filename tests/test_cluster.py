@@ -126,6 +126,12 @@ def test_two_systems_calibrate_from_one_command_and_systems_lists_both(fleet, tm
     listing = json.loads(tqsim("systems", "--json", home=tmp_path).stdout)
     assert [s["system"] for s in listing["systems"]] == ["alpha", "beta"]
     assert all(s["fingerprint"]["cpu_count"] == os.cpu_count() for s in listing["systems"])
+    # a worker that timed passes no longer runs Dask's statistical profiler (it takes the GIL every 10 ms)
+    from distributed import Client
+
+    with Client(fleet.address, timeout=30) as client:
+        running = client.run(lambda dask_worker: dask_worker.periodic_callbacks["profile"].is_running())
+    assert running and not any(running.values())
 
 
 def test_cluster_local_measures_this_machine_as_one_system(tmp_path):

@@ -99,10 +99,20 @@ def describe_on_worker(spec: str, data: str | None, plan: Plan) -> dict:
             "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
 
 
+def _quiet_worker(worker) -> None:
+    """Stop the worker's statistical profiler: every 10 ms it takes the GIL to sample each thread's stack, in
+    the middle of a timed pass. Stopped on the worker's own event loop (tornado callbacks are not thread-safe)."""
+    for name in ("profile", "profile-cycle"):
+        callback = worker.periodic_callbacks.get(name)
+        if callback is not None:
+            worker.loop.add_callback(callback.stop)
+
+
 def measure_on_worker(spec: str, data: str | None, config: Config, start: RecordStart | None) -> dict:
     """One pass of ``config`` (its first also starts the record, with this worker's fingerprint in it)."""
     from distributed import get_worker
 
+    _quiet_worker(get_worker())     # cheap, and a restarted profiler (a worker reconfigured) is stopped again
     with _host_turn():
         fp = worker_fingerprint()
         measured = _meter(spec, data).measure(config, dataclasses.replace(start, fingerprint=fp) if start else None)
