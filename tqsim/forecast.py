@@ -216,11 +216,14 @@ def logit_centre(s: np.ndarray, mean: float) -> np.ndarray:
 
 def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_draws: int = 200,
                      seed: int = 0, n_instances: int | None = None,
-                     session: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+                     session: np.ndarray | None = None,
+                     state: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, bool]:
     """Predictive instance latencies ``[draw, pass, instance]`` (seconds) and whether ``config`` was calibrated.
 
     ``session``: ``[D]`` draws (or ``[D, n_passes]``) of the run's machine state relative to the
-    calibration's average; by default a fresh session (:func:`tqsim.models.conditional.session_offset`)."""
+    calibration's average; by default a fresh session (:func:`tqsim.models.conditional.session_offset`).
+    ``state``: the configuration's level ``[D]`` and shape summaries ``{name: [D]}`` already drawn (jointly
+    with other configurations' by :meth:`~tqsim.models.conditional.Conditional.joint`); by default drawn here."""
     from tqsim.data.schema import level_batches
     from tqsim.models.conditional import conditional, session_offset
     from tqsim.models.summaries import batch_size_covariate
@@ -234,12 +237,12 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     nb = int(batch[-1]) + 1
     counts = np.bincount(batch, minlength=nb)
     calibrated = config.id in [c["id"] for c in fm.configs]
-    mu = cond.level([config], noise=True, rng=rng)[:, 0]                                  # [D]
+    mu = cond.level([config], noise=True, rng=rng)[:, 0] if state is None else state[0]    # [D]
     if session is None:
         session = session_offset(fm, cond.post, rng)
     session = np.asarray(session, float)
     offset = session[:, None] if session.ndim == 1 else session
-    shapes = cond.shapes(config, rng)
+    shapes = cond.shapes(config, rng) if state is None else state[1]
     # the pass levels
     pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
     dev = quantile_draws(*pass_qf, rng.random((D, n_passes))) if pass_qf else np.zeros((D, n_passes))

@@ -97,39 +97,81 @@ class Conditional:
         """``[len(configs)]``: the extra level sd of configurations outside the calibrated batch sizes."""
         return np.array([self._beyond(c, self.extrapolation_sd) for c in configs], dtype=float)
 
+    def level_moments(self, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+        """``([D, m], [D, m, m])``: the conditional mean and covariance of the configurations' levels, the
+        extrapolation discrepancy added to the diagonal (it is assumed independent per configuration)."""
+        spec, post = self.spec, self.post
+        k = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, self.level_obs_cfg)[None]  # [D, m, n]
+        m, S_xo = level_prior_moments(spec, self.summ, configs, self.level_obs_cfg)
+        _, S_xx = level_prior_moments(spec, self.summ, configs, configs)
+        k = k + S_xo[None]
+        prior = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, configs)[None] + S_xx[None]
+        mean = m[None] + np.einsum("dmn,dn->dm", k, self._lev_alpha)
+        v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
+        cov = prior - np.einsum("dmn,dnk->dmk", k, v)
+        cov = cov + np.diag(self.beyond_sd(configs) ** 2)[None]
+        return mean, cov
+
     def level(self, configs: list[Config], noise: bool, rng: np.random.Generator | None = None) -> np.ndarray:
         """``[D, len(configs)]``: each configuration's level (its calibration-session average), with the
         GP's conditional noise (independent per configuration) when ``noise``, else its conditional mean."""
-        spec, post = self.spec, self.post
-        k = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, self.level_obs_cfg)[None]  # [D, m, n]
-        prior = post["level_sd"][:, None] ** 2 * np.diag(spec.correlation(configs, configs))[None]
-        m, S_xo = level_prior_moments(spec, self.summ, configs, self.level_obs_cfg)
-        _, S_xx = level_prior_moments(spec, self.summ, configs, configs)
-        trend, k, prior = m[None], k + S_xo[None], prior + np.diag(S_xx)[None]
-        mean = trend + np.einsum("dmn,dn->dm", k, self._lev_alpha)
+        mean, cov = self.level_moments(configs)
         if not noise:
             return mean
-        v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
-        var = np.maximum(prior - np.einsum("dmn,dnm->dm", k, v), 0.0) + self.beyond_sd(configs)[None] ** 2
+        var = np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0)
         return mean + np.sqrt(var) * rng.standard_normal(mean.shape)
 
     # ---- shapes ------------------------------------------------------------------------------
+    def shape_moments(self, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+        """``([D, B, m], [D, B, m, m])``: the conditional mean and covariance of every live shape summary
+        (``self.blocks``) of the configurations, the extrapolation discrepancy on the diagonal."""
+        spec, post, summ = self.spec, self.post, self.summ
+        m_x, S_xc = shape_prior_moments(spec, summ, configs, summ.configs)                      # [B,m], [B,m,C]
+        _, S_xx = shape_prior_moments(spec, summ, configs, configs)                             # [B,m,m]
+        kc = spec.correlation(configs, summ.configs)                                            # [m, C]
+        tau2 = post["shape_sd"] ** 2                                                             # [D, B]
+        k = S_xc[self.live][None] + tau2[:, :, None, None] * kc[None, None]                     # [D, B, m, C]
+        mean = m_x[self.live][None] + np.einsum("dbmc,dbc->dbm", k, self._shp_alpha)
+        v = np.linalg.solve(self._shp_cov, np.swapaxes(k, -1, -2))                              # [D, B, C, m]
+        prior = S_xx[self.live][None] + tau2[:, :, None, None] * spec.correlation(configs, configs)[None, None]
+        cov = prior - np.einsum("dbmc,dbck->dbmk", k, v)
+        beyond = np.stack([self._beyond(c, self.shape_extrapolation_sd) for c in configs], axis=-1)  # [B, m]
+        idx = np.arange(len(configs))
+        cov[..., idx, idx] += beyond[None] ** 2
+        return mean, cov
+
     def shapes(self, config: Config, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Per live summary name, ``[D]`` draws for ``config`` (conditional mean + conditional noise)."""
         if not self.live.size:
             return {}
-        spec, post, summ = self.spec, self.post, self.summ
-        m_x, S_xc = shape_prior_moments(spec, summ, [config], summ.configs)                      # [B,1], [B,1,C]
-        _, S_xx = shape_prior_moments(spec, summ, [config], [config])
-        kc = spec.correlation([config], summ.configs)[0]                                          # [C]
-        k = S_xc[self.live][None, :, 0, :] + post["shape_sd"][:, :, None] ** 2 * kc[None, None, :]   # [D, B, C]
-        mean = m_x[self.live][None, :, 0] + np.einsum("dbc,dbc->db", k, self._shp_alpha)
-        v = np.linalg.solve(self._shp_cov, k[..., None])[..., 0]
-        prior = S_xx[self.live][None, :, 0, 0] + post["shape_sd"] ** 2 * spec.correlation([config], [config])[0, 0]
-        var = np.maximum(prior - np.einsum("dbc,dbc->db", k, v), 0.0)
-        var = var + self._beyond(config, self.shape_extrapolation_sd)[None] ** 2
-        draws = mean + np.sqrt(var) * rng.standard_normal(mean.shape)
+        mean, cov = self.shape_moments([config])
+        var = np.maximum(cov[..., 0, 0], 0.0)
+        draws = mean[..., 0] + np.sqrt(var) * rng.standard_normal(var.shape)
         return {name: draws[:, i] for i, name in enumerate(self.blocks)}
+
+    def joint(self, configs: list[Config], rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Joint draws for several configurations: levels ``[D, m]`` and, per live summary, ``[D, m]``.
+        Contrasts between configurations (``tqsim explain``) need them: configurations near each other share
+        most of their uncertainty, which independent draws would count twice."""
+        mean, cov = self.level_moments(configs)
+        mu = mean + np.einsum("dmk,dk->dm", _chol(cov), rng.standard_normal(mean.shape))
+        if not self.live.size:
+            return mu, {}
+        mean, cov = self.shape_moments(configs)
+        draws = mean + np.einsum("dbmk,dbk->dbm", _chol(cov), rng.standard_normal(mean.shape))
+        return mu, {name: draws[:, i] for i, name in enumerate(self.blocks)}
+
+
+def _chol(cov: np.ndarray) -> np.ndarray:
+    """A Cholesky factor of each covariance in a stack, with a jitter that keeps near-singular ones valid."""
+    m = cov.shape[-1]
+    scale = np.maximum(np.abs(np.diagonal(cov, axis1=-2, axis2=-1)).max(-1), 1e-12)[..., None, None]
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    try:
+        return np.linalg.cholesky(cov + 1e-9 * scale * np.eye(m))
+    except np.linalg.LinAlgError:  # rounding left an eigenvalue below zero: clip it
+        w, v = np.linalg.eigh(cov)
+        return v * np.sqrt(np.maximum(w, 0.0))[..., None, :]
 
 
 def conditional(fm, n_draws: int | None = 200) -> Conditional:
