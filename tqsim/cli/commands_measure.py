@@ -84,11 +84,27 @@ def calibrate(
     force: Annotated[bool, typer.Option(
         "--force", help="With --cluster: measure on a worker even if its machine differs from the one its system "
                         "was calibrated on.")] = False,
+    adaptive: Annotated[bool, typer.Option(
+        "--adaptive", help="Measure only what the --target forecasts need: measure, fit, choose the next "
+                           "configurations, until every target's p99 interval is narrower than --until-width or "
+                           "--budget is spent (--passes: passes per step, default 10).")] = False,
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="With --adaptive: the configurations you care about, e.g. 'batch_size=1..256,threads=1,2'.")] = None,
+    until_width: Annotated[str, typer.Option(
+        "--until-width", help="With --adaptive: stop when every target's p99 90% interval is narrower than this "
+                              "(relative to its median).")] = "10%",
+    budget: Annotated[Optional[int], typer.Option(
+        "--budget", help="With --adaptive: inferences to spend in all (default: measuring every target with 20 "
+                         "passes).")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False,
 ) -> None:
     """Measure configurations of a workload on this system into the workspace (resumes by default); with
     --cluster, on every system a Dask cluster's workers declare (or the --system ones, a comma list)."""
+    if adaptive or target is not None:
+        _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup, fresh, until_converged, sessions, serving,
+                  cluster, data, home, system, workload, json_out, seed)
+        return
     if serving is not None and cluster is not None:
         from tqsim.errors import UserError
 
@@ -126,6 +142,47 @@ def calibrate(
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})
         return
     _render_calibration(result, notes)
+
+
+def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup, fresh, until_converged, sessions, serving,
+              cluster, data, home, system, workload, json_out, seed) -> None:
+    """`tqsim calibrate --adaptive --target T`: refuse what does not combine with it, run the loop, say what it saved."""
+    from tqsim.errors import UserError
+    from tqsim.measure.adaptive import adaptive_calibration, parse_width
+
+    if target is None:
+        raise UserError("--adaptive needs --target, the configurations you care about, e.g. --target "
+                        "'batch_size=1..256,threads=1,2'.")
+    if not target.strip():
+        raise UserError("--target is empty; name the configurations you care about, e.g. "
+                        "--target 'batch_size=1..256,threads=1,2'.")
+    clash = [name for name, given in (("a plan file", plan), ("--grid", grid), ("--fresh", fresh),
+                                       ("--until-converged", until_converged), ("--sessions", sessions != 1),
+                                       ("--serving", serving), ("--cluster", cluster)) if given]
+    if clash:
+        raise UserError(f"--adaptive chooses the configurations itself; drop {', '.join(clash)} (--target names "
+                        "the configurations you care about).")
+    if not adaptive:
+        raise UserError("--target is for --adaptive (or `tqsim suggest`); add --adaptive, or use --grid to measure "
+                        "a grid.")
+    say = (lambda m: None) if json_out else (lambda m: console(stderr=True).print(f"[dim]{m}[/dim]"))
+    res = adaptive_calibration(target, workload=workload or "digits-cnn", home=home, system=system,
+                               chunk=passes if passes is not None else 10, until_width=parse_width(until_width),
+                               budget=budget, seed=seed or 0, warmup=warmup if warmup is not None else 2,
+                               show_progress=not json_out, data=data, log=say)
+    if json_out:
+        emit_json(res.as_dict())
+        return
+    out = console()
+    why = (f"every target's p99 90 % interval is within {100 * res.until_width:g} %" if res.stop == "width"
+           else f"the budget is spent (widest p99 interval {100 * float(res.widths.max()):.0f} %, target "
+                f"{100 * res.until_width:g} %)")
+    out.print(f"stopped: {why}.")
+    out.print(f"spent {res.spent:,} inferences on {sum(1 for n in res.passes.values() if n)} configurations in "
+              f"{len(res.rounds)} adaptive rounds; measuring all {len(res.targets)} targets with 20 passes would "
+              f"take {res.full_grid:,} ({100 * res.spent / res.full_grid:.0f} %, saved "
+              f"{100 * (1 - res.spent / res.full_grid):.0f} %).")
+    out.print("the model is fitted and saved: `tqsim predict --set batch_size=...` forecasts any target.")
 
 
 def _render_serving(path, notes: list[str]) -> None:

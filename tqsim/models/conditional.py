@@ -97,9 +97,9 @@ class Conditional:
         """``[len(configs)]``: the extra level sd of configurations outside the calibrated batch sizes."""
         return np.array([self._beyond(c, self.extrapolation_sd) for c in configs], dtype=float)
 
-    def level_moments(self, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+    def level_moments(self, configs: list[Config], beyond: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``([D, m], [D, m, m])``: the conditional mean and covariance of the configurations' levels, the
-        extrapolation discrepancy added to the diagonal (it is assumed independent per configuration)."""
+        extrapolation discrepancy added to the diagonal when ``beyond`` (assumed independent per configuration)."""
         spec, post = self.spec, self.post
         k = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, self.level_obs_cfg)[None]  # [D, m, n]
         m, S_xo = level_prior_moments(spec, self.summ, configs, self.level_obs_cfg)
@@ -109,7 +109,8 @@ class Conditional:
         mean = m[None] + np.einsum("dmn,dn->dm", k, self._lev_alpha)
         v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
         cov = prior - np.einsum("dmn,dnk->dmk", k, v)
-        cov = cov + np.diag(self.beyond_sd(configs) ** 2)[None]
+        if beyond:
+            cov = cov + np.diag(self.beyond_sd(configs) ** 2)[None]
         return mean, cov
 
     def level(self, configs: list[Config], noise: bool, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -122,9 +123,9 @@ class Conditional:
         return mean + np.sqrt(var) * rng.standard_normal(mean.shape)
 
     # ---- shapes ------------------------------------------------------------------------------
-    def shape_moments(self, configs: list[Config]) -> tuple[np.ndarray, np.ndarray]:
+    def shape_moments(self, configs: list[Config], beyond: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``([D, B, m], [D, B, m, m])``: the conditional mean and covariance of every live shape summary
-        (``self.blocks``) of the configurations, the extrapolation discrepancy on the diagonal."""
+        (``self.blocks``) of the configurations, the extrapolation discrepancy on the diagonal when ``beyond``."""
         spec, post, summ = self.spec, self.post, self.summ
         m_x, S_xc = shape_prior_moments(spec, summ, configs, summ.configs)                      # [B,m], [B,m,C]
         _, S_xx = shape_prior_moments(spec, summ, configs, configs)                             # [B,m,m]
@@ -135,9 +136,10 @@ class Conditional:
         v = np.linalg.solve(self._shp_cov, np.swapaxes(k, -1, -2))                              # [D, B, C, m]
         prior = S_xx[self.live][None] + tau2[:, :, None, None] * spec.correlation(configs, configs)[None, None]
         cov = prior - np.einsum("dbmc,dbck->dbmk", k, v)
-        beyond = np.stack([self._beyond(c, self.shape_extrapolation_sd) for c in configs], axis=-1)  # [B, m]
-        idx = np.arange(len(configs))
-        cov[..., idx, idx] += beyond[None] ** 2
+        if beyond:
+            extra = np.stack([self._beyond(c, self.shape_extrapolation_sd) for c in configs], axis=-1)  # [B, m]
+            idx = np.arange(len(configs))
+            cov[..., idx, idx] += extra[None] ** 2
         return mean, cov
 
     def shapes(self, config: Config, rng: np.random.Generator) -> dict[str, np.ndarray]:
