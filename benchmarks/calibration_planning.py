@@ -15,6 +15,7 @@ half's own T99.
   or ``--budget-share`` of the full grid's inferences is spent.
 * **uniform sparse** — every other batch size (1, 4, 16, 64, 256) × threads 1, 2, its passes set so that its
   inferences equal adaptive's.
+* **every target, thin** — all targets, with equal passes, to equal adaptive's inferences.
 * **random** — chunks of passes of random target configurations until adaptive's inferences (3 seeds; median).
 * **floor** — each target's training half used as the forecast of its test half (the same configuration measured
   twice): no method can beat it on a calibrated configuration.
@@ -239,9 +240,15 @@ def run(workload: str, args) -> dict:
     rows["adaptive"] = score(res.fm, pool, args.seed)
     spend = inferences(replay.take, n, 2)
     takes = {"full grid": full_take, "adaptive": dict(replay.take)}
+    if args.only_adaptive:
+        out["methods"] = {m: summary(r, takes[m], n) for m, r in rows.items()}
+        out["adaptive_takes"] = {c.id: v for c, v in replay.take.items()}
+        return out
     sparse = [c for c in pool.configs if c.batch_size in SPARSE]
     takes["uniform sparse"] = equal_spend(pool, sparse, spend, n)
     rows["uniform sparse"] = score(fit(pool, takes["uniform sparse"], args.seed), pool, args.seed)
+    takes["every target, thin"] = equal_spend(pool, pool.configs, spend, n)
+    rows["every target, thin"] = score(fit(pool, takes["every target, thin"], args.seed), pool, args.seed)
     rand_rows, rand_takes = [], []
     for s in range(3):
         tk = random_spend(pool, spend, n, args.chunk, seed=100 + s)
@@ -255,7 +262,8 @@ def run(workload: str, args) -> dict:
     out["full_grid_inferences"] = full_inf
     out["adaptive_share"] = spend / full_inf
     out["adaptive_takes"] = {c.id: v for c, v in replay.take.items()}
-    out["paired_p99"] = {m: paired(rows["adaptive"], rows[m]) for m in ("full grid", "uniform sparse")}
+    out["paired_p99"] = {m: paired(rows["adaptive"], rows[m]) for m in ("full grid", "uniform sparse",
+                                                                          "every target, thin")}
     out["paired_p99"]["random"] = paired(rows["adaptive"], rand_rows[k])
     out["per_config"] = {m: {r["config"]: round(r["p99"], 4) for r in rs} for m, rs in rows.items()}
     return out
@@ -263,18 +271,20 @@ def run(workload: str, args) -> dict:
 
 def table(res: dict) -> str:
     lines = [f"{res['workload']}: {res['targets']} targets, training pool {res['pool_passes']} passes each; "
-             f"adaptive stopped on {res['adaptive_stop']} at {100 * res['adaptive_share']:.0f} % of the full grid's "
-             f"inferences (widest p99 interval {100 * res['adaptive_widest']:.0f} %)",
+             f"adaptive stopped on {res['adaptive_stop']} (widest model interval of p99 "
+             f"{100 * res['adaptive_widest']:.0f} %)",
              f"{'method':<16}{'configs':>8}{'inferences':>12}{'share':>7}{'|p50 err|':>11}{'|p99 err|':>11}"
              f"{'coverage':>10}{'TQ T99 pp':>11}"]
     full = res["methods"]["full grid"]["inferences"]
     for m, s in res["methods"].items():
         inf = s.get("inferences")
-        lines.append(f"{m:<16}{s.get('configs', ''):>8}{(f'{inf:,}' if inf else '–'):>12}"
-                     f"{(f'{100 * inf / full:.0f} %' if inf else ''):>7}{100 * s['p50']:>10.1f}%{100 * s['p99']:>10.1f}%"
-                     f"{(f'{100 * s['coverage']:.0f} %' if 'coverage' in s else '–'):>10}"
-                     f"{(f'{100 * s['tq_T99']:.1f}' if 'tq_T99' in s else '–'):>11}")
-    for m, (d, lo, hi) in res["paired_p99"].items():
+        cov = f"{100 * s['coverage']:.0f} %" if "coverage" in s else "–"
+        tq = f"{100 * s['tq_T99']:.1f}" if "tq_T99" in s else "–"
+        spent = f"{inf:,}" if inf else "–"
+        share = f"{100 * inf / full:.0f} %" if inf else ""
+        lines.append(f"{m:<16}{s.get('configs', ''):>8}{spent:>12}{share:>7}{100 * s['p50']:>10.1f}%"
+                     f"{100 * s['p99']:>10.1f}%{cov:>10}{tq:>11}")
+    for m, (d, lo, hi) in res.get("paired_p99", {}).items():
         lines.append(f"adaptive − {m}: median |p99 err| {100 * d:+.1f} pp, 90 % [{100 * lo:+.1f}, {100 * hi:+.1f}]")
     return "\n".join(lines)
 
@@ -283,6 +293,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default=os.environ.get("TQSIM_BENCH", "/tmp/tqsim-calibration-planning"))
     ap.add_argument("--workloads", nargs="+", default=["digits-cnn", "digits-mlp"])
+    ap.add_argument("--only-adaptive", action="store_true", help="score the full grid and adaptive only")
     ap.add_argument("--passes", type=int, default=80)
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=10)

@@ -17,6 +17,8 @@ from tqsim.errors import UserError
 
 if TYPE_CHECKING:
     from tqsim.forecast import Forecast
+    from tqsim.measure.adaptive import AdaptiveResult
+    from tqsim.models.design import Suggestion
     from tqsim.models.store import FittedModel
     from tqsim.validate import Validation
     from tqsim.whatif.inputs import Sweep
@@ -117,6 +119,14 @@ class Fit:
                        tail_q=tail_q, seed=seed, force=force)
 
 
+    def suggest(self, target: str, *, budget: int | None = None, passes: int = 10, seed: int = 0) -> "Suggestion":
+        """Which of the ``target`` configurations (``"batch_size=1..256,threads=1,2"``) to measure next, as
+        ``tqsim suggest``: ``.plan`` (greedy steps within ``budget`` inferences), ``.commands()``, ``.as_dict()``."""
+        from tqsim.models.design import suggest
+
+        return suggest(self.model, target, budget=budget, chunk=passes, seed=seed)
+
+
 class Workspace:
     """A tqsim workspace: the folder holding calibrations, fits and reports (the CLI's ``--home``).
 
@@ -166,6 +176,18 @@ class Workspace:
                            folder=Path(out["folder"]), configs=out["configs"],
                            measured_passes=int(out["measured_passes"]), elapsed_s=float(out["elapsed_s"]),
                            sessions=list(out["sessions"]), busy=out.get("busy"), plan=out["plan"])
+
+    def calibrate_adaptive(self, target: str, workload: "str | Workload | None" = None, *, until_width: float = 0.10,
+                           budget: int | None = None, passes: int = 10, warmup: int = 2, seed: int = 0,
+                           show_progress: bool = False, log: Callable[[str], None] | None = None) -> "AdaptiveResult":
+        """Measure only what the ``target`` forecasts need, as ``tqsim calibrate --adaptive``: until every target's
+        p99 interval is narrower than ``until_width`` (relative) or ``budget`` inferences are spent. Resumes; ends
+        with a saved fit (``.fm``); ``.as_dict()`` says what it spent against measuring the whole target grid."""
+        from tqsim.measure.adaptive import adaptive_calibration
+
+        return adaptive_calibration(target, workload=workload or "digits-cnn", home=self.home, system=self.system,
+                                    chunk=passes, until_width=until_width, budget=budget, seed=seed, warmup=warmup,
+                                    show_progress=show_progress, log=log)
 
     # -- modelling ----------------------------------------------------------------------------------------
 

@@ -35,13 +35,16 @@ def suggest(
     import numpy as np
 
     c = console()
-    t = Table("config", "passes", "p99 90% width", f"+{passes} passes remove", "time",
+    t = Table("config", "passes", "p99 90% interval: run", "model", f"+{passes} passes remove", "time",
               title=f"{fm.workload} on {fm.system}: targets ranked by the share of the targets' integrated p99 "
                     "variance one step removes")
     for i in np.argsort(-s.gains, kind="stable"):
-        t.add_row(s.targets[i].id, str(s.passes[i]) if s.passes[i] else "–", f"{100 * s.widths[i]:.0f} %",
+        t.add_row(s.targets[i].id, str(s.passes[i]) if s.passes[i] else "–", f"{100 * s.run_widths[i]:.0f} %",
+                  f"{100 * s.widths[i]:.0f} %",
                   f"{100 * s.gains[i]:.1f} %", fmt_seconds(s.seconds[i]))
     c.print(t)
+    c.print("interval widths are (hi − lo)/median: of a 100-pass run's p99 in the calibration's machine state, and "
+            "the part the model's uncertainty makes (what measuring can shrink).", style="dim")
     d = s.as_dict()
     c.print(f"next plan ({d['plan_inferences']:,} of {s.budget:,} inferences):")
     for p in s.plan:

@@ -91,8 +91,8 @@ def calibrate(
     target: Annotated[Optional[str], typer.Option(
         "--target", help="With --adaptive: the configurations you care about, e.g. 'batch_size=1..256,threads=1,2'.")] = None,
     until_width: Annotated[str, typer.Option(
-        "--until-width", help="With --adaptive: stop when every target's p99 90% interval is narrower than this "
-                              "(relative to its median).")] = "10%",
+        "--until-width", help="With --adaptive: stop when the model's part of every target's p99 90% interval "
+                              "is narrower than this (relative to its median).")] = "10%",
     budget: Annotated[Optional[int], typer.Option(
         "--budget", help="With --adaptive: inferences to spend in all (default: measuring every target with 20 "
                          "passes).")] = None,
@@ -174,9 +174,9 @@ def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup,
         emit_json(res.as_dict())
         return
     out = console()
-    why = (f"every target's p99 90 % interval is within {100 * res.until_width:g} %" if res.stop == "width"
-           else f"the budget is spent (widest p99 interval {100 * float(res.widths.max()):.0f} %, target "
-                f"{100 * res.until_width:g} %)")
+    why = (f"the model's part of every target's p99 90 % interval is within {100 * res.until_width:g} %"
+           if res.stop == "width" else f"the budget is spent (the widest model interval of p99 is "
+                                       f"{100 * float(res.widths.max()):.0f} %, target {100 * res.until_width:g} %)")
     out.print(f"stopped: {why}.")
     out.print(f"spent {res.spent:,} inferences on {sum(1 for n in res.passes.values() if n)} configurations in "
               f"{len(res.rounds)} adaptive rounds; measuring all {len(res.targets)} targets with 20 passes would "

@@ -48,7 +48,7 @@ class Round:
 @dataclasses.dataclass
 class AdaptiveResult:
     targets: list[Config]
-    widths: np.ndarray                 # per target, relative 90 % width of p99, at the stop
+    widths: np.ndarray                 # per target, relative 90 % width of p99 the model makes, at the stop
     until_width: float
     spent: int                         # inferences of the calibration, at the stop
     budget: int
@@ -120,8 +120,8 @@ def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 10
         w = now.widths
         have = source.passes()
         spent = inferences(have, n, warm)
-        log(f"{spent:,} inferences spent ({100 * spent / full:.0f} % of the full grid); widest p99 interval "
-            f"{100 * float(np.max(w)):.1f} % ({targets[int(np.argmax(w))].id}), {int((w <= until_width).sum())}/"
+        log(f"{spent:,} inferences spent ({100 * spent / full:.0f} % of the full grid); widest model interval "
+            f"of p99 {100 * float(np.max(w)):.1f} % ({targets[int(np.argmax(w))].id}), {int((w <= until_width).sum())}/"
             f"{len(targets)} targets within {100 * until_width:g} %")
         if np.all(w <= until_width):
             stop = "width"

@@ -87,6 +87,20 @@ class Conditional:
             rates[end] = np.sqrt(np.maximum(excess, 0.0)) / abs(left - edge)
         return rates
 
+    def loo_inflation(self) -> dict[str, float]:
+        """Per summary (``level`` and each live shape block), the mean squared standardised error of predicting each
+        calibrated configuration from the others (leave one configuration out; Rasmussen & Williams 2006 §5.4.2,
+        in closed form), floored at 1. Above 1 the GP's variance is too small for what its interpolation misses
+        (a jump between neighbouring batch sizes); :mod:`tqsim.models.design` scales its variance by it."""
+        ci = self.summ.level_cfg
+        out = {"level": _loo_z2(self._lev_cov, self._lev_alpha, ci, np.ones(ci.size, bool))}
+        if self.live.size:
+            _, ses, _ = shape_inputs(self.summ)
+            C = len(self.summ.configs)
+            for b, name in enumerate(self.blocks):
+                out[name] = _loo_z2(self._shp_cov[:, b], self._shp_alpha[:, b], np.arange(C), ses[b] < MISSING_SE)
+        return out
+
     # ---- the level ---------------------------------------------------------------------------
     def _beyond(self, config: Config, rates: dict) -> np.ndarray:
         lo, hi = (math.log(b) for b in self.spec.batch_range)
@@ -162,6 +176,23 @@ class Conditional:
         mean, cov = self.shape_moments(configs)
         draws = mean + np.einsum("dbmk,dbk->dbm", _chol(cov), rng.standard_normal(mean.shape))
         return mu, {name: draws[:, i] for i, name in enumerate(self.blocks)}
+
+
+def _loo_z2(cov: np.ndarray, alpha: np.ndarray, group: np.ndarray, observed: np.ndarray) -> float:
+    """Mean over draws and configurations of ``r_Gᵀ V_G⁻¹ r_G / |G|``, the standardised error of predicting the
+    observations ``G`` of one configuration from all the others: with ``P = cov⁻¹``, ``V_G = (P_GG)⁻¹`` and
+    ``r_G = V_G α_G`` (``cov`` ``[D, n, n]``, ``alpha`` ``[D, n]``, ``group`` the configuration of each observation)."""
+    P = np.linalg.inv(cov)
+    z2, count = 0.0, 0
+    for g in np.unique(group[observed]):
+        idx = np.flatnonzero((group == g) & observed)
+        if idx.size == 0 or idx.size == observed.sum():
+            continue
+        a = alpha[:, idx]
+        z2 += float(np.einsum("dg,dg->d", a, np.linalg.solve(P[:, idx[:, None], idx[None, :]], a[..., None])[..., 0])
+                    .mean()) / idx.size
+        count += 1
+    return max(z2 / count, 1.0) if count else 1.0
 
 
 def _chol(cov: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from tqsim.models.summaries import MIN_BEYOND_PASS, MIN_BEYOND_WITHIN
 
 DESIGN_DRAWS = 50
 FD_DRAWS, FD_PASSES = 40, 20   # the runs that weigh each quantile's part in p99
+Z90 = 1.6449                   # a central 90 % interval is ±Z90 sd
 STEP = 0.05   # log units: the finite difference that weighs a quantile's part in log p99
 
 
@@ -155,6 +156,9 @@ class Design:
                                        u=float(name.split(":")[1]),
                                        unit_sd=_shape_unit_sd(summ, row, name, self.n_instances),
                                        rates={e: float(v[b]) for e, v in cond.shape_extrapolation_sd.items()}))
+        self.inflation = cond.loo_inflation()
+        for t in self.terms:   # a GP that misses its held-out configurations by more than it says is trusted less
+            t["cov"] = t["cov"] * self.inflation.get(t["name"], 1.0)
         for t in self.terms:   # log p99 per unit of the term, per target (1: the term adds to log p99 as it is)
             t["w2"] = np.asarray(weights[t["name"]], float) ** 2 if weights and t["name"] in weights \
                 else np.ones(len(self.targets))
@@ -273,17 +277,21 @@ def level_batch_count(n_instances: int, batch_size: int) -> int:
 
 @dataclasses.dataclass
 class P99Forecasts:
-    """Per target: the relative width of p99's 90 % interval, and how much log p99 moves per unit of each summary
-    the design tracks (``weights[name][target]``: finite differences with common random numbers)."""
+    """Per target: the relative width of the 90 % interval of p99 that the model's uncertainty makes (``widths``:
+    what measuring can shrink) and of a run's p99 (``run_widths``: with the run-to-run spread of a 100-pass run),
+    and how much log p99 moves per unit of each summary the design tracks (``weights[name][target]``)."""
 
     widths: np.ndarray
+    run_widths: np.ndarray
     weights: dict[str, np.ndarray]
 
 
 def p99_forecasts(fm, targets: list[Config], *, n_draws: int = 100, n_passes: int = 100, seed: int = 0) -> P99Forecasts:
     """Forecast every target's p99 for runs in the calibration's own machine state (the session offset held at
-    the calibration's average): what measuring more configurations can shrink; the drift to a new session is
-    not (it needs sessions, not configurations).
+    the calibration's average), and split its spread into the model's uncertainty, which measuring more
+    configurations can shrink, and the run-to-run spread of a finite run, which it cannot. The drift to a new
+    session is left out too: it needs sessions, not configurations. The model width is
+    ``2·sinh(1.645·sd)`` of log p99, i.e. (hi − lo)/median of a log-normal 90 % interval.
 
     Each tracked quantile is then moved by ``STEP`` and shorter runs simulated again with the same random
     numbers: the mean change of log p99 per unit is its weight in the design (a delta method: a slow first
@@ -302,18 +310,25 @@ def p99_forecasts(fm, targets: list[Config], *, n_draws: int = 100, n_passes: in
                                   state=state)
         return np.log(np.percentile(lat.reshape(D, -1), 99, axis=1))
 
+    run_widths = np.zeros(len(targets))
     for k, config in enumerate(targets):
         rng = np.random.default_rng([seed, k])
         state = (cond.level([config], noise=True, rng=rng)[:, 0], cond.shapes(config, rng))
-        lo, med, hi = np.exp(np.quantile(log_p99(config, state, n_draws, n_passes, k), [0.05, 0.5, 0.95]))
-        widths[k] = (hi - lo) / med
+        a = log_p99(config, state, n_draws, n_passes, k)
+        lo, med, hi = np.exp(np.quantile(a, [0.05, 0.5, 0.95]))
+        run_widths[k] = (hi - lo) / med
+        # a second run from the same draws: half the mean squared difference is the run-to-run variance,
+        # the rest of the variance over draws is the model's (the law of total variance)
+        b = log_p99(config, state, n_draws, n_passes, k + 7919)
+        model_var = max(0.5 * (np.var(a) + np.var(b)) - 0.5 * np.mean((a - b) ** 2), 0.0)
+        widths[k] = 2 * math.sinh(Z90 * math.sqrt(model_var))
         state = (small.level([config], noise=True, rng=rng)[:, 0], small.shapes(config, rng))
         base = log_p99(config, state, FD_DRAWS, FD_PASSES, k)
         for name in names[1:]:
             moved = log_p99(config, (state[0], dict(state[1], **{name: state[1][name] + STEP})), FD_DRAWS,
                             FD_PASSES, k)
             weights[name][k] = float(np.clip(np.mean(moved - base) / STEP, 0.0, 1.0))
-    return P99Forecasts(widths, weights)
+    return P99Forecasts(widths, run_widths, weights)
 
 
 def tracked_blocks(live: list[str]) -> list[str]:
@@ -321,12 +336,6 @@ def tracked_blocks(live: list[str]) -> list[str]:
     first batch's (which holds a large share of the instances at large batch sizes)."""
     return [b for b in live if b.startswith("first:")
             or (b.split(":")[0] in ("within", "pass") and float(b.split(":")[1]) >= 0.9)]
-
-
-def p99_widths(fm, targets: list[Config], **kw) -> np.ndarray:
-    """Per target, the relative width (hi − lo) / median of the 90 % interval of a run's p99 (see
-    :func:`p99_forecasts`)."""
-    return p99_forecasts(fm, targets, **kw).widths
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,7 +348,8 @@ class Suggestion:
 
     targets: list[Config]
     passes: list[int]              # per target, passes measured so far
-    widths: np.ndarray             # per target, relative 90 % width of p99 now
+    widths: np.ndarray             # per target, relative 90 % width of p99 the model's uncertainty makes
+    run_widths: np.ndarray         # per target, relative 90 % width of a 100-pass run's p99
     gains: np.ndarray              # per target, share of the integrated variance one chunk would remove
     seconds: np.ndarray            # per target, expected time of one chunk
     plan: list[Pick]
@@ -363,7 +373,8 @@ class Suggestion:
                 "plan_inferences": sum((p.passes + (self.warmup + 1 if p.passes_before == 0 else 0)) * self.n_instances
                                        for p in self.plan),
                 "ranking": [{"config_id": self.targets[i].id, "config": self.targets[i].as_dict(),
-                             "passes": self.passes[i], "p99_width": float(self.widths[i]),
+                             "passes": self.passes[i], "p99_model_width": float(self.widths[i]),
+                             "p99_run_width": float(self.run_widths[i]),
                              "reduction": float(self.gains[i]), "seconds": float(self.seconds[i])} for i in order],
                 "plan": [p.as_dict() for p in self.plan], "commands": self.commands()}
 
@@ -391,7 +402,6 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 10, warm
     gains = np.array([design.gain(i, chunk) for i in range(len(targets))]) / total
     seconds = np.array([design.seconds(i, chunk, warmup) for i in range(len(targets))])
     passes = [int(p) for p in design.passes]
-    widths = now.widths
     plan: list[Pick] = []
     left = budget
     while True:
@@ -408,4 +418,4 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 10, warm
             cost = left
         plan.append(step[0])
         left -= cost
-    return Suggestion(targets, passes, widths, gains, seconds, plan, chunk, budget, n, warmup)
+    return Suggestion(targets, passes, now.widths, now.run_widths, gains, seconds, plan, chunk, budget, n, warmup)
