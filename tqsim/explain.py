@@ -225,7 +225,7 @@ def centre_level(levels: list[int]) -> int:
     return min(levels, key=lambda v: (round(abs(math.log(v) - g), 9), v))
 
 
-def _check_level(fm: FittedModel, factor: str, value, levels: list) -> None:
+def _check_level(factor: str, value, levels: list) -> None:
     if factor in NUMERIC:
         lo, hi = levels[0], levels[-1]
         if not lo <= value <= hi:
@@ -250,7 +250,7 @@ def design(fm: FittedModel, at=None) -> tuple[Config, list[tuple[str, Any, Any, 
     levels = calibrated_levels(fm)
     for factor, vals in wanted.items():
         for v in vals:
-            _check_level(fm, factor, v, levels[factor])
+            _check_level(factor, v, levels[factor])
     values = {}
     for f in FACTORS:
         if f in wanted:
@@ -468,7 +468,8 @@ def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, t
                                   Interval.of(ratio[hi][0] / ratio[lo][0]))
     rounds = round_share(campaign, seed=seed) if campaign is not None else None
     if campaign is None:
-        notes.append("no calibration campaign given: machine-wide round episodes stay inside the pass level.")
+        notes.append("without the calibration campaign, machine-wide round episodes cannot be told from the pass "
+                     "level: they stay inside it.")
     elif rounds is None:
         notes.append("the calibration has too few rounds holding two configurations to separate round episodes "
                      "from the pass level; they stay inside it.")
@@ -486,3 +487,22 @@ def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, t
                        round_share=rounds, base_latency={"p50": Interval.of(p50), "p99": Interval.of(p99)},
                        base_tail=Interval.of(tq), metric=fm.quality_metric, passes_per_run=int(n_passes),
                        n_draws=int(cond.D), notes=notes, warnings=warns)
+
+
+def explain_workspace(home=None, system: str | None = None, workload: str | None = None, **options) -> Explanation:
+    """``tqsim explain``: :func:`explain` on the workspace's saved fit of ``<system>/<workload>``, with its
+    calibration campaign for the round share (when its files are gone, rounds stay in the pass level)."""
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+    from tqsim.models.store import load_from_workspace
+
+    fm = load_from_workspace(home, system, workload)
+    folder = Workspace.at(home).calibration_dir(fm.system, fm.workload)
+    try:
+        campaign, why = load_campaign(folder, workload=fm.workload), ""
+    except UserError as exc:
+        campaign, why = None, str(exc)
+    out = explain(fm, campaign=campaign, **options)
+    if why:
+        out.notes.append(f"the calibration could not be read ({why}), so round episodes stay in the pass level.")
+    return out

@@ -20,6 +20,7 @@ from tqsim.cli import commands_model  # noqa: F401
 from tqsim.cli import commands_whatif  # noqa: F401
 from tqsim.cli import commands_report  # noqa: F401
 from tqsim.cli import commands_check  # noqa: F401
+from tqsim.cli import commands_explain  # noqa: F401
 
 
 def main() -> None:
