@@ -490,13 +490,18 @@ def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, t
 
 
 def explain_workspace(home=None, system: str | None = None, workload: str | None = None, **options) -> Explanation:
-    """``tqsim explain``: :func:`explain` on the workspace's saved fit of ``<system>/<workload>``, with its
-    calibration campaign for the round share (when its files are gone, rounds stay in the pass level)."""
-    from tqsim.data.io import load_campaign
-    from tqsim.data.workspace import Workspace
+    """``tqsim explain``: :func:`explain` on the workspace's saved fit of ``<system>/<workload>``."""
     from tqsim.models.store import load_from_workspace
 
-    fm = load_from_workspace(home, system, workload)
+    return explain_in_workspace(load_from_workspace(home, system, workload), home, **options)
+
+
+def explain_in_workspace(fm: FittedModel, home=None, **options) -> Explanation:
+    """:func:`explain` with the calibration campaign of the workspace at ``home`` for the round share; when its
+    files are gone (or unreadable), rounds stay in the pass level and a note says why."""
+    from tqsim.data.io import load_campaign
+    from tqsim.data.workspace import Workspace
+
     folder = Workspace.at(home).calibration_dir(fm.system, fm.workload)
     try:
         campaign, why = load_campaign(folder, workload=fm.workload), ""
