@@ -133,27 +133,33 @@ def test_round_share_splits_the_pass_level_and_goes_without_a_campaign(quick, ex
     assert "round episodes included" in alone.variance[1].label
 
 
+SIZED = Law(size_effect=0.3)
+
+
 @pytest.fixture(scope="module")
 def two_precisions(tmp_path_factory):
-    """A quick fit where precision varies: fp16 is slower by e^0.4 and scores other instances (accuracy 0.96
-    against 0.955 on these 200 instances)."""
+    """A quick fit where precision varies — fp16 is slower by e^0.4 and scores other instances (accuracy 0.96
+    against 0.955 on these 200 instances) — and instances differ in size, which costs time."""
     from tqsim.models import fit_campaign
 
     home = tmp_path_factory.mktemp("precision")
     campaign = load_campaign(write_campaign(simulate_campaign(grid((4, 16), (1, 2), ("fp32", "fp16")), passes=6,
-                                                              seed=2, n_instances=200), home))
+                                                              seed=2, n_instances=200, law=SIZED,
+                                                              instance_sizes=True), home))
     return fit_campaign(campaign, draws=300, tune=300, seed=0), campaign
 
 
 def test_a_precision_contrast_scores_each_end_with_its_own_instances(two_precisions):
-    fm, _ = two_precisions
-    law = Law()
-    ex = explain(fm, threshold="1s", n_draws=60, n_passes=10, force=True)   # 1 s: nothing is late
+    fm, campaign = two_precisions
+    ex = explain(fm, threshold="1s", n_draws=60, n_passes=10, force=True, campaign=campaign)  # 1 s: nothing late
     prec = next(e for e in ex.effects if e.factor == "precision")
     assert (prec.frm, prec.to, prec.label) == ("fp32", "fp16", "precision fp32 → fp16 at batch 4, threads 1")
-    acc = [law.correct(Config(4, 1, p), 200).mean() for p in ("fp32", "fp16")]
+    acc = [SIZED.correct(Config(4, 1, p), 200).mean() for p in ("fp32", "fp16")]
     assert prec.tq.lo == prec.tq.hi == pytest.approx(acc[1] - acc[0])       # exactly the accuracy difference
     assert _inside(prec.p50, math.exp(0.4) - 1)
+    # instance sizes: a source of their own (a batch's standardised size costs 0.3 log units per sd here)
+    size = next(s for s in ex.variance if s.source == "size")
+    assert size.share.lo > 0.05 and sum(s.share.mean for s in ex.variance) == pytest.approx(1.0)
     with pytest.raises(UserError, match="never calibrated.*--grid precision=bf16"):
         explain(fm, {"precision": "bf16"}, n_draws=10, n_passes=2, force=True)
 

@@ -407,7 +407,17 @@ def variance_components(fm: FittedModel, cond, config: Config, shapes: dict[str,
 # explain
 # ------------------------------------------------------------------------------------------------
 
-def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, tail_q: float = 0.01,
+def _interaction(stats: dict, base: Config, batches: tuple[int, int], threads: tuple[int, int]) -> Interaction:
+    """The threads contrast's ratio (p99, p50) at the larger batch size over that at the smaller, per draw."""
+    t0, t1 = threads
+    ratio = {b: [stats[base.replace(batch_size=b, threads=t1)][i] / stats[base.replace(batch_size=b, threads=t0)][i]
+                 for i in (0, 1)] for b in batches}
+    lo, hi = sorted(batches)
+    return Interaction(f"threads {t0} → {t1}: ratio at batch {hi} ÷ ratio at batch {lo}", (lo, hi), (t0, t1),
+                       Interval.of(ratio[hi][1] / ratio[lo][1]), Interval.of(ratio[hi][0] / ratio[lo][0]))
+
+
+def explain(fm: FittedModel, at=None, threshold=None, *, tail_q: float = 0.01,
             n_draws: int = 200, n_passes: int = 100, seed: int = 0, campaign=None,
             force: bool = False) -> Explanation:
     """What each factor calibrated at two or more levels does around a base configuration.
@@ -423,7 +433,7 @@ def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, t
     th = parse_threshold(threshold if threshold is not None else "p99")
     warns = fit_warnings(fm, force)
     base, contrasts, notes = design(fm, at)
-    warns += [w for w in fm.spec.check_forecastable(base)]
+    warns += fm.spec.check_forecastable(base)     # refuses a categorical level never calibrated
     if fm.summaries.sessions.size < 2:
         warns.append("the calibration holds one session, so the share between sessions comes from the prior "
                      "(assumed, not measured); `tqsim calibrate --sessions 3 --gap 5min` measures it.")
@@ -457,15 +467,7 @@ def explain(fm: FittedModel, at=None, threshold: str | float | None = None, *, t
         effects.append(Effect(f, a, b, _label(f, a, b, base, varied), base, ends[(f, b)],
                               Interval.of(s1[0] / s0[0] - 1), Interval.of(s1[1] / s0[1] - 1),
                               Interval.of(s1[2] - s0[2]), explicit))
-    interaction = None
-    if corner is not None:
-        (b0, b1), (t0, t1) = by_factor["batch_size"], by_factor["threads"]
-        ratio = {b: [stats[base.replace(batch_size=b, threads=t1)][i] / stats[base.replace(batch_size=b, threads=t0)][i]
-                     for i in (0, 1)] for b in (b0, b1)}
-        lo, hi = sorted((b0, b1))
-        interaction = Interaction(f"threads {t0} → {t1}: ratio at batch {hi} ÷ ratio at batch {lo}", (lo, hi),
-                                  (t0, t1), Interval.of(ratio[hi][1] / ratio[lo][1]),
-                                  Interval.of(ratio[hi][0] / ratio[lo][0]))
+    interaction = _interaction(stats, base, by_factor["batch_size"], by_factor["threads"]) if corner else None
     rounds = round_share(campaign, seed=seed) if campaign is not None else None
     if campaign is None:
         notes.append("without the calibration campaign, machine-wide round episodes cannot be told from the pass "

@@ -41,13 +41,12 @@ def explain(
     from tqsim.quality import parse_threshold
 
     wanted = parse_at(at)
-    if threshold is not None:
-        parse_threshold(threshold)
+    deadline = parse_threshold(threshold) if threshold is not None else None
     check_plot_path(plot)
     with steps("explain", enabled=not json_out) as progress:
         if progress:
             progress(f"simulating {draws} posterior draws of {passes}-pass runs")
-        ex = explain_workspace(home, system, workload, at=wanted, threshold=threshold, tail_q=tail_q,
+        ex = explain_workspace(home, system, workload, at=wanted, threshold=deadline, tail_q=tail_q,
                                n_draws=draws, n_passes=passes, seed=seed if seed is not None else 0, force=force)
     d = ex.as_dict()
     if plot is not None:

@@ -426,7 +426,7 @@ def _explain_section(ctx: _Ctx) -> Section:
     from tqsim.explain import explain
 
     try:
-        ex = explain(ctx.fm, threshold=ctx.heat_threshold.text, tail_q=ctx.tail_q, n_draws=ctx.draws,
+        ex = explain(ctx.fm, threshold=ctx.heat_threshold, tail_q=ctx.tail_q, n_draws=ctx.draws,
                      seed=ctx.seed, campaign=ctx.campaign, force=True)
     except UserError as exc:
         sec.available, sec.missing = False, f"the factors cannot be explained: {exc}"
