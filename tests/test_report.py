@@ -62,7 +62,7 @@ def test_measured_only_page_says_what_is_missing(measured_home, capsys, monkeypa
     page, files = check_page(folder)
     assert "latency.png" in files and "heatmap.png" in files
     assert any(f.startswith("quality-") for f in files)  # tqsim quality's band plot, one panel per thread count
-    assert not {"validation.png", "whatif.png", "model.png"} & set(files)
+    assert not {"validation.png", "whatif.png", "model.png", "explain.png"} & set(files)
     # each missing input is named with the command that produces it
     assert "tqsim fit" in page and "--heldout" in page and "tqsim calibrate --serving" in page
     assert "Not shown:" in page and "Partly missing:" in page
@@ -80,6 +80,7 @@ def test_json_prints_the_report_numbers(measured_home, tmp_path, capsys, monkeyp
     secs = obj["sections"]
     assert secs["validation"]["available"] is False and "--heldout" in secs["validation"]["missing"]
     assert secs["model"]["available"] is False and "tqsim fit" in secs["model"]["missing"]
+    assert secs["explain"]["available"] is False and "tqsim fit" in secs["explain"]["missing"]
     heat = secs["heatmap"]
     assert heat["x_factor"] == "batch_size" and heat["y_factor"] == "threads"
     assert {c["source"] for c in heat["cells"]} == {"measured"} and len(heat["cells"]) == 6
@@ -101,7 +102,13 @@ def test_full_report_with_fit_heldout_and_serving(fitted_home, tmp_path, capsys,
     secs = obj["sections"]
     assert all(s["available"] for s in secs.values()), {k: s["missing"] for k, s in secs.items()}
     page, files = check_page(out_dir)
-    assert {"latency.png", "heatmap.png", "validation.png", "whatif.png", "model.png"} <= set(files)
+    assert {"latency.png", "heatmap.png", "validation.png", "whatif.png", "model.png", "explain.png"} <= set(files)
+    # what each factor does: the calibrated centre's contrasts, the variance split, the same deadline for all
+    ex = secs["explain"]
+    assert ex["base_id"] == "bs4-th1-fp32-torch-cpu" and [e["label"] for e in ex["effects"]] == [
+        "batch 4 → 16 at threads 1", "threads 1 → 2 at batch 4"]
+    assert ex["interaction"] is not None and ex["variance"][0]["source"] == "session"
+    assert "What each factor does" in page
     # forecast bands beside the observed distribution
     assert all("forecast_s" in c for c in secs["latency"]["configs"])
     # heatmap: calibrated batch sizes 1/4/16/64 measured, the powers of two between them forecast

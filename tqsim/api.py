@@ -16,6 +16,7 @@ from tqsim.data.workspace import Workspace as _Folders
 from tqsim.errors import UserError
 
 if TYPE_CHECKING:
+    from tqsim.explain import Explanation
     from tqsim.forecast import Forecast
     from tqsim.measure.adaptive import AdaptiveResult
     from tqsim.models.design import Suggestion
@@ -118,13 +119,26 @@ class Fit:
         return predict(self.model, settings, _listed(thresholds), check=check, n_passes=passes, n_draws=draws,
                        tail_q=tail_q, seed=seed, force=force)
 
-
     def suggest(self, target: str, *, budget: int | None = None, passes: int = 10, seed: int = 0) -> "Suggestion":
         """Which of the ``target`` configurations (``"batch_size=1..256,threads=1,2"``) to measure next, as
         ``tqsim suggest``: ``.plan`` (greedy steps within ``budget`` inferences), ``.commands()``, ``.as_dict()``."""
         from tqsim.models.design import suggest
 
         return suggest(self.model, target, budget=budget, chunk=passes, seed=seed)
+
+    def explain(self, at: Mapping[str, Any] | Sequence[str] | None = None, *, threshold: str | float | None = None,
+                passes: int = 100, draws: int = 200, tail_q: float = 0.01, seed: int = 0,
+                force: bool = False) -> "Explanation":
+        """What each factor does around a base configuration, as ``tqsim explain``: effects on p50, p99 and tail
+        quality with 90 % intervals, the batch size × threads interaction, and the split of a call's variance.
+
+        ``at``: base levels and contrasts, ``{"batch_size": 8, "threads": (1, 2)}`` (or the CLI's
+        ``["batch_size=8", "threads=1,2"]``); ``threshold``: the deadline of tail quality (``"2ms"``, seconds, or
+        ``"p99"`` of the base's forecast latency, the default)."""
+        from tqsim.explain import explain_in_workspace
+
+        return explain_in_workspace(self.model, self.workspace.home, at=at, threshold=threshold, n_passes=passes,
+                                    n_draws=draws, tail_q=tail_q, seed=seed, force=force)
 
 
 class Workspace:

@@ -261,9 +261,50 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
         log_t[:, :, 0] = level + quantile_draws(*first, rng.random((D, n_passes)))
     last = int(counts[-1])
     if last < bs:  # a partial last batch moves along the level surface from bs to its own size
-        pair = cond.level([config.replace(batch_size=last), config], noise=False)
-        log_t[:, :, -1] += (pair[:, 0] - pair[:, 1])[:, None]
+        log_t[:, :, -1] += partial_batch_shift(cond, config, last)[:, None]
     return np.exp(log_t)[:, :, batch], calibrated
+
+
+def partial_batch_shift(cond, config: Config, last: int) -> np.ndarray:
+    """``[D]``: how much faster (log) a partial last batch of ``last`` instances is than a full one: the level
+    surface's own change from ``config.batch_size`` to ``last`` (conditional means)."""
+    pair = cond.level([config.replace(batch_size=last), config], noise=False)
+    return pair[:, 0] - pair[:, 1]
+
+
+def check_run_options(n_passes: int, n_draws: int, tail_q: float) -> None:
+    """Refuse simulation sizes and a tail quantile no forecast can use (the messages name the usual values)."""
+    if not (isinstance(n_passes, (int, np.integer)) and 1 <= n_passes <= 100_000):
+        raise UserError(f"--passes {n_passes}: a simulated run needs 1 to 100,000 passes (100 is usual).")
+    if not 0 < tail_q < 1:
+        raise UserError(f"--tail-q {tail_q}: must lie strictly between 0 and 1 (0.01 is usual).")
+    if not 1 <= n_draws <= 10_000:
+        raise UserError(f"--draws {n_draws}: use 1 to 10,000 posterior draws (200 is usual).")
+
+
+def scoring_of_config(fm: FittedModel, config: Config) -> dict:
+    """The per-instance scores (and prediction + label for macro-F1) of ``config``'s quality-relevant levels;
+    refused when no calibrated configuration had those levels (its quality is unknown)."""
+    level = quality_level_id(config.as_dict())
+    if level not in fm.quality_levels:
+        raise UserError(f"quality-relevant levels {level} were never calibrated (calibrated: "
+                        f"{', '.join(sorted(fm.quality_levels))}); calibrate a configuration with them first.")
+    return fm.quality_levels[level]
+
+
+def fit_warnings(fm: FittedModel, force: bool) -> list[str]:
+    """What the fit's diagnostics mean for anything computed from it: a failed fit is refused unless ``force``
+    (then a warning in capitals), a usable but unclean one gets a caution."""
+    if not fm.diagnostics_ok:
+        what = shortfall(fm.diagnostics)
+        if not force:
+            raise UserError(f"the fit failed its diagnostics ({what}); refit with more draws "
+                            f"(`{REFIT}`) or forecast anyway with --force.")
+        return [f"FORECAST FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}); do not trust the intervals."]
+    if fm.diagnostics.get("status") == "warn":
+        return [f"the fit is usable but not clean ({shortfall(fm.diagnostics)}): intervals may be a little "
+                f"off; `{REFIT}` for final numbers."]
+    return []
 
 
 def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
@@ -275,12 +316,7 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     mean). Refuses a quality-relevant level never calibrated, and a fit whose diagnostics failed
     unless ``force``; warns outside the calibrated batch-size/thread range.
     """
-    if not (isinstance(n_passes, (int, np.integer)) and 1 <= n_passes <= 100_000):
-        raise UserError(f"--passes {n_passes}: a simulated run needs 1 to 100,000 passes (100 is usual).")
-    if not 0 < tail_q < 1:
-        raise UserError(f"--tail-q {tail_q}: must lie strictly between 0 and 1 (0.01 is usual).")
-    if not 1 <= n_draws <= 10_000:
-        raise UserError(f"--draws {n_draws}: use 1 to 10,000 posterior draws (200 is usual).")
+    check_run_options(n_passes, n_draws, tail_q)
     if config.batch_size > fm.n_instances:
         raise UserError(f"batch_size={config.batch_size} is larger than the evaluation set ({fm.n_instances} "
                         f"instances); use at most {fm.n_instances}.")
@@ -294,19 +330,8 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
     if fm.summaries.sessions.size < 2 and session is None:
         warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
                      "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
-    level = quality_level_id(config.as_dict())
-    if level not in fm.quality_levels:
-        raise UserError(f"quality-relevant levels {level} were never calibrated (calibrated: "
-                        f"{', '.join(sorted(fm.quality_levels))}); calibrate a configuration with them first.")
-    if not fm.diagnostics_ok:
-        what = shortfall(fm.diagnostics)
-        if not force:
-            raise UserError(f"the fit failed its diagnostics ({what}); refit with more draws "
-                            f"(`{REFIT}`) or forecast anyway with --force.")
-        warns.append(f"FORECAST FROM A FIT THAT FAILED ITS DIAGNOSTICS ({what}); do not trust the intervals.")
-    elif fm.diagnostics.get("status") == "warn":
-        warns.append(f"the fit is usable but not clean ({shortfall(fm.diagnostics)}): intervals may be a little "
-                     f"off; `{REFIT}` for final numbers.")
+    kw = scoring_of_config(fm, config)  # score, and prediction + label (macro-F1) where the fit saw them
+    warns += fit_warnings(fm, force)
     lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=session)
     D = lat.shape[0]
     flat = lat.reshape(D, -1)
@@ -320,7 +345,6 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
             taus.append(float(np.mean(np.percentile(flat, th.percentile, axis=1))))
         labels.append(th.text)
     taus_arr = np.asarray(taus, float)
-    kw = fm.quality_levels[level]  # score, and prediction + label (macro-F1) where the fit saw them
     qat = quality_at_deadline(lat, taus_arr, metric=fm.quality_metric, **kw)  # [draw, pass, k]
     mean_q = qat.mean(axis=1)
     tail = tail_quality(np.moveaxis(qat, 1, -1), tail_q)  # [draw, k]

@@ -105,6 +105,36 @@ def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.nda
     return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
 
 
+def level_deviations(lam: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Each pass's level minus its session's median level (``[pass]``), and those medians per session."""
+    dev = np.empty(lam.shape, float)
+    meds = {}
+    for s in np.unique(sessions):
+        m = sessions == s
+        meds[s] = float(np.median(lam[m]))
+        dev[m] = lam[m] - meds[s]
+    return dev, meds
+
+
+def pass_deviations(campaign: xr.Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per configuration of a campaign, ``(rounds, deviations)`` of its measured passes: each pass's level
+    (the median log latency of its level batches) minus its session's median level, as the fit sees them."""
+    configs = configs_of_campaign(campaign)
+    lat_all = campaign["latency_s"].values
+    rounds = campaign["round"].values
+    sessions_all = campaign["session"].values if "session" in campaign else np.zeros_like(rounds)
+    out = []
+    for c, cfg in enumerate(configs):
+        keep = np.isfinite(lat_all[c]).all(axis=1)
+        batch = campaign["batch"].values[c].astype(np.int64)
+        starts = batch_starts(batch)
+        lb = level_batches(np.diff(np.r_[starts, batch.size]), cfg.batch_size)
+        lam = np.median(np.log(lat_all[c][keep][:, starts])[:, lb], axis=1)
+        dev, _ = level_deviations(lam, np.asarray(sessions_all[c][keep]).astype(np.int64))
+        out.append((np.asarray(rounds[c][keep]).astype(np.int64), dev))
+    return out
+
+
 def configs_of_campaign(campaign: xr.Dataset) -> list[Config]:
     """The configuration of each ``config`` of a campaign, in order."""
     out = []
@@ -148,13 +178,7 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
         total += P * nb
         lb = level_batches(counts, cfg.batch_size)
         lam = np.median(y[:, lb], axis=1)
-        # the level of each session, and the passes' deviations from it
-        dev = np.empty(P)
-        meds = {}
-        for s in np.unique(ses):
-            m = ses == s
-            meds[s] = float(np.median(lam[m]))
-            dev[m] = lam[m] - meds[s]
+        dev, meds = level_deviations(lam, ses)
         pass_sd = 1.4826 * float(np.median(np.abs(dev))) if P > 2 else math.nan
         for s, med in meds.items():
             m = ses == s

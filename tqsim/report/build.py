@@ -93,7 +93,7 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
         warnings.simplefilter("ignore", RuntimeWarning)
         builders = [("fit", lambda: _fit_section(ctx, force)), ("overview", lambda: _overview_section(ctx)),
                     ("latency", lambda: _latency_section(ctx)), ("quality", lambda: _quality_section(ctx)),
-                    ("heatmap", lambda: _heatmap_section(ctx)),
+                    ("heatmap", lambda: _heatmap_section(ctx)), ("explain", lambda: _explain_section(ctx)),
                     ("validation", lambda: _validation_section(ctx, heldout, force)),
                     ("what-if", lambda: _whatif_section(ctx, whatif_rates, list(whatif_replicas), whatif_max_batch,
                                                         whatif_deadline_s))]
@@ -102,7 +102,8 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
             if progress:
                 progress(name)
             built[name] = build()
-        sections = [built[n] for n in ("overview", "latency", "quality", "heatmap", "validation", "what-if", "fit")]
+        sections = [built[n] for n in ("overview", "latency", "quality", "heatmap", "explain", "validation", "what-if",
+                                       "fit")]
     settings = {"thresholds": [t.label for t in ths], "tail_q": tail_q, "draws": draws, "seed": seed,
                 "heldout": str(heldout) if heldout else None, "force": force, "interval": INTERVAL}
     warns = [ctx.fit_problem] if ctx.fm is not None and ctx.fit_problem else []
@@ -408,6 +409,44 @@ def _heatmap_section(ctx: _Ctx) -> Section:
              fmt_iv(c["p99_s"], c["p99_lo_s"], c["p99_hi_s"], fmt_seconds) if "p99_lo_s" in c else fmt_seconds(c["p99_s"])]
             for c in cells]
     sec.tables.append(Table(["configuration", "source", "τ", f"TQ_{ctx.tail_q:g}", "p99"], rows))
+    return sec
+
+
+def _explain_section(ctx: _Ctx) -> Section:
+    sec = Section("explain", "What each factor does",
+                  intro="Each factor moved from the base configuration (the calibrated levels nearest the centre) to "
+                        "the next calibrated level, every other factor held: the change of a run's p50 and p99 (%) "
+                        f"and of its tail quality TQ_{ctx.tail_q:g} at one deadline (percentage points), each a "
+                        "contrast of two forecasts with common random numbers, with 90% intervals; then how a "
+                        "call's log-latency variance at the base splits into sources. `tqsim explain --at` "
+                        "chooses other contrasts (docs/method.md, \"Explaining the factors\").")
+    if ctx.fm is None:
+        sec.available, sec.missing = False, f"explaining the factors needs a usable fit: {ctx.fit_problem}"
+        return sec
+    from tqsim.explain import explain
+
+    try:
+        ex = explain(ctx.fm, threshold=ctx.heat_threshold, tail_q=ctx.tail_q, n_draws=ctx.draws,
+                     seed=ctx.seed, campaign=ctx.campaign, force=True)
+    except UserError as exc:
+        sec.available, sec.missing = False, f"the factors cannot be explained: {exc}"
+        return sec
+    sec.data = ex.as_dict()
+    sec.notes += [w for w in ex.warnings if "DIAGNOSTICS" not in w] + ex.notes
+
+    def change(iv, pp=False):
+        return f"{100 * iv.median:+.1f}{' pp' if pp else '%'} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]"
+
+    rows = [[e.label, change(e.p50), change(e.p99), change(e.tq, pp=True)] for e in ex.effects]
+    sec.tables.append(Table(["effect", "p50 [90%]", "p99 [90%]", f"TQ_{ctx.tail_q:g} at {fmt_seconds(ex.threshold_s)} "
+                             "[90%]"], rows, title=f"Effects around {ex.base.id} (deadline {ex.threshold})"))
+    if ex.interaction is not None:
+        i = ex.interaction
+        sec.notes.append(f"interaction, {i.label}: p99 ×{i.p99.median:.2f} [{i.p99.lo:.2f}, {i.p99.hi:.2f}], p50 "
+                         f"×{i.p50.median:.2f} [{i.p50.lo:.2f}, {i.p50.hi:.2f}] (1: the factors act independently).")
+    sec.tables.append(Table(["source", "share of the variance [90%]"],
+                            [[v.label, fmt_iv(v.share.median, v.share.lo, v.share.hi)] for v in ex.variance],
+                            title=f"A call's log-latency variance at {ex.base.id}, in a run in a new session"))
     return sec
 
 

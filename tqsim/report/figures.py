@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from tqsim.plotting import plain_log_labels, save_figure  # noqa: E402
+from tqsim.report.explain_plot import plot_explanation  # noqa: E402
 from tqsim.report.quality_plot import plot_quality_bands  # noqa: E402
 from tqsim.report.types import Figure, Report  # noqa: E402
 from tqsim.whatif.plot import plot_sweep  # noqa: E402
@@ -251,5 +252,14 @@ def model_figure(sec, folder: Path, title: str) -> Figure | None:
     return Figure("model", str(path), "Posterior of the configuration levels", "ArviZ forest plot, 90% HDI.")
 
 
+def explain_figure(sec, folder: Path, title: str) -> Figure | None:
+    if not sec.data.get("effects") and not sec.data.get("variance"):
+        return None
+    path = plot_explanation(sec.data, folder / "explain.png", title=f"{title}: what each factor does")
+    return Figure("explain", str(path), "What each factor does",
+                  "Left: effects with 90% intervals; right: shares of a call's log-latency variance.")
+
+
 _DRAW = {"latency": latency_figure, "quality": quality_figure, "heatmap": heatmap_figure,
-         "validation": validation_figure, "whatif": whatif_figure, "model": model_figure}
+         "validation": validation_figure, "whatif": whatif_figure, "model": model_figure,
+         "explain": explain_figure}
