@@ -10,7 +10,7 @@ forecast_accuracy.py): median |p99 error|, 90 % interval coverage of p50/p90/p99
 half's own T99.
 
 * **full grid** — every target with all its training passes.
-* **adaptive** — tqsim's loop (``tqsim.measure.adaptive.run_adaptive``, the code `calibrate --adaptive` runs),
+* **adaptive** — tqsim's loop (``tqsim.adaptive.run_adaptive``, the code `calibrate --adaptive` runs),
   replaying this pool instead of measuring, until every target's p99 interval is within ``--until-width``
   or ``--budget-share`` of the full grid's inferences is spent.
 * **uniform sparse** — every other batch size (1, 4, 16, 64, 256) × threads 1, 2, its passes set so that its
@@ -110,7 +110,7 @@ class Pool:
 
 
 class Replay:
-    """The adaptive loop's measurements, taken from the pool (tqsim.measure.adaptive.Measurements)."""
+    """The adaptive loop's measurements, taken from the pool (tqsim.adaptive.Measurements)."""
 
     warmup = 2
 
@@ -132,7 +132,7 @@ class Replay:
 
 
 def fit(pool: Pool, take: dict, seed: int, seconds: list | None = None):
-    from tqsim.measure.adaptive import FIT
+    from tqsim.adaptive import FIT
     from tqsim.models.fit import fit_campaign
 
     t0 = time.perf_counter()
@@ -169,7 +169,7 @@ def floor(pool: Pool) -> list[dict]:
 
 
 def summary(rows: list[dict], take: dict | None, n: int, warmup: int = 2) -> dict:
-    from tqsim.measure.adaptive import inferences
+    from tqsim.adaptive import inferences
 
     out = {"p50": float(np.median([r["p50"] for r in rows])), "p99": float(np.median([r["p99"] for r in rows]))}
     if "inside" in rows[0]:
@@ -199,7 +199,7 @@ def equal_spend(pool: Pool, configs: list, spend: int, n: int, warmup: int = 2) 
 
 def random_spend(pool: Pool, spend: int, n: int, chunk: int, seed: int, warmup: int = 2) -> dict:
     """Chunks of random targets' passes until the next would pass ``spend`` (at least two configurations)."""
-    from tqsim.measure.adaptive import inferences
+    from tqsim.adaptive import inferences
 
     rng = np.random.default_rng(seed)
     take: dict = {}
@@ -213,7 +213,7 @@ def random_spend(pool: Pool, spend: int, n: int, chunk: int, seed: int, warmup: 
 
 
 def run(workload: str, args) -> dict:
-    from tqsim.measure.adaptive import inferences, run_adaptive
+    from tqsim.adaptive import inferences, run_adaptive
     from tqsim.models.design import parse_target
 
     pool = Pool(campaign_of(Path(args.base), workload, args.passes, args.sessions))
@@ -296,7 +296,7 @@ def main() -> None:
     ap.add_argument("--only-adaptive", action="store_true", help="score the full grid and adaptive only")
     ap.add_argument("--passes", type=int, default=80)
     ap.add_argument("--sessions", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=10)
+    ap.add_argument("--chunk", type=int, default=5)
     ap.add_argument("--until-width", type=float, default=0.10)
     ap.add_argument("--budget-share", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)

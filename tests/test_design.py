@@ -9,7 +9,7 @@ import pytest
 from tests.cli_runner import run_cli as run
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.measure.adaptive import initial_design, inferences, run_adaptive
+from tqsim.adaptive import initial_design, inferences, run_adaptive
 from tqsim.models.design import Design, check_anchored, parse_target, suggest
 from tqsim.testing import Law, example_fit, simulate_campaign
 

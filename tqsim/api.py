@@ -18,7 +18,7 @@ from tqsim.errors import UserError
 if TYPE_CHECKING:
     from tqsim.explain import Explanation
     from tqsim.forecast import Forecast
-    from tqsim.measure.adaptive import AdaptiveResult
+    from tqsim.adaptive import AdaptiveResult
     from tqsim.models.design import Suggestion
     from tqsim.models.store import FittedModel
     from tqsim.validate import Validation
@@ -119,7 +119,7 @@ class Fit:
         return predict(self.model, settings, _listed(thresholds), check=check, n_passes=passes, n_draws=draws,
                        tail_q=tail_q, seed=seed, force=force)
 
-    def suggest(self, target: str, *, budget: int | None = None, passes: int = 10, seed: int = 0) -> "Suggestion":
+    def suggest(self, target: str, *, budget: int | None = None, passes: int = 5, seed: int = 0) -> "Suggestion":
         """Which of the ``target`` configurations (``"batch_size=1..256,threads=1,2"``) to measure next, as
         ``tqsim suggest``: ``.plan`` (greedy steps within ``budget`` inferences), ``.commands()``, ``.as_dict()``."""
         from tqsim.models.design import suggest
@@ -192,12 +192,12 @@ class Workspace:
                            sessions=list(out["sessions"]), busy=out.get("busy"), plan=out["plan"])
 
     def calibrate_adaptive(self, target: str, workload: "str | Workload | None" = None, *, until_width: float = 0.10,
-                           budget: int | None = None, passes: int = 10, warmup: int = 2, seed: int = 0,
+                           budget: int | None = None, passes: int = 5, warmup: int = 2, seed: int = 0,
                            show_progress: bool = False, log: Callable[[str], None] | None = None) -> "AdaptiveResult":
         """Measure only what the ``target`` forecasts need, as ``tqsim calibrate --adaptive``: until every target's
         p99 interval is narrower than ``until_width`` (relative) or ``budget`` inferences are spent. Resumes; ends
         with a saved fit (``.fm``); ``.as_dict()`` says what it spent against measuring the whole target grid."""
-        from tqsim.measure.adaptive import adaptive_calibration
+        from tqsim.adaptive import adaptive_calibration
 
         return adaptive_calibration(target, workload=workload or "digits-cnn", home=self.home, system=self.system,
                                     chunk=passes, until_width=until_width, budget=budget, seed=seed, warmup=warmup,

@@ -17,7 +17,7 @@ Budget = Annotated[Optional[int], typer.Option("--budget", help="Inferences to s
 @app.command()
 def suggest(
     target: Target, budget: Budget = None,
-    passes: Annotated[int, typer.Option("--passes", help="Passes per measuring step.")] = 10,
+    passes: Annotated[int, typer.Option("--passes", help="Passes per measuring step.")] = 5,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = 0, debug: Debug = False,
 ) -> None:

@@ -87,7 +87,7 @@ def calibrate(
     adaptive: Annotated[bool, typer.Option(
         "--adaptive", help="Measure only what the --target forecasts need: measure, fit, choose the next "
                            "configurations, until every target's p99 interval is narrower than --until-width or "
-                           "--budget is spent (--passes: passes per step, default 10).")] = False,
+                           "--budget is spent (--passes: passes per step, default 5).")] = False,
     target: Annotated[Optional[str], typer.Option(
         "--target", help="With --adaptive: the configurations you care about, e.g. 'batch_size=1..256,threads=1,2'.")] = None,
     until_width: Annotated[str, typer.Option(
@@ -148,7 +148,7 @@ def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup,
               cluster, data, home, system, workload, json_out, seed) -> None:
     """`tqsim calibrate --adaptive --target T`: refuse what does not combine with it, run the loop, say what it saved."""
     from tqsim.errors import UserError
-    from tqsim.measure.adaptive import adaptive_calibration, parse_width
+    from tqsim.adaptive import adaptive_calibration, parse_width
 
     if target is None:
         raise UserError("--adaptive needs --target, the configurations you care about, e.g. --target "
@@ -167,7 +167,7 @@ def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup,
                         "a grid.")
     say = (lambda m: None) if json_out else (lambda m: console(stderr=True).print(f"[dim]{m}[/dim]"))
     res = adaptive_calibration(target, workload=workload or "digits-cnn", home=home, system=system,
-                               chunk=passes if passes is not None else 10, until_width=parse_width(until_width),
+                               chunk=passes if passes is not None else 5, until_width=parse_width(until_width),
                                budget=budget, seed=seed or 0, warmup=warmup if warmup is not None else 2,
                                show_progress=not json_out, data=data, log=say)
     if json_out:

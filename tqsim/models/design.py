@@ -27,7 +27,6 @@ from tqsim.models.summaries import MIN_BEYOND_PASS, MIN_BEYOND_WITHIN
 
 DESIGN_DRAWS = 50
 FD_DRAWS, FD_PASSES = 40, 20   # the runs that weigh each quantile's part in p99
-Z90 = 1.6449                   # a central 90 % interval is ±Z90 sd
 STEP = 0.05   # log units: the finite difference that weighs a quantile's part in log p99
 
 
@@ -290,8 +289,8 @@ def p99_forecasts(fm, targets: list[Config], *, n_draws: int = 100, n_passes: in
     """Forecast every target's p99 for runs in the calibration's own machine state (the session offset held at
     the calibration's average), and split its spread into the model's uncertainty, which measuring more
     configurations can shrink, and the run-to-run spread of a finite run, which it cannot. The drift to a new
-    session is left out too: it needs sessions, not configurations. The model width is
-    ``2·sinh(1.645·sd)`` of log p99, i.e. (hi − lo)/median of a log-normal 90 % interval.
+    session is left out too: it needs sessions, not configurations. The model width is the run's interval
+    scaled by the model's share of the standard deviation of log p99.
 
     Each tracked quantile is then moved by ``STEP`` and shorter runs simulated again with the same random
     numbers: the mean change of log p99 per unit is its weight in the design (a delta method: a slow first
@@ -320,8 +319,9 @@ def p99_forecasts(fm, targets: list[Config], *, n_draws: int = 100, n_passes: in
         # a second run from the same draws: half the mean squared difference is the run-to-run variance,
         # the rest of the variance over draws is the model's (the law of total variance)
         b = log_p99(config, state, n_draws, n_passes, k + 7919)
-        model_var = max(0.5 * (np.var(a) + np.var(b)) - 0.5 * np.mean((a - b) ** 2), 0.0)
-        widths[k] = 2 * math.sinh(Z90 * math.sqrt(model_var))
+        total = 0.5 * (np.var(a) + np.var(b))
+        model_var = max(total - 0.5 * np.mean((a - b) ** 2), 0.0)
+        widths[k] = run_widths[k] * math.sqrt(model_var / total) if total > 0 else 0.0
         state = (small.level([config], noise=True, rng=rng)[:, 0], small.shapes(config, rng))
         base = log_p99(config, state, FD_DRAWS, FD_PASSES, k)
         for name in names[1:]:
@@ -379,7 +379,7 @@ class Suggestion:
                 "plan": [p.as_dict() for p in self.plan], "commands": self.commands()}
 
 
-def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 10, warmup: int = 2,
+def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmup: int = 2,
             seed: int = 0) -> Suggestion:
     """``tqsim suggest``: rank the target configurations by the expected shrinkage of the targets' p99 forecasts
     that ``chunk`` more passes of each would bring, and plan greedily within ``budget`` inferences (default: three
@@ -391,7 +391,7 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 10, warm
         fm.spec.check_forecastable(t)   # a categorical level never calibrated: the message names the fix
     n = int(fm.n_instances)
     if chunk < 1:
-        raise UserError(f"--passes {chunk}: a step measures at least one pass (10 is usual).")
+        raise UserError(f"--passes {chunk}: a step measures at least one pass (5 is usual).")
     budget = 3 * (chunk + warmup + 1) * n if budget is None else int(budget)
     if budget < n:
         raise UserError(f"--budget {budget} is smaller than one pass ({n} inferences of {fm.workload}); give at "

@@ -21,7 +21,7 @@ from tqsim.factors import FACTORS, Config
 from tqsim.models.design import Design, P99Forecasts, Pick, p99_forecasts
 from tqsim.models.spec import CATEGORICAL
 
-PER_ROUND = 3          # choices between refits: a refit costs ~10 s, a step of 10 passes a few seconds
+PER_ROUND = 3          # choices between refits: a refit costs ~10 s, a step of 5 passes a second or two
 REFERENCE_PASSES = 20  # a plain `tqsim calibrate`'s passes: what measuring the whole target grid would cost
 FIT = dict(draws=500, tune=500, chains=2)   # between rounds; r-hat and ESS are still checked
 
@@ -92,7 +92,7 @@ def inferences(passes: dict[Config, int], n_instances: int, warmup: int) -> int:
     return int(sum((n + warmup + 1) * n_instances for n in passes.values() if n > 0))
 
 
-def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 10, until_width: float = 0.10,
+def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 5, until_width: float = 0.10,
                  budget: int | None = None, per_round: int = PER_ROUND, seed: int = 0,
                  log: Callable[[str], None] | None = None) -> AdaptiveResult:
     """The loop: complete the initial design, then fit → stop? → choose ``per_round`` steps → measure."""
@@ -201,7 +201,7 @@ class WorkspaceMeasurements:
         return fm
 
 
-def adaptive_calibration(target: str, *, workload, home=None, system: str | None = None, chunk: int = 10,
+def adaptive_calibration(target: str, *, workload, home=None, system: str | None = None, chunk: int = 5,
                          until_width: float = 0.10, budget: int | None = None, seed: int = 0, warmup: int = 2,
                          show_progress: bool = True, data: str | None = None,
                          log: Callable[[str], None] | None = None) -> AdaptiveResult:
@@ -211,7 +211,7 @@ def adaptive_calibration(target: str, *, workload, home=None, system: str | None
     from tqsim.models.design import parse_target
 
     if chunk < 2:
-        raise UserError(f"--passes {chunk}: an adaptive step measures at least 2 passes (10 is usual).")
+        raise UserError(f"--passes {chunk}: an adaptive step measures at least 2 passes (5 is usual).")
     ws = Workspace.at(home)
     ws.check_writable()
     system = safe_name(system) if system else default_system_name()
