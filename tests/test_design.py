@@ -86,7 +86,7 @@ def test_suggest_plans_within_the_budget():
     # each step removes a share of what is left, and the greedy shares fall
     shares = [p.reduction for p in s.plan]
     assert shares[0] >= shares[-1] > 0
-    assert all(c.startswith("tqsim calibrate --grid batch_size=") for c in s.commands())
+    assert all(c.startswith("tqsim calibrate --workload sim --grid batch_size=") for c in s.commands("sim"))
     with pytest.raises(UserError, match="smaller than one pass"):
         suggest(fm, "batch_size=1..64", budget=n - 1)
     # a budget under one chunk still plans what it holds
@@ -102,7 +102,7 @@ def test_suggest_cli_table_json_and_mistakes(capsys, monkeypatch, tmp_path):
     obj = json.loads(out)
     assert {"ranking", "plan", "commands", "budget_inferences", "plan_inferences"} <= set(obj)
     code, out, err = run(["suggest", "--home", home, "--target", "batch_size=1..128,threads=1,2"], capsys, monkeypatch)
-    assert code == 0 and "next plan" in out and "tqsim calibrate --grid" in out
+    assert code == 0 and "next plan" in out and "tqsim calibrate --workload sim --grid" in out
     for args, message in ((["--target", "batch_size=512..1024"], "larger than the evaluation set"),
                           (["--target", "batch_size=1..16", "--budget", "10"], "smaller than one pass"),
                           (["--target", "batch_size=1..16,precision=bf16"], "precision=bf16")):

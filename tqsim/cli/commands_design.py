@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -35,21 +36,26 @@ def suggest(
     import numpy as np
 
     c = console()
-    t = Table("config", "passes", "p99 90% interval: run", "model", f"+{passes} passes remove", "time",
-              title=f"{fm.workload} on {fm.system}: targets ranked by the share of the targets' integrated p99 "
-                    "variance one step removes")
+    ids = [t.id.split("-") for t in s.targets]
+    shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
+    common = "-".join(ids[0][len(ids[0]) - shared:]) if shared else ""
+    t = Table("config", "passes", "p99 90% interval: run", "model", f"+{passes} passes remove", "compute",
+              title=f"{fm.workload} on {fm.system}{', all ' + common if common else ''}: targets ranked by the "
+                    "share of the targets' integrated p99 variance one step removes")
     for i in np.argsort(-s.gains, kind="stable"):
-        t.add_row(s.targets[i].id, str(s.passes[i]) if s.passes[i] else "–", f"{100 * s.run_widths[i]:.0f} %",
+        t.add_row("-".join(ids[i][:len(ids[i]) - shared]), str(s.passes[i]) if s.passes[i] else "–",
+                  f"{100 * s.run_widths[i]:.0f} %",
                   f"{100 * s.widths[i]:.0f} %",
                   f"{100 * s.gains[i]:.1f} %", fmt_seconds(s.seconds[i]))
     c.print(t)
     c.print("interval widths are (hi − lo)/median: of a 100-pass run's p99 in the calibration's machine state, and "
-            "the part the model's uncertainty makes (what measuring can shrink).", style="dim")
+            "the part the model's uncertainty makes (what measuring can shrink); compute: the forecast time of the "
+            "passes and warm-up, without the harness's file writes.", style="dim")
     d = s.as_dict()
     c.print(f"next plan ({d['plan_inferences']:,} of {s.budget:,} inferences):")
     for p in s.plan:
         c.print(f"  {p.config.id}: +{p.passes} passes (has {p.passes_before}), removes {100 * p.reduction:.1f} % "
-                f"of what is left, ~{fmt_seconds(p.seconds)}")
-    for cmd in s.commands():
-        c.print(f"  {cmd}", markup=False, style="bold")
+                f"of what is left, ~{fmt_seconds(p.seconds)} of compute")
+    for cmd in s.commands(fm.workload):
+        c.print(f"  {cmd}", markup=False, style="bold", soft_wrap=True)
     c.print("then `tqsim fit`; or let `tqsim calibrate --adaptive --target ...` loop measure → fit → choose.")

@@ -357,15 +357,23 @@ class Suggestion:
     budget: int
     n_instances: int
     warmup: int
+    workload: str = ""
 
-    def commands(self) -> list[str]:
-        """The plan as `tqsim calibrate` commands (``--passes`` is a configuration's total: a campaign resumes)."""
+    def commands(self, workload: str | None = None) -> list[str]:
+        """The plan as `tqsim calibrate` commands (``--passes`` is a configuration's total: a campaign resumes;
+        a factor at its default level is left out)."""
+        from tqsim.factors import DEFAULTS
+
         total: dict[Config, int] = {}
         for p in self.plan:
             total[p.config] = total.get(p.config, p.passes_before) + p.passes
-        return [f"tqsim calibrate --grid batch_size={c.batch_size} --grid threads={c.threads} --grid "
-                f"precision={c.precision} --grid backend={c.backend} --grid device={c.device} --passes {n}"
-                for c, n in total.items()]
+        out = []
+        for c, n in total.items():
+            grid = [f"--grid {f}={v}" for f, v in c.as_dict().items()
+                    if f in ("batch_size", "threads") or v != DEFAULTS[f]]
+            out.append(" ".join(["tqsim calibrate"] + ([f"--workload {workload}"] if workload else []) + grid
+                                + [f"--passes {n}"]))
+        return out
 
     def as_dict(self) -> dict:
         order = np.argsort(-self.gains, kind="stable")
@@ -376,7 +384,7 @@ class Suggestion:
                              "passes": self.passes[i], "p99_model_width": float(self.widths[i]),
                              "p99_run_width": float(self.run_widths[i]),
                              "reduction": float(self.gains[i]), "seconds": float(self.seconds[i])} for i in order],
-                "plan": [p.as_dict() for p in self.plan], "commands": self.commands()}
+                "plan": [p.as_dict() for p in self.plan], "commands": self.commands(self.workload)}
 
 
 def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmup: int = 2,
@@ -418,4 +426,5 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmu
             cost = left
         plan.append(step[0])
         left -= cost
-    return Suggestion(targets, passes, now.widths, now.run_widths, gains, seconds, plan, chunk, budget, n, warmup)
+    return Suggestion(targets, passes, now.widths, now.run_widths, gains, seconds, plan, chunk, budget, n, warmup,
+                      fm.workload)
