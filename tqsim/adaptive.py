@@ -23,7 +23,7 @@ from tqsim.models.spec import CATEGORICAL
 
 PER_ROUND = 3          # choices between refits: a refit costs ~10 s, a step of 5 passes a second or two
 REFERENCE_PASSES = 20  # a plain `tqsim calibrate`'s passes: what measuring the whole target grid would cost
-FIT = dict(draws=500, tune=500, chains=2)   # between rounds; r-hat and ESS are still checked
+FIT = dict(draws=500, tune=500, chains=2)   # between rounds (r-hat and ESS are still checked); the last is a full fit
 
 
 class Measurements(Protocol):
@@ -35,7 +35,7 @@ class Measurements(Protocol):
 
     def passes(self) -> dict[Config, int]: ...
     def measure(self, steps: list[tuple[Config, int]]) -> None: ...
-    def fit(self): ...
+    def fit(self, final: bool = False): ...
 
 
 @dataclasses.dataclass
@@ -143,6 +143,7 @@ def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 5,
         rounds.append(Round(picks, float(np.max(w)), spent))
         log("measuring " + ", ".join(f"{p.config.id} +{p.passes}" for p in picks))
         source.measure(_merge(picks))
+    fm = source.fit(final=True)   # the model left behind is an ordinary `tqsim fit`, with its full draws
     return AdaptiveResult(targets, w, until_width, spent, budget, full, stop, rounds, dict(have), fm)
 
 
@@ -193,10 +194,10 @@ class WorkspaceMeasurements:
                       passes=have.get(config, 0) + add, warmup=self.warmup, seed=self.seed,
                       show_progress=self.show_progress, data=self.data)
 
-    def fit(self):
+    def fit(self, final: bool = False):
         from tqsim.models.fit import fit_workspace
 
-        fm, path = fit_workspace(self.home, self.system, self.workload.name, seed=self.seed, **FIT)
+        fm, path = fit_workspace(self.home, self.system, self.workload.name, seed=self.seed, **({} if final else FIT))
         self.log(f"refitted in {fm.diagnostics['total_seconds']:.1f} s → {path}")
         return fm
 
