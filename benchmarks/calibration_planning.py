@@ -67,7 +67,7 @@ class Pool:
     """The campaign split into a training pool and a test half per configuration; subsets of the pool as
     campaigns (untaken passes are NaN, as a shorter calibration file reads)."""
 
-    def __init__(self, campaign):
+    def __init__(self, campaign, swap: bool = False):
         from tqsim.models.summaries import configs_of_campaign
 
         self.campaign = campaign
@@ -79,8 +79,9 @@ class Pool:
             ok = np.isfinite(campaign["latency_s"].values[i]).all(axis=1)
             order = [p for p in np.argsort(rounds, kind="stable") if ok[p]]
             per = {s: [p for p in order if ses[p] == s] for s in dict.fromkeys(ses[order])}
-            train = {s: v[0::2] for s, v in per.items()}
-            self.test[c] = np.array(sorted(p for v in per.values() for p in v[1::2]))
+            first, second = (1, 0) if swap else (0, 1)     # --swap: the other half trains
+            train = {s: v[first::2] for s, v in per.items()}
+            self.test[c] = np.array(sorted(p for v in per.values() for p in v[second::2]))
             # the pool is taken in time order, sessions interleaved: any subset of 2+ passes spans the sessions
             self.train[c] = np.array([v[k] for k in range(max(map(len, train.values()))) for v in train.values()
                                       if k < len(v)])
@@ -220,7 +221,7 @@ def run(workload: str, args) -> dict:
     from tqsim.adaptive import inferences, run_adaptive
     from tqsim.models.design import parse_target
 
-    pool = Pool(campaign_of(Path(args.base), workload, args.passes, args.sessions))
+    pool = Pool(campaign_of(Path(args.base), workload, args.passes, args.sessions), swap=args.swap)
     n = int(pool.campaign.sizes["instance"])
     targets = parse_target(TARGET, n_instances=n)
     assert set(targets) == set(pool.configs), "the campaign must hold the whole target grid"
@@ -298,6 +299,7 @@ def main() -> None:
     ap.add_argument("--base", default=os.environ.get("TQSIM_BENCH", "/tmp/tqsim-calibration-planning"))
     ap.add_argument("--workloads", nargs="+", default=["digits-cnn", "digits-mlp"])
     ap.add_argument("--only-adaptive", action="store_true", help="score the full grid and adaptive only")
+    ap.add_argument("--swap", action="store_true", help="train on the odd passes, test on the even ones")
     ap.add_argument("--passes", type=int, default=80)
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--chunk", type=int, default=5)
