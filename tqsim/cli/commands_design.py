@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds
+from tqsim.cli.common import app, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, fmt_seconds, \
+    shared_levels
 
 Target = Annotated[str, typer.Option("--target", help="The configurations you care about, e.g. "
                                                       "'batch_size=1..256,threads=1,2' (a..b: a, 2a, 4a, ... b).")]
@@ -36,14 +36,12 @@ def suggest(
     import numpy as np
 
     c = console()
-    ids = [t.id.split("-") for t in s.targets]
-    shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
-    common = "-".join(ids[0][len(ids[0]) - shared:]) if shared else ""
+    short, common = shared_levels([t.id for t in s.targets])
     t = Table("config", "passes", "p99 90% interval: run", "model", f"+{passes} passes remove", "compute",
               title=f"{fm.workload} on {fm.system}{', all ' + common if common else ''}: targets ranked by the "
                     "share of the targets' integrated p99 variance one step removes")
     for i in np.argsort(-s.gains, kind="stable"):
-        t.add_row("-".join(ids[i][:len(ids[i]) - shared]), str(s.passes[i]) if s.passes[i] else "–",
+        t.add_row(short[i], str(s.passes[i]) if s.passes[i] else "–",
                   f"{100 * s.run_widths[i]:.0f} %",
                   f"{100 * s.widths[i]:.0f} %",
                   f"{100 * s.gains[i]:.1f} %", fmt_seconds(s.seconds[i]))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from tqsim.cli.common import (app, ClusterOpt, Debug, Home, Json, Seed, System, Thresholds, Workers, WorkloadOpt,
-                              console, emit_json, fmt_seconds, split_list, steps)
+                              console, emit_json, fmt_seconds, shared_levels, split_list, steps)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
 
@@ -146,20 +144,17 @@ def validate(
     c = console()
     from rich import box
 
-    ids = [row["config_id"].split("-") for row in res.configs]
-    # the trailing factor levels every held-out config shares are said once, in the title
-    shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
-    common = "-".join(ids[0][len(ids[0]) - shared:])
+    short, common = shared_levels([row["config_id"] for row in res.configs])
     t = Table(title=(f"all {common}; " if common else "") + "relative errors; in 90%: p50 p90 p99 inside "
                     "the interval; W1, CRPS per median latency; TQ err: pp at T90/T95/T99", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
     for name in ("config", "p50", "p90", "p99", "in 90%", "cond. p99", "rJSD/floor", "W1", "TQ err"):
         t.add_column(name, no_wrap=True)
-    for row, parts in zip(res.configs, ids):
+    for row, name in zip(res.configs, short):
         lat = row["latency_s"]
         inside = "".join("✓" if lat[k]["inside"] else "✗" for k in ("p50", "p90", "p99"))
         cond = row.get("conditioned")
-        t.add_row("-".join(parts[:len(parts) - shared]),
+        t.add_row(name,
                   *[f"{100 * lat[k]['rel_error']:+.0f}%" for k in ("p50", "p90", "p99")], inside,
                   f"{100 * cond['latency_s']['p99']['rel_error']:+.0f}%" if cond else "–",
                   f"{row['rjsd']:.2f}/{row['rjsd_floor']:.2f}", f"{row['w1_rel']:.2f}",

@@ -135,3 +135,13 @@ def steps(what: str, enabled: bool = True):
     with Progress(transient=True, console=console(stderr=True)) as bar:
         task = bar.add_task(what, total=None)
         yield lambda description: bar.update(task, advance=1, description=f"{what}: {description}")
+
+
+def shared_levels(config_ids: list[str]) -> tuple[list[str], str]:
+    """Config ids without the trailing factor levels they all share, and those levels (``"fp32-torch-cpu"``): a
+    table says them once, in its title, and fits 80 columns."""
+    import os
+
+    ids = [i.split("-") for i in config_ids]
+    shared = min(len(os.path.commonprefix([i[::-1] for i in ids])), min(map(len, ids)) - 1)
+    return ["-".join(i[:len(i) - shared]) for i in ids], "-".join(ids[0][len(ids[0]) - shared:])
