@@ -86,7 +86,7 @@ def test_suggest_plans_within_the_budget():
     # each step removes a share of what is left, and the greedy shares fall
     shares = [p.reduction for p in s.plan]
     assert shares[0] >= shares[-1] > 0
-    assert all(c.startswith("tqsim calibrate --workload sim --grid batch_size=") for c in s.commands("sim"))
+    assert all(c.startswith("tqsim calibrate --workload sim --grid batch_size=") for c in s.commands())
     with pytest.raises(UserError, match="smaller than one pass"):
         suggest(fm, "batch_size=1..64", budget=n - 1)
     # a budget under one chunk still plans what it holds

@@ -18,7 +18,7 @@ import numpy as np
 
 from tqsim.errors import UserError
 from tqsim.factors import FACTORS, Config
-from tqsim.models.design import Design, P99Forecasts, Pick, p99_forecasts
+from tqsim.models.design import Design, P99Forecasts, Pick, p99_forecasts, step_inferences
 from tqsim.models.spec import CATEGORICAL
 
 PER_ROUND = 3          # choices between refits: a refit costs ~10 s, a step of 5 passes a second or two
@@ -89,7 +89,7 @@ def initial_design(targets: list[Config]) -> list[Config]:
 
 def inferences(passes: dict[Config, int], n_instances: int, warmup: int) -> int:
     """Every inference run: the timed passes, and each measured configuration's warm-up and quality passes."""
-    return int(sum((n + warmup + 1) * n_instances for n in passes.values() if n > 0))
+    return sum(step_inferences(n, True, warmup, n_instances) for n in passes.values() if n > 0)
 
 
 def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 5, until_width: float = 0.10,
@@ -126,17 +126,7 @@ def run_adaptive(targets: list[Config], source: Measurements, *, chunk: int = 5,
         if np.all(w <= until_width):
             stop = "width"
             break
-        picks: list[Pick] = []
-        left = budget - spent
-        chosen: set = set()
-        for pick in Design(fm, targets, weights=now.weights).plan(per_round, chunk, warmup=warm):
-            new = pick.passes_before == 0 and pick.config not in chosen
-            cost = (pick.passes + (warm + 1 if new else 0)) * n
-            if cost > left:
-                break
-            left -= cost
-            picks.append(pick)
-            chosen.add(pick.config)
+        picks = Design(fm, targets, weights=now.weights).plan(chunk, warm, budget - spent, steps=per_round)
         if not picks:
             stop = "budget"
             break

@@ -54,6 +54,6 @@ def suggest(
     for p in s.plan:
         c.print(f"  {p.config.id}: +{p.passes} passes (has {p.passes_before}), removes {100 * p.reduction:.1f} % "
                 f"of what is left, ~{fmt_seconds(p.seconds)} of compute")
-    for cmd in s.commands(fm.workload):
+    for cmd in s.commands():
         c.print(f"  {cmd}", markup=False, style="bold", soft_wrap=True)
     c.print("then `tqsim fit`; or let `tqsim calibrate --adaptive --target ...` loop measure → fit → choose.")

@@ -156,9 +156,10 @@ class Design:
                                        unit_sd=_shape_unit_sd(summ, row, name, self.n_instances),
                                        rates={e: float(v[b]) for e, v in cond.shape_extrapolation_sd.items()}))
         self.inflation = cond.loo_inflation()
-        for t in self.terms:   # a GP that misses its held-out configurations by more than it says is trusted less
+        for t in self.terms:
+            # a GP that misses its held-out configurations by more than it says is trusted less
             t["cov"] = t["cov"] * self.inflation.get(t["name"], 1.0)
-        for t in self.terms:   # log p99 per unit of the term, per target (1: the term adds to log p99 as it is)
+            # log p99 per unit of the term, per target (1: the term adds to log p99 as it is)
             t["w2"] = np.asarray(weights[t["name"]], float) ** 2 if weights and t["name"] in weights \
                 else np.ones(len(self.targets))
         self.range = [math.log(b) for b in fm.spec.batch_range]
@@ -231,19 +232,37 @@ class Design:
         per_pass = math.ceil(self.n_instances / bs) * float(self._seconds[i])
         return per_pass * (passes + (warmup + 1 if self.passes[i] == 0 else 0))
 
-    def plan(self, steps: int, chunk: int, warmup: int = 2) -> list[Pick]:
-        """``steps`` greedy choices of ``chunk`` passes each (a configuration may be chosen again)."""
-        picks = []
-        for _ in range(steps):
+    def plan(self, chunk: int, warmup: int, budget: int, *, steps: int | None = None,
+             partial: bool = False) -> list[Pick]:
+        """Greedy steps of ``chunk`` passes (a configuration may be chosen again) while their inferences fit in
+        ``budget``, at most ``steps`` of them; with ``partial``, a budget under one step still buys as many
+        passes as it holds."""
+        picks: list[Pick] = []
+        left = budget
+        while steps is None or len(picks) < steps:
             total = self.integrated_variance()
             gains = np.array([self.gain(i, chunk) for i in range(len(self.targets))])
             i = int(np.argmax(gains))
             if gains[i] <= 0:
                 break
-            picks.append(Pick(self.targets[i], chunk, int(self.passes[i]), float(gains[i] / total),
-                              self.seconds(i, chunk, warmup)))
-            self.measure(i, chunk)
+            new = self.passes[i] == 0
+            passes, gain = chunk, float(gains[i])
+            if step_inferences(passes, new, warmup, self.n_instances) > left:
+                passes = left // self.n_instances - (warmup + 1 if new else 0)
+                if picks or not partial or passes < 1:
+                    break
+                gain = self.gain(i, passes)
+            picks.append(Pick(self.targets[i], passes, int(self.passes[i]), gain / total,
+                              self.seconds(i, passes, warmup)))
+            left -= step_inferences(passes, new, warmup, self.n_instances)
+            self.measure(i, passes)
         return picks
+
+
+def step_inferences(passes: int, new: bool, warmup: int, n_instances: int) -> int:
+    """The inferences of measuring ``passes`` passes, with the warm-up and quality passes a new configuration
+    also runs."""
+    return int((passes + (warmup + 1 if new else 0)) * n_instances)
 
 
 def _level_unit_sd(summ) -> float:
@@ -359,7 +378,7 @@ class Suggestion:
     warmup: int
     workload: str = ""
 
-    def commands(self, workload: str | None = None) -> list[str]:
+    def commands(self) -> list[str]:
         """The plan as `tqsim calibrate` commands (``--passes`` is a configuration's total: a campaign resumes;
         a factor at its default level is left out)."""
         from tqsim.factors import DEFAULTS
@@ -371,20 +390,20 @@ class Suggestion:
         for c, n in total.items():
             grid = [f"--grid {f}={v}" for f, v in c.as_dict().items()
                     if f in ("batch_size", "threads") or v != DEFAULTS[f]]
-            out.append(" ".join(["tqsim calibrate"] + ([f"--workload {workload}"] if workload else []) + grid
+            out.append(" ".join(["tqsim calibrate"] + ([f"--workload {self.workload}"] if self.workload else []) + grid
                                 + [f"--passes {n}"]))
         return out
 
     def as_dict(self) -> dict:
         order = np.argsort(-self.gains, kind="stable")
         return {"chunk_passes": self.chunk, "budget_inferences": self.budget,
-                "plan_inferences": sum((p.passes + (self.warmup + 1 if p.passes_before == 0 else 0)) * self.n_instances
+                "plan_inferences": sum(step_inferences(p.passes, p.passes_before == 0, self.warmup, self.n_instances)
                                        for p in self.plan),
                 "ranking": [{"config_id": self.targets[i].id, "config": self.targets[i].as_dict(),
                              "passes": self.passes[i], "p99_model_width": float(self.widths[i]),
                              "p99_run_width": float(self.run_widths[i]),
                              "reduction": float(self.gains[i]), "seconds": float(self.seconds[i])} for i in order],
-                "plan": [p.as_dict() for p in self.plan], "commands": self.commands(self.workload)}
+                "plan": [p.as_dict() for p in self.plan], "commands": self.commands()}
 
 
 def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmup: int = 2,
@@ -410,21 +429,6 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmu
     gains = np.array([design.gain(i, chunk) for i in range(len(targets))]) / total
     seconds = np.array([design.seconds(i, chunk, warmup) for i in range(len(targets))])
     passes = [int(p) for p in design.passes]
-    plan: list[Pick] = []
-    left = budget
-    while True:
-        step = design.plan(1, chunk, warmup)
-        if not step:
-            break
-        new = step[0].passes_before == 0
-        cost = (step[0].passes + (warmup + 1 if new else 0)) * n
-        if cost > left:
-            fit = left // n - (warmup + 1 if new else 0)
-            if fit < 1 or plan:
-                break
-            step[0].passes = int(fit)   # a budget under one chunk: as many passes as it holds
-            cost = left
-        plan.append(step[0])
-        left -= cost
+    plan = design.plan(chunk, warmup, budget, partial=True)
     return Suggestion(targets, passes, now.widths, now.run_widths, gains, seconds, plan, chunk, budget, n, warmup,
                       fm.workload)
