@@ -411,7 +411,7 @@ def suggest(fm, target: str, *, budget: int | None = None, chunk: int = 5, warmu
     """``tqsim suggest``: rank the target configurations by the expected shrinkage of the targets' p99 forecasts
     that ``chunk`` more passes of each would bring, and plan greedily within ``budget`` inferences (default: three
     chunks)."""
-    calibrated = [Config.from_mapping({k: v for k, v in c.items() if k != "id"}) for c in fm.configs]
+    calibrated = fm.summaries.configs
     targets = parse_target(target, calibrated=calibrated, n_instances=fm.n_instances)
     check_anchored(targets, calibrated)
     for t in targets:
