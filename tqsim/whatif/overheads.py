@@ -98,16 +98,8 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
     busy = np.concatenate([r.batch_busy_s for r in runs]) / infl
     late = np.concatenate([r.batch_timer_late_s for r in runs])
     sizes = np.unique(k)
-    cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
-    ratio = fwd / np.array([cal[int(s)] for s in k])
-    scale = float(np.median(ratio))
-    # The spread of in-server forward times around their own median per batch size, pooled: the
-    # body as quantiles, the stalls (> STALL_RATIO × the median) kept whole, since their rate is
-    # what moves from one run to the next.
-    med_fwd = {int(s): float(np.median(fwd[k == s])) for s in sizes}
-    rel = fwd / np.array([med_fwd[int(s)] for s in k])
-    stalled = rel > STALL_RATIO
-    shape = np.quantile(rel[~stalled], np.linspace(0.0005, 0.9995, 1000)).tolist()
+    served = served_forward(k, fwd, forward)
+    scale, med_fwd, rel, stalled, shape = served.scale, served.median_s, served.rel, served.stalled, served.shape
     over = busy - fwd
     med_k = np.array([np.median(over[k == s]) for s in sizes])
     w = np.array([np.sum(k == s) for s in sizes], dtype=float)
@@ -133,6 +125,31 @@ def fit_overheads(runs: Sequence[ServingRun], forward, window: int | None = None
                             run_log_sd=run_sd, run_log_dof=run_dof,
                             stall_prob=float(stalled.mean()), stall_shape=np.sort(rel[stalled]).tolist(),
                             stall_dispersion=stall_dispersion_draws(runs, stalled | pause))
+
+
+@dataclasses.dataclass
+class ServedForward:
+    """In-server forward times against the calibrated ones: the level (``scale``), the body's spread around each
+    batch size's median (``shape``, quantiles of the ratio) and the stalls (ratio > STALL_RATIO), kept whole since
+    their rate is what moves from one run to the next."""
+
+    scale: float
+    median_s: dict
+    rel: np.ndarray
+    stalled: np.ndarray
+    shape: list
+
+
+def served_forward(k: np.ndarray, fwd: np.ndarray, forward) -> ServedForward:
+    """:class:`ServedForward` of batches of sizes ``k`` that took ``fwd`` seconds, against the model ``forward``."""
+    sizes = np.unique(k)
+    cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
+    scale = float(np.median(fwd / np.array([cal[int(s)] for s in k])))
+    med_fwd = {int(s): float(np.median(fwd[k == s])) for s in sizes}
+    rel = fwd / np.array([med_fwd[int(s)] for s in k])
+    stalled = rel > STALL_RATIO
+    shape = np.quantile(rel[~stalled], np.linspace(0.0005, 0.9995, 1000)).tolist()
+    return ServedForward(scale, med_fwd, rel, stalled, shape)
 
 
 def stall_dispersion_draws(runs: Sequence[ServingRun], stalled: np.ndarray, n_draws: int = 400,

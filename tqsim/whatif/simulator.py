@@ -223,22 +223,41 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     arr = np.ascontiguousarray(arrivals_s, dtype=float)
     n = arr.size
     window = int(window or max(n, 1))
-    # the pool of service draws covers the batch sizes that can occur (none holds more requests than the
-    # run has): bounded by the work, not by the knob (--max-batch 1000000 once asked for 16 GB here)
+    pool = service_pool(service, setup, n, rng)
+    pick = rng.random(n)
+    return serve_pool(pool, setup, arr, pick, extra=service.extra_batch_s(n, rng), late=service.timer_lateness(n, rng),
+                      effect=service.pass_effects(n // window + 1, rng), window=window, response_s=service.response_s)
+
+
+def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Service times ``[batch size - 1, draw]`` for every batch size a run of ``n`` requests can form.
+
+    Bounded by the work, not by the knob (--max-batch 1000000 once asked for 16 GB here)."""
     b = int(min(setup.max_batch, max(n, 1)))
     m = int(np.clip((1 << 17) // b, 64, 1 << 16))
-    pool = np.ascontiguousarray(
-        service.sample(np.repeat(np.arange(1, b + 1), m), rng).reshape(b, m), dtype=float)
-    pick = rng.random(n)
-    extra = np.ascontiguousarray(service.extra_batch_s(n, rng), dtype=float)
-    late = np.ascontiguousarray(service.timer_lateness(n, rng), dtype=float)
-    effect = np.ascontiguousarray(service.pass_effects(n // window + 1, rng), dtype=float)
+    return np.ascontiguousarray(service.sample(np.repeat(np.arange(1, b + 1), m), rng).reshape(b, m), dtype=float)
+
+
+def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pick: np.ndarray, *,
+               extra: np.ndarray | None = None, late: np.ndarray | None = None, effect: np.ndarray | None = None,
+               window: int | None = None, response_s: float = 0.0) -> Run:
+    """Serve ``arrivals_s`` with batch times taken from ``pool`` (:func:`service_pool`) at the uniform ``pick``s.
+
+    Split from :func:`simulate_run` so that a fit can transform one pool of forward times many times
+    (common random numbers) without sampling the service model again."""
+    arr = np.ascontiguousarray(arrivals_s, dtype=float)
+    n = arr.size
+    window = int(window or max(n, 1))
+    zeros = np.zeros(n)
+    extra = zeros if extra is None else np.ascontiguousarray(extra, dtype=float)
+    late = zeros if late is None else np.ascontiguousarray(late, dtype=float)
+    effect = np.ones(n // window + 1) if effect is None else np.ascontiguousarray(effect, dtype=float)
     done, start = np.empty(n), np.empty(n)
     bsize = np.empty(n, dtype=np.int64)
     busy = np.zeros(setup.replicas)
-    nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), pool, pick, extra, late, effect, window,
-                done, start, bsize, busy)
-    return Run(arr, start, done + service.response_s, bsize[:nb], busy)
+    nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), np.ascontiguousarray(pool),
+                np.ascontiguousarray(pick, dtype=float), extra, late, effect, window, done, start, bsize, busy)
+    return Run(arr, start, done + response_s, bsize[:nb], busy)
 
 
 def _interval(x: np.ndarray, interval: float) -> dict:

@@ -1,0 +1,277 @@
+"""Serving overheads from request logs (``tqsim calibrate --serving-log``, the HTTP driver): any serving stack.
+
+A request log says when each request arrived and completed, and maybe which batch it rode in and how long that
+batch's forward call took. The stack's costs are not observed directly, so they are fitted by *replaying each
+run's own arrivals* through the simulator (:mod:`tqsim.whatif.simulator`) with the calibrated forward times and
+choosing the overheads whose simulated latency quantiles match the observed ones (the method of simulated
+quantiles; common random numbers make the loss smooth enough for Nelder–Mead). The fitted terms are those of
+:class:`~tqsim.whatif.overheads.ServingOverheads`, so ``tqsim whatif`` and ``tqsim plan`` use them unchanged.
+docs/method.md, "Serving overheads from request logs", states the model and its limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from tqsim.data.request_log import RequestLog
+from tqsim.errors import UserError
+from tqsim.whatif.overheads import ServingOverheads, served_forward
+from tqsim.whatif.service import ServiceModel, WithOverheads
+from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
+
+# latency quantiles matched, and their weights: the body pins the level and the fixed costs, p99 the queueing
+QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 1.0])
+CHUNK_S = 2.0
+# a pause's size is Exponential: its quantiles, for ServingOverheads.pause_s to resample
+_EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)  # a run is cut into chunks this long to see its level move when no repeated run measures it
+
+
+@dataclasses.dataclass
+class LogFit:
+    """The fitted overheads, what the fit saw (per run: observed and replayed quantiles) and notes for the user."""
+
+    overheads: ServingOverheads
+    runs: list[dict]
+    notes: list[str]
+    parameters: list[str]   # the terms fitted by replay (the others were read from the log)
+    loss: float
+
+
+def _answered(log: RequestLog) -> np.ndarray:
+    return log.ok & np.isfinite(log.completion_s)
+
+
+def _log_quantiles(latency: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(np.quantile(latency, QUANTILES), 1e-7))
+
+
+def _batches(log: RequestLog) -> tuple[np.ndarray, np.ndarray]:
+    """(size, forward seconds) of every batch the log names, from its batch ids (answered requests only)."""
+    ok = _answered(log)
+    ids, first, counts = np.unique(log.batch_id[ok], return_index=True, return_counts=True)
+    return counts, log.forward_s[ok][first]
+
+
+def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: ServingSetup, *,
+                      window: int | None = None, draws: int = 4, seed: int = 0) -> LogFit:
+    """Fit :class:`ServingOverheads` of one serving set-up from its request logs and the calibrated ``forward``.
+
+    Replayed terms: the service level relative to the calibration (``scale``, unless the log gives forward times),
+    a fixed cost per batch that keeps the replica busy (``per_batch_s``), a cost per request that does not
+    (``response_s``: the response path, HTTP, the client) and the slowdown with the arrival rate
+    (``inflation_s``: on a shared machine the server's front end and the load driver take CPU from the model).
+    ``window``: requests per window (the evaluation set's size) for the window-to-window level.
+    """
+    logs = [lg for lg in logs]
+    if not logs:
+        raise UserError("no request logs to fit; give --serving-log FILE (one file per run).")
+    with_forward = all(lg.has("forward_s") and lg.has("batch_id") for lg in logs)
+    notes: list[str] = []
+    base: ServiceModel = forward
+    known: dict = {}
+    if with_forward:  # the log gives in-server forward times: level, spread and stalls are read, not fitted
+        k, fwd = map(np.concatenate, zip(*(_batches(lg) for lg in logs)))
+        served = served_forward(k, fwd, forward)
+        known = dict(shape=served.shape, stall_prob=float(served.stalled.mean()),
+                     stall_shape=np.sort(served.rel[served.stalled]).tolist())
+        base = WithOverheads(forward, ServingOverheads(**known))  # scale 1: the served level is fitted below
+        known["scale"] = served.scale
+    else:
+        notes.append("the logs give no per-batch forward times (columns batch_id and forward_s): the service level "
+                     "was fitted from latency alone and stalls come from the forward calibration.")
+    # One pool of service times and one set of random numbers per (run, draw), reused by every trial (common
+    # random numbers): the loss then moves smoothly with the parameters.
+    replays = []
+    for i, lg in enumerate(logs):
+        ok = _answered(lg)
+        if ok.sum() < 20:
+            raise UserError(f"{lg.source}: only {int(ok.sum())} answered requests; a run needs at least 20.")
+        for d in range(draws):
+            rng = np.random.default_rng([seed, i, d])
+            pool = service_pool(base, setup, lg.n, rng)
+            replays.append(_Replay(i, lg, ok, pool, rng))
+    names = (["per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"] if with_forward
+             else ["scale", "per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"])
+
+    def unpack(x: np.ndarray) -> dict:
+        v = dict(zip(names, np.exp(x)), **({"scale": known["scale"]} if with_forward else {}))
+        v["pause_prob"] = min(v["pause_prob"], 1.0)
+        return v
+
+    def loss(x: np.ndarray) -> float:
+        v = unpack(x)
+        return float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
+                              for r in replays]))
+
+    from scipy.optimize import minimize
+
+    light = min(logs, key=lambda lg: lg.rate_rps)
+    light_p50 = float(np.median(light.latency_s[_answered(light)]))
+    start = {"scale": 1.0, "per_batch_s": 1e-5, "response_s": max(0.1 * light_p50, 1e-6), "inflation_s": 1e-6,
+             "pause_prob": 0.01, "pause_mean_s": max(light_p50, 1e-5)}
+    x0 = np.log([start[n] for n in names])
+    best = None
+    for x_init in (x0, x0 + np.log([2.0 if n == "response_s" else 1.0 for n in names])):
+        res = minimize(loss, x_init, method="Nelder-Mead",
+                       options={"xatol": 0.01, "fatol": 1e-5, "maxiter": 400 * len(names), "adaptive": True})
+        if best is None or res.fun < best.fun:
+            best = res
+    v = unpack(best.x)
+    runs = []
+    for i, lg in enumerate(logs):
+        mine = [r for r in replays if r.run == i]
+        sim = np.mean([_log_quantiles(r.latency(v, setup)) for r in mine], axis=0)
+        runs.append({"source": lg.source, "rate_rps": float(lg.rate_rps), "requests": lg.n,
+                     "observed_s": dict(zip(_qnames(), np.exp(mine[0].observed).tolist())),
+                     "replayed_s": dict(zip(_qnames(), np.exp(sim).tolist()))})
+    run_sd, run_dof, how = run_level_sd(logs)
+    notes.append(how)
+    phi, how = tail_dispersion(replays, v, setup, logs)
+    notes.append(how)
+    oh = ServingOverheads(scale=float(v["scale"]), per_batch_s=float(v["per_batch_s"]), per_request_s=0.0,
+                          response_s=float(v["response_s"]), inflation_s=float(v["inflation_s"]),
+                          pause_prob=float(v["pause_prob"]), pause_s=(v["pause_mean_s"] * _EXP_QUANTILES).tolist(),
+                          window_log_sd=window_level_sd(logs, window) if window else None,
+                          run_log_sd=run_sd, run_log_dof=run_dof, stall_dispersion=phi)
+    if with_forward:
+        oh.shape, oh.stall_prob, oh.stall_shape = known["shape"], known["stall_prob"], known["stall_shape"]
+    return LogFit(oh, runs, notes, names, float(best.fun))
+
+
+class _Replay:
+    """One draw of one logged run: its arrivals with a fixed pool of forward times and fixed random numbers."""
+
+    def __init__(self, run: int, log: RequestLog, ok: np.ndarray, pool: np.ndarray, rng: np.random.Generator):
+        self.run, self.log, self.ok, self.pool = run, log, ok, pool
+        self.arrival_s = log.arrival_s - log.arrival_s[0]
+        self.rate = float(log.rate_rps)
+        self.observed = _log_quantiles(log.latency_s[ok])
+        self.pick = rng.random(log.n)
+        self.pause_u = rng.random(log.n)      # a batch pauses when its u < pause_prob
+        self.pause_e = rng.exponential(1.0, log.n)
+
+    def latency(self, v: dict, setup: ServingSetup, pause_mult: float = 1.0) -> np.ndarray:
+        """Replayed latency of the answered requests with the overheads ``v`` (request-aligned with the log)."""
+        factor = 1.0 + v["inflation_s"] * self.rate
+        extra = v["pause_mean_s"] * self.pause_e * (self.pause_u < v["pause_prob"] * pause_mult)
+        run = serve_pool(factor * (v["scale"] * self.pool + v["per_batch_s"]), setup, self.arrival_s, self.pick,
+                         extra=extra, response_s=v["response_s"])
+        return run.latency_s[self.ok]
+
+
+TAIL_QUANTILES = np.array([0.9, 0.99])
+_MULTIPLIERS = np.geomspace(0.05, 20.0, 31)
+
+
+def tail_dispersion(replays: list, v: dict, setup: ServingSetup, logs: Sequence[RequestLog],
+                    n_draws: int = 400, seed: int = 0) -> tuple[list[float], str]:
+    """Draws of φ, the variance of a run's pause-rate multiplier (mean 1) across runs, and how it was measured.
+
+    Each segment's multiplier is the one whose replay best matches its p90 and p99. Segments are whole runs
+    when some rate was run more than once (groups of one rate), else ``CHUNK_S`` chunks of each run (a stand-in
+    that understates minute-to-minute changes; the note says so). φ̂ is the pooled variance of the multipliers
+    over their group's mean, drawn from its scaled-inverse-χ² (as the run level, BDA3 §3.2).
+    """
+    groups = _rate_groups(logs)
+    repeated = any(len(g) > 1 for g in groups)
+    per_segment: dict = {}
+    for m in _MULTIPLIERS:
+        for r in replays:
+            lat = r.latency(v, setup, m)
+            if repeated:
+                segs = [(r.run, np.ones(lat.size, bool))]
+            else:
+                t = r.arrival_s[r.ok]
+                chunk = np.floor(t / CHUNK_S).astype(int)
+                segs = [((r.run, c), chunk == c) for c in np.unique(chunk) if (chunk == c).sum() >= 200]
+            for key, sel in segs:
+                obs = np.log(np.quantile(r.log.latency_s[r.ok][sel], TAIL_QUANTILES))
+                err = float(np.sum((np.log(np.quantile(lat[sel], TAIL_QUANTILES)) - obs) ** 2))
+                per_segment.setdefault(key, np.zeros(_MULTIPLIERS.size))[np.flatnonzero(_MULTIPLIERS == m)[0]] += err
+    best = {k: float(_MULTIPLIERS[np.argmin(e)]) for k, e in per_segment.items()}
+    by_group: dict = {}
+    for key, m in best.items():
+        run = key if repeated else key[0]
+        g = next(j for j, grp in enumerate(groups) if run in grp) if repeated else run
+        by_group.setdefault(g, []).append(m)
+    sq, dof = 0.0, 0
+    for ms in by_group.values():
+        if len(ms) > 1:
+            rel = np.array(ms) / np.mean(ms)
+            sq += float(np.sum((rel - 1.0) ** 2))
+            dof += len(ms) - 1
+    if not dof:
+        return [], "the tail's run-to-run spread was not measured (too few runs or chunks)."
+    phi = sq / dof
+    rng = np.random.default_rng(seed)
+    draws = np.round(phi * dof / rng.chisquare(dof, n_draws), 5).tolist()
+    where = "repeated runs" if repeated else f"{CHUNK_S:g} s chunks of each run (understates run-to-run changes)"
+    return draws, f"the tail's run-to-run spread φ = {phi:.2f} measured from {dof + len(by_group)} {where}."
+
+
+def _rate_groups(logs: Sequence[RequestLog]) -> list[list[int]]:
+    """Indices of the logs grouped by offered rate (within 5 %: a log's rate is measured, never exactly equal)."""
+    groups: list[list[int]] = []
+    anchors: list[float] = []
+    for i, lg in enumerate(logs):
+        rate = float(lg.rate_rps)
+        j = next((j for j, a in enumerate(anchors) if abs(rate - a) <= 0.05 * a), None)
+        if j is None:
+            anchors.append(rate)
+            groups.append([i])
+        else:
+            groups[j].append(i)
+    return groups
+
+
+def _qnames() -> list[str]:
+    return [f"p{100 * q:g}" for q in QUANTILES]
+
+
+def run_level_sd(logs: Sequence[RequestLog]) -> tuple[float | None, int, str]:
+    """sd of a run's log median latency from one run to the next at one load, its dof, and how it was measured.
+
+    Repeated runs at one rate measure it (pooled over rates). Without them, each run is cut into
+    ``CHUNK_S`` chunks and their levels' spread stands in: minute-to-minute drift is then *under*-stated,
+    and the note says so.
+    """
+    groups: dict[float, list[float]] = {}
+    for lg in logs:
+        rate = float(lg.rate_rps)
+        key = next((k for k in groups if abs(rate - k) <= 0.05 * k), rate)
+        groups.setdefault(key, []).append(float(np.log(np.median(lg.latency_s[_answered(lg)]))))
+    sq = sum(float(np.sum((np.array(v) - np.mean(v)) ** 2)) for v in groups.values() if len(v) > 1)
+    dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
+    if dof:
+        return float(np.sqrt(sq / dof)), dof, f"run-to-run level measured by {dof + len(groups)} runs at " \
+                                               f"{len(groups)} rate(s) (sd {np.sqrt(sq / dof):.3f})."
+    sq, dof = 0.0, 0
+    for lg in logs:
+        ok = _answered(lg)
+        chunk = np.floor(lg.arrival_s[ok] / CHUNK_S).astype(int)
+        lat = np.log(lg.latency_s[ok])
+        levels = np.array([np.median(lat[chunk == c]) for c in np.unique(chunk) if (chunk == c).sum() >= 20])
+        if levels.size >= 2:
+            sq += float(np.sum((levels - levels.mean()) ** 2))
+            dof += levels.size - 1
+    if not dof:
+        return None, 0, "no run-to-run level measured (runs too short to cut into chunks)."
+    sd = float(np.sqrt(sq / dof))
+    return sd, dof, (f"one run per rate: the run-to-run level (sd {sd:.3f}) stands in from {CHUNK_S:g} s chunks of "
+                     "each run, which understates minute-to-minute drift; repeat each rate for a measured one.")
+
+
+def window_level_sd(logs: Sequence[RequestLog], window: int, min_windows: int = 4) -> float | None:
+    """Pooled within-run sd of the log median latency of consecutive windows of ``window`` requests, at the
+    lightest load (where latency is mostly service, not queueing); None with too few windows."""
+    lg = min(logs, key=lambda x: x.rate_rps)
+    lat = lg.latency_s[_answered(lg)]
+    n = (lat.size // max(int(window), 1)) * int(window)
+    if n // max(int(window), 1) < min_windows:
+        return None
+    levels = np.log(np.median(lat[:n].reshape(-1, int(window)), axis=1))
+    return float(np.std(levels, ddof=1))
