@@ -155,3 +155,94 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
                  max_batch=max_batch, max_wait_s=max_wait_s, precision=precision, rates_rps=list(rates_rps),
                  observed=[r.summary(0.02, workload.n_instances) for r in runs])
     return save_setup(folder, replicas, threads, entry, workload=name, system=system)
+
+
+def _forward_for(home, system, workload, setup: dict):
+    """The workspace folder, system, workload name and calibrated forward-time model of a log's set-up."""
+    from tqsim.data.workspace import Workspace
+    from tqsim.whatif.service import EmpiricalService
+
+    ws = Workspace.at(home)
+    system = ws.resolve_system(system)
+    name = ws.resolve_workload(system, workload)
+    folder = ws.calibration_dir(system, name)
+    forward = EmpiricalService.from_calibration_dir(folder, setup["threads"], setup["precision"], setup["backend"],
+                                                    setup["device"])
+    return folder, system, name, forward
+
+
+def _simulated_setup(setup: dict):
+    from tqsim.whatif.simulator import ServingSetup
+
+    return ServingSetup(setup["replicas"], setup["threads"], setup["max_batch"], setup["max_wait_s"],
+                        setup["precision"])
+
+
+def read_logs(paths: Sequence, max_error_rate: float = 0.01) -> tuple[list, list[str]]:
+    """Every request log of ``paths``, read and checked before anything is written; (logs, notes)."""
+    from tqsim.data.request_log import read_request_log
+
+    logs, notes = [], []
+    for p in paths:
+        log, more = read_request_log(p)
+        check_errors(log, max_error_rate)
+        logs.append(log)
+        notes += [f"{p}: {m}" for m in more]
+    return logs, notes
+
+
+def check_errors(log, limit: float = 0.01) -> None:
+    """Refuse a run in which more than ``limit`` of the requests failed: its latencies describe a failing stack."""
+    bad = int((~log.ok).sum())
+    if bad > limit * log.n:
+        raise UserError(f"{log.source}: {bad} of {log.n} requests failed ({100 * bad / log.n:.1f} %, more than "
+                        f"{100 * limit:g} %); fix the serving stack (or its URL/payload) and measure again.")
+
+
+def file_digest(path) -> str:
+    """A log file's content hash: validation refuses to score a run the fit has seen."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=None, sources: Sequence[str] = (),
+                  digests: Sequence[str] = (), notes: Sequence[str] = (), seed: int = 0) -> tuple[Path, Any]:
+    """Fit the overheads of ``setup`` from ``logs`` (:func:`tqsim.whatif.log_fit.fit_log_overheads`) and store them
+    in ``serving.json`` under the set-up's stack; returns (path, fit)."""
+    from tqsim.data.serving_store import save_setup
+    from tqsim.serving_validation import observe
+    from tqsim.whatif.inputs import WorkspaceInputs
+    from tqsim.whatif.log_fit import fit_log_overheads
+
+    folder, system, name, forward = _forward_for(home, system, workload, setup)
+    src = WorkspaceInputs.open(home, system, name, overheads=False)
+    scores = src.scores(setup["precision"])
+    fit = fit_log_overheads(logs, forward, _simulated_setup(setup), window=scores.size, seed=seed)
+    fit.notes[:0] = list(notes)
+    oh = fit.overheads
+    rates = ", ".join(f"{lg.rate_rps:.0f}" for lg in logs)
+    oh.source = f"{len(logs)} request logs ({logs[0].driver or 'file'}) at {rates} req/s, stack {setup['stack']}"
+    entry = oh.to_dict()
+    entry.update(created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 max_batch=setup["max_batch"], max_wait_s=setup["max_wait_s"], precision=setup["precision"],
+                 backend=setup["backend"], device=setup["device"], stack=setup["stack"],
+                 rates_rps=[float(lg.rate_rps) for lg in logs], logs=list(sources), log_digests=list(digests),
+                 fitted_terms=fit.parameters, replay=fit.runs, notes=fit.notes,
+                 observed=[observe(lg, 0.02, scores) for lg in logs])
+    path = save_setup(folder, setup["replicas"], setup["threads"], entry, workload=name, system=system,
+                      stack=setup["stack"])
+    return path, fit
+
+
+def calibrate_from_logs(paths: Sequence, setup_text: str, *, home=None, system=None, workload=None,
+                        seed: int | None = None) -> tuple[Path, Any]:
+    """``tqsim calibrate --serving-log FILE ... --setup 'replicas=R,threads=T,max_batch=B,max_wait=W'``."""
+    from tqsim.data.request_log import parse_log_setup
+
+    if not paths:
+        raise UserError("give at least one --serving-log FILE (one file per run; two loads or more fit best).")
+    setup = parse_log_setup(setup_text)
+    logs, notes = read_logs(paths)
+    return store_log_fit(logs, setup, home=home, system=system, workload=workload, sources=[str(p) for p in paths],
+                         digests=[file_digest(p) for p in paths], notes=notes, seed=seed or 0)

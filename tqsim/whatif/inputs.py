@@ -33,6 +33,7 @@ class WorkspaceInputs:
     overheads: bool = True
     forecast: Callable | None = None
     model_path: Path | None = None  # a fitted model: service times from its posterior predictive
+    stack: str = "tqsim"            # whose serving overheads (serving.json): tqsim's own server, or an imported stack
     notes: list = dataclasses.field(default_factory=list)
     _cache: dict = dataclasses.field(default_factory=dict)
 
@@ -102,7 +103,7 @@ class WorkspaceInputs:
         base = self._base(threads, precision)
         svc = base
         if self.overheads:
-            oh, note = load_overheads(self.folder, replicas, threads)
+            oh, note = load_overheads(self.folder, replicas, threads, self.stack)
             if oh is not None:
                 svc = WithOverheads(base, oh)
             if note not in self.notes:
@@ -172,10 +173,20 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
     return draw_batch_latency
 
 
-def _open(home, system, workload, overheads, forecast, service) -> WorkspaceInputs:
+def _open(home, system, workload, overheads, forecast, service, stack) -> WorkspaceInputs:
     if service not in ("empirical", "forecast"):
         raise UserError(f"--service {service}: choose empirical (calibrated times, no fit) or forecast (fitted model).")
-    return WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast, service=service)
+    src = WorkspaceInputs.open(home, system, workload, overheads=overheads, forecast=forecast, service=service,
+                               stack=stack)
+    if overheads and stack != "tqsim":
+        from tqsim.data.serving_store import stacks
+
+        known = stacks(src.folder)
+        if stack not in known:
+            raise UserError(f"--stack {stack}: no serving calibration of that stack in {src.folder} (calibrated: "
+                            f"{', '.join(known) or 'none'}); import its logs with `tqsim calibrate --serving-log FILE "
+                            f"--setup '...,stack={stack}'` or measure it with `--serving 'target=URL,...,stack={stack}'`.")
+    return src
 
 
 @dataclasses.dataclass
@@ -198,7 +209,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
                  thresholds_s: Sequence[float] = (0.02,), precision: str | None = None, trace=None, draws: int = 40,
                  windows: int = 100, tail_q: float = 0.01, overheads: bool = True, forecast=None,
                  service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
-                 pool=None) -> Sweep:
+                 pool=None, stack: str = "tqsim") -> Sweep:
     """The ``tqsim whatif`` computation over every (replicas, rate); seconds and numbers in, a :class:`Sweep` out.
     The simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread), each seeded by its rate and
     replicas, so the sweep is the same on any pool."""
@@ -219,7 +230,7 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     for r in rate_list:
         if r is not None and not r > 0:
             raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
-    src = _open(home, system, workload, overheads, forecast, service)
+    src = _open(home, system, workload, overheads, forecast, service, stack)
     precision = _calibrated_precisions(src, [precision])[0] if precision else (
         "fp32" if "fp32" in src.precisions() else src.precisions()[0])
     arrivals = read_trace(trace) if trace is not None else None
@@ -273,12 +284,12 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
                         max_waits_s: Sequence[float] | None = None, precisions: Sequence[str] | None = None,
                         draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
                         service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
-                        pool=None):
+                        pool=None, stack: str = "tqsim"):
     """The ``tqsim plan`` computation: a :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed;
     its simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread)."""
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
-    src = _open(home, system, workload, overheads, forecast, service)
+    src = _open(home, system, workload, overheads, forecast, service, stack)
     space = {"max_batches": list(max_batches) if max_batches else MAX_BATCHES,
              "max_waits_s": list(max_waits_s) if max_waits_s else MAX_WAITS_S,
              "precisions": _calibrated_precisions(src, list(precisions)) if precisions else src.precisions()}

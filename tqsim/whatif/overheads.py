@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from tqsim.data.serving_run import ServingRun
-from tqsim.data.serving_store import nearest_setup
+from tqsim.data.serving_store import OWN_STACK, nearest_setup
 
 STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
 
@@ -75,12 +75,13 @@ class ServingOverheads:
 
 
 
-def load_overheads(folder: Path, replicas: int, threads: int) -> tuple[ServingOverheads | None, str]:
-    """Overheads calibrated for this serving set-up, else the nearest one with the same threads.
+def load_overheads(folder: Path, replicas: int, threads: int, stack: str = OWN_STACK
+                   ) -> tuple[ServingOverheads | None, str]:
+    """Overheads calibrated for this serving set-up of ``stack``, else the nearest one with the same threads.
 
     Returns ``(overheads or None, note)``; the note says what was used, for the user.
     """
-    entry, note = nearest_setup(folder, replicas, threads)
+    entry, note = nearest_setup(folder, replicas, threads, stack)
     return (ServingOverheads.from_dict(entry) if entry is not None else None), note
 
 

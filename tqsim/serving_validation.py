@@ -1,0 +1,152 @@
+"""What-if validation (``tqsim validate --serving-log FILE ...``): score what-if forecasts against real runs.
+
+Each run is a request log the serving fit did not see. For its set-up and its offered rate, the what-if
+simulator forecasts p50, p99, utilisation, deadline miss rate and tail quality with 90 % intervals, exactly as
+``tqsim whatif`` would have; the run's own figures are set beside them, with coverage over all runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tqsim.errors import UserError
+from tqsim.quality import INTERVAL
+
+METRICS = ("p50", "p99", "utilisation", "miss_rate", "tail_quality")
+
+
+def request_scores(log, scores: np.ndarray) -> np.ndarray | None:
+    """Each request's score: the stack's own correctness when the log has it, else the calibrated score of the
+    instance it asked for; None when neither is known (quality then cannot be observed)."""
+    if log.correct is not None:
+        return log.correct.astype(float)
+    if log.has("sample_index") and int(log.sample_index.max()) < scores.size:
+        return scores[log.sample_index]
+    return None
+
+
+def observe(log, threshold_s: float, scores: np.ndarray, tail_q: float = 0.01) -> dict:
+    """A run's own figures: latency quantiles, miss rate, utilisation (when the log names replicas and forward
+    times) and Q@T of consecutive windows of the evaluation set's size (when each request's score is known)."""
+    lat = np.where(log.ok, log.latency_s, np.inf)   # a failed request is late
+    answered = lat[np.isfinite(lat)]
+    out = {"source": log.source, "rate_rps": float(log.rate_rps), "requests": log.n, "errors": int((~log.ok).sum()),
+           "latency_s": {k: float(np.percentile(answered, p)) for k, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9))},
+           "miss_rate": float((lat > threshold_s).mean()), "threshold_s": float(threshold_s),
+           "utilisation": None, "mean_batch_size": None, "tail_quality": None, "mean_quality": None, "windows": 0,
+           "throughput_rps": float(np.isfinite(lat).sum() / max(float(np.nanmax(log.completion_s)), 1e-9))}
+    sizes = log.batch_sizes()
+    if sizes.size:
+        out["mean_batch_size"] = float(sizes.mean())
+    if log.has("forward_s") and log.has("batch_id") and log.has("replica"):
+        ids, first = np.unique(log.batch_id[log.ok], return_index=True)
+        fwd, rep = log.forward_s[log.ok][first], log.replica[log.ok][first]
+        span = max(float(np.nanmax(log.completion_s)), 1e-9)
+        out["utilisation"] = float(np.mean([fwd[rep == r].sum() / span for r in np.unique(rep)]))
+    score = request_scores(log, scores)
+    window = scores.size
+    if score is not None and log.n >= window:
+        n = (log.n // window) * window
+        q = ((lat[:n] <= threshold_s) * score[:n]).reshape(-1, window).mean(axis=1)
+        out.update(tail_quality=float(np.quantile(q, tail_q)), mean_quality=float(q.mean()), windows=int(q.size))
+    return out
+
+
+@dataclasses.dataclass
+class Validation:
+    """Per run: observed and forecast figures; coverage of the 90 % intervals per metric."""
+
+    system: str
+    workload: str
+    stack: str
+    setup: dict
+    threshold_s: float
+    runs: list[dict]
+    notes: list[str]
+
+    def coverage(self) -> dict:
+        out = {}
+        for m in METRICS:
+            flags = [r["inside"][m] for r in self.runs if r["inside"].get(m) is not None]
+            out[m] = {"inside": int(sum(flags)), "runs": len(flags)}
+        return out
+
+    def as_dict(self) -> dict:
+        return {"system": self.system, "workload": self.workload, "stack": self.stack, "setup": self.setup,
+                "threshold_s": self.threshold_s, "interval": INTERVAL, "runs": self.runs,
+                "coverage": self.coverage(), "notes": self.notes}
+
+
+def _forecast_figures(res: dict) -> dict:
+    lat = res["latency_s"]
+    return {"p50": lat["p50"], "p99": lat["p99"], "miss_rate": res["miss_rate"], "tail_quality": res["tail_quality"],
+            "utilisation": {"mean": float(np.mean(res["utilisation"])), "lo": None, "hi": None}}
+
+
+def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, workload=None,
+                  threshold_s: float = 0.02, tail_q: float = 0.01, draws: int = 40, seed: int = 0,
+                  allow_fitted: bool = False) -> Validation:
+    """Forecast each logged run from the stored serving calibration of its stack and score it (docstring above).
+
+    A run whose file the fit used is refused (its forecast would be scored on its own data) unless
+    ``allow_fitted``."""
+    from tqsim.data.request_log import parse_log_setup
+    from tqsim.data.serving_store import nearest_setup
+    from tqsim.serving_calibration import _simulated_setup, file_digest, read_logs
+    from tqsim.whatif.inputs import WorkspaceInputs
+    from tqsim.whatif.simulator import simulate
+
+    setup = parse_log_setup(setup_text)
+    logs, notes = read_logs(paths)
+    src = WorkspaceInputs.open(home, system, workload, stack=setup["stack"])
+    entry, _ = nearest_setup(src.folder, setup["replicas"], setup["threads"], setup["stack"])
+    if entry is None:
+        raise UserError(f"no serving calibration of stack {setup['stack']} in {src.folder}; fit one first: `tqsim "
+                        f"calibrate --serving-log FILE --setup '{setup_text}'` with logs of two loads.")
+    seen = set(entry.get("log_digests", []))
+    used = [str(p) for p in paths if file_digest(p) in seen]
+    if used and not allow_fitted:
+        raise UserError(f"{', '.join(used)}: used to fit the serving calibration, so scoring it says nothing about "
+                        "the forecast; validate on other runs (or pass --allow-fitted to see the fit's own residuals).")
+    scores = src.scores(setup["precision"])
+    svc = src.service(setup["threads"], setup["precision"], setup["replicas"])
+    notes += src.notes
+    sim_setup = _simulated_setup(setup)
+    runs = []
+    for i, log in enumerate(logs):
+        obs = observe(log, threshold_s, scores, tail_q)
+        res = simulate(svc, sim_setup, thresholds_s=[threshold_s], rate_rps=float(log.rate_rps), score=scores,
+                       n_windows=max(log.n // scores.size, 5), draws=draws, tail_q=tail_q, seed=seed + i,
+                       samples="random" if not log.has("sample_index") else "replay").result()
+        fc = _forecast_figures(res)
+        observed = {"p50": obs["latency_s"]["p50"], "p99": obs["latency_s"]["p99"], "miss_rate": obs["miss_rate"],
+                    "tail_quality": obs["tail_quality"], "utilisation": obs["utilisation"]}
+        inside = {m: (None if observed[m] is None or fc[m]["lo"] is None
+                      else bool(fc[m]["lo"] - 1e-12 <= observed[m] <= fc[m]["hi"] + 1e-12)) for m in METRICS}
+        rel = {m: (None if observed[m] in (None, 0) else (fc[m]["mean"] - observed[m]) / observed[m])
+               for m in ("p50", "p99")}
+        runs.append({"source": str(paths[i]), "rate_rps": obs["rate_rps"], "requests": obs["requests"],
+                     "observed": observed, "forecast": fc, "inside": inside, "relative_error": rel,
+                     "saturated": bool(res["saturated"]), "throughput_rps": obs["throughput_rps"]})
+    if any(r["observed"]["tail_quality"] is None for r in runs):
+        notes.append("some logs give neither correctness nor sample_index, so their quality is not observed; add a "
+                     "sample_index column (the evaluation-set instance of each request).")
+    return Validation(src.system, src.workload, setup["stack"],
+                      {k: setup[k] for k in ("replicas", "threads", "max_batch", "max_wait_s", "precision")},
+                      float(threshold_s), runs, notes)
+
+
+def save_validation(folder: Path, validation: Validation) -> Path:
+    """Keep the latest what-if validation beside the serving calibration, for ``tqsim report``."""
+    import json
+
+    from tqsim.data.io import replacing
+
+    path = Path(folder) / "serving-validation.json"
+    with replacing(path) as tmp:
+        Path(tmp).write_text(json.dumps(validation.as_dict(), indent=1, default=float), encoding="utf-8")
+    return path
