@@ -7,10 +7,12 @@ the user-error type (exit 2, a message naming the fix) — never anything else (
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 import tempfile
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -110,6 +112,39 @@ def check_trace(body):
         os.unlink(fh.name)
 
 
+def check_log_setup(text):
+    from tqsim.data.request_log import parse_log_setup
+
+    v, _ = returns_or_user_error(parse_log_setup, text)
+    if v is not None:
+        assert min(v["replicas"], v["threads"], v["max_batch"]) >= 1
+        assert math.isfinite(v["max_wait_s"]) and v["max_wait_s"] >= 0
+
+
+def json_cell(text):
+    """The cell as JSON: itself where it is JSON already (numbers, true, [1]), else as a string."""
+    try:
+        json.loads(text)
+        return text
+    except ValueError:
+        return json.dumps(text)
+
+
+def check_request_log(case):
+    from tqsim.data.request_log import read_request_log
+
+    suffix, body = case
+    with tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False) as fh:
+        fh.write(body.encode("utf-8", "surrogatepass"))
+    try:
+        v, _ = returns_or_user_error(read_request_log, fh.name)
+        if v is not None:
+            log, _ = v
+            assert log.ok.sum() >= 2 and log.duration_s >= 1 and (np.diff(log.arrival_s) >= 0).all()
+    finally:
+        os.unlink(fh.name)
+
+
 PLAN_VALUE = st.one_of(NUMBER, st.integers(-5, 10**6).map(str), st.sampled_from(
     ['"abc"', "[1, 2]", "[[1]]", "true", "{}", '"digits-cnn"', "2.7", "nan", "inf", "1e400", '""']))
 PLAN_KEY = st.sampled_from(["passes", "warmup", "seed", "workload", "description", "bogus"])
@@ -129,12 +164,36 @@ OBJECTIVE = st.one_of(st.text(max_size=40), st.builds(
                                                              "p100.5", "bogus"]),
     st.sampled_from([">=", "<=", "=", ">"]), st.one_of(NUMBER, NEAR), st.one_of(st.just(""), NEAR.map(lambda t: "@" + t))))
 TRACE = st.one_of(st.binary(max_size=60), st.lists(NUMBER, max_size=6).map("\n".join), st.text(max_size=60))
+SETUP_VALUE = st.one_of(NUMBER, NEAR, st.sampled_from(["1", "4", "2ms", "0", "fp32", "bf16", "cuda", "onnxruntime",
+                                                       "triton", "a b", ""]))
+LOG_SETUP = st.one_of(st.text(max_size=50), st.builds(  # the four knobs, mostly valid, plus any other keys
+    lambda knobs, extra: ",".join(f"{k}={v}" for k, v in knobs + extra),
+    st.tuples(*(st.tuples(st.just(k), st.one_of(st.just(v), SETUP_VALUE)) for k, v in
+                (("replicas", "2"), ("threads", "4"), ("max_batch", "8"), ("max_wait", "2ms")))).map(list),
+    st.lists(st.tuples(st.sampled_from(["precision", "backend", "device", "stack", "bogus", "max-batch", "replicas"]),
+                       SETUP_VALUE), max_size=3)))
+LOG_CELL = st.one_of(NUMBER, st.sampled_from(["", "2026-12-02T10:00:00.5Z", "2026-13-02T10:00:00Z", "ok", "500",
+                                              "true", '"x"', "null", "[1]", "{}"]))
+LOG_COLUMN = st.sampled_from(["arrival_s", "completion_s", "status", "batch_id", "batch_size", "replica", "forward_s",
+                              "sample_index", "other"])
+REQUEST_LOG = st.one_of(
+    st.tuples(st.just(".csv"), st.builds(
+        lambda cols, rows: "\n".join([",".join(cols)] + [",".join(r) for r in rows]),
+        st.lists(LOG_COLUMN, min_size=1, max_size=4), st.lists(st.lists(LOG_CELL, max_size=4), max_size=6))),
+    st.tuples(st.just(".jsonl"), st.lists(st.dictionaries(LOG_COLUMN, LOG_CELL, max_size=4).map(
+        lambda d: "{" + ", ".join(f'"{k}": {json_cell(v)}' for k, v in d.items()) + "}"), max_size=6).map("\n".join)),
+    st.tuples(st.just(".csv"), st.lists(st.tuples(  # sorted numbers with a status: often a valid log
+        st.floats(0, 3), st.floats(-0.01, 0.1), st.sampled_from(["200", "500", "ok", "", "x"])), max_size=8).map(
+        lambda rows: "arrival_s,completion_s,status\n" + "\n".join(f"{a!r},{a + d!r},{c}"
+                                                                   for a, d, c in sorted(rows)))),
+    st.tuples(st.sampled_from([".csv", ".jsonl", ".parquet"]), st.text(max_size=60)))
 GRID = st.one_of(st.text(max_size=40), st.builds(lambda f, v: f"{f}={v}", st.sampled_from(
     ["batch_size", "threads", "precision", "compile", "device", "backend", "bogus", "batch-size", ""]),
     st.lists(st.one_of(NUMBER, st.sampled_from(["fp32", "on", "off", "cuda", "onnxruntime", ""])), max_size=4).map(",".join)))
 
 CASES = {"threshold": (check_threshold, TEXT), "duration": (check_duration, TEXT), "grid / --set": (check_assignment, GRID),
          "objective": (check_objective, OBJECTIVE), "serving set-up": (check_serving, SERVING),
+         "log set-up": (check_log_setup, LOG_SETUP), "request log": (check_request_log, REQUEST_LOG),
          "plan TOML": (check_plan, PLAN), "trace": (check_trace, TRACE)}
 
 
