@@ -87,6 +87,13 @@ def _forecast_figures(res: dict) -> dict:
             "utilisation": {"mean": float(np.mean(res["utilisation"])), "lo": None, "hi": None}}
 
 
+def _sampling(log, window: int) -> str:
+    """How the run chose instances: "replay" when it walked the evaluation set in order, else "random" (as
+    LoadGen's Server scenario does), so that the forecast's windows vary in composition as the run's did."""
+    idx = log.sample_index
+    return "replay" if log.has("sample_index") and np.array_equal(idx, np.arange(idx.size) % window) else "random"
+
+
 def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, workload=None,
                   threshold_s: float = 0.02, tail_q: float = 0.01, draws: int = 40, seed: int = 0,
                   allow_fitted: bool = False) -> Validation:
@@ -121,7 +128,7 @@ def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, w
         obs = observe(log, threshold_s, scores, tail_q)
         res = simulate(svc, sim_setup, thresholds_s=[threshold_s], rate_rps=float(log.rate_rps), score=scores,
                        n_windows=max(log.n // scores.size, 5), draws=draws, tail_q=tail_q, seed=seed + i,
-                       samples="random" if not log.has("sample_index") else "replay").result()
+                       samples=_sampling(log, scores.size)).result()
         fc = _forecast_figures(res)
         observed = {"p50": obs["latency_s"]["p50"], "p99": obs["latency_s"]["p99"], "miss_rate": obs["miss_rate"],
                     "tail_quality": obs["tail_quality"], "utilisation": obs["utilisation"]}

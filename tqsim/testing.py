@@ -274,3 +274,23 @@ def example_fit(sampler: str = "nutpie", seed: int = 0, passes: int = 8,
     fm = fit_campaign(load_campaign(folder), sampler=sampler, draws=draws, tune=tune, seed=seed)
     save(fm, Workspace.at(home).model_path("simbox", "sim"))
     return home, fm, law
+
+
+def simulate_request_log(service, setup, rate_rps: float, duration_s: float, seed: int = 0, *,
+                         n_instances: int = 540, with_batches: bool = False):
+    """A request log (:class:`~tqsim.data.request_log.RequestLog`) of a simulated serving run with known
+    overheads: ``service`` (e.g. ``WithOverheads(forward, truth)``) served Poisson arrivals at ``rate_rps``.
+    Instances are drawn at random, as LoadGen does; ``with_batches`` adds the batch ids and sizes."""
+    from tqsim.data.request_log import RequestLog
+    from tqsim.whatif.simulator import poisson_arrivals, simulate_run
+
+    rng = np.random.default_rng(seed)
+    svc = service.at_rate(rate_rps) if hasattr(service, "at_rate") else service
+    arr = poisson_arrivals(rate_rps, int(rate_rps * duration_s), rng)
+    run = simulate_run(svc.draw(rng), setup, arr, rng, window=n_instances)
+    extra = {}
+    if with_batches:
+        ids = np.repeat(np.arange(run.batch_sizes.size), run.batch_sizes)
+        extra = dict(batch_id=ids, batch_size=run.batch_sizes[ids])
+    return RequestLog.from_arrays(run.arrival_s, run.done_s, sample_index=rng.integers(0, n_instances, arr.size),
+                                  source=f"simulated {rate_rps:g} req/s", driver="simulated", **extra)

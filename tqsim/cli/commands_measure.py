@@ -77,6 +77,12 @@ def calibrate(
         "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
                           "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (also duration=8s, repeats=3: runs per "
                           "rate; needs the forward-time calibration first).")] = None,
+    serving_log: Annotated[Optional[list[Path]], typer.Option(
+        "--serving-log", help="Import a serving stack's request log (CSV, Parquet or JSON lines; one file per run, "
+                              "repeatable; docs/schema.md) and fit its overheads; needs --setup.")] = None,
+    setup: Annotated[Optional[str], typer.Option(
+        "--setup", help="With --serving-log: the set-up the logs were served with, e.g. "
+                        "'replicas=2,threads=1,max_batch=8,max_wait=2ms,stack=litserve'.")] = None,
     data: Annotated[Optional[str], typer.Option(
         "--data", help="Evaluation data of a model-file workload (--workload model.onnx or model.pt): an .npz or "
                        ".parquet holding `labels` and one array per model input, named as the input.")] = None,
@@ -101,6 +107,10 @@ def calibrate(
 ) -> None:
     """Measure configurations of a workload on this system into the workspace (resumes by default); with
     --cluster, on every system a Dask cluster's workers declare (or the --system ones, a comma list)."""
+    if serving_log or setup is not None:
+        _serving_logs(serving_log, setup, serving, adaptive, grid, plan, cluster, home, system, workload, json_out,
+                      seed)
+        return
     if adaptive or target is not None:
         _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup, fresh, until_converged, sessions, serving,
                   cluster, data, home, system, workload, json_out, seed)
@@ -142,6 +152,30 @@ def calibrate(
         emit_json({**result, "warnings": list(dict.fromkeys(notes))})
         return
     _render_calibration(result, notes)
+
+
+def _serving_logs(paths, setup, serving, adaptive, grid, plan, cluster, home, system, workload, json_out, seed):
+    """`tqsim calibrate --serving-log FILE ... --setup '...'`: fit a stack's overheads from its own request logs."""
+    from tqsim.errors import UserError
+    from tqsim.serving_calibration import calibrate_from_logs
+
+    if not paths:
+        raise UserError("--setup describes imported request logs; add --serving-log FILE (one file per run).")
+    if setup is None:
+        raise UserError("--serving-log needs --setup, the set-up the logs were served with, e.g. "
+                        "--setup 'replicas=2,threads=1,max_batch=8,max_wait=2ms'.")
+    clash = [name for name, given in (("--serving", serving), ("--adaptive", adaptive), ("--grid", grid),
+                                       ("a plan file", plan), ("--cluster", cluster)) if given]
+    if clash:
+        raise UserError(f"--serving-log imports runs measured elsewhere; drop {', '.join(clash)}.")
+    path, fit = calibrate_from_logs(paths, setup, home=home, system=system, workload=workload, seed=seed)
+    if json_out:
+        emit_json({"serving_calibration": str(path), "overheads": fit.overheads.to_dict(), "runs": fit.runs,
+                   "fitted_terms": fit.parameters, "notes": fit.notes})
+        return
+    from tqsim.cli.serving_logs import render_log_fit
+
+    render_log_fit(path, fit, [])
 
 
 def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup, fresh, until_converged, sessions, serving,

@@ -123,14 +123,33 @@ def predict(
 
 @app.command()
 def validate(
-    heldout: Annotated[Path, typer.Option("--heldout", help="Workspace the held-out runs were calibrated in (its --home), or a folder of their files.")],
+    heldout: Annotated[Optional[Path], typer.Option("--heldout", help="Workspace the held-out runs were calibrated in (its --home), or a folder of their files.")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = 0, debug: Debug = False,
-    draws: Annotated[int, typer.Option("--draws", help="Posterior draws used.")] = 200,
+    draws: Annotated[Optional[int], typer.Option("--draws", help="Posterior draws used (what-if draws with --serving-log).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Validate a fit whose diagnostics failed.")] = False,
+    serving_log: Annotated[Optional[list[Path]], typer.Option(
+        "--serving-log", help="Score what-if forecasts against these request logs (runs the serving fit did not "
+                              "see; one file per run); needs --setup.")] = None,
+    setup: Annotated[Optional[str], typer.Option(
+        "--setup", help="With --serving-log: the logs' set-up, e.g. 'replicas=2,threads=1,max_batch=8,max_wait=2ms,"
+                        "stack=litserve'.")] = None,
+    threshold: Annotated[str, typer.Option("--threshold", "-t", help="With --serving-log: the deadline.")] = "20ms",
+    allow_fitted: Annotated[bool, typer.Option(
+        "--allow-fitted", help="With --serving-log: also score runs the fit used (its own residuals).")] = False,
 ) -> None:
-    """Score forecasts against held-out real runs (errors, interval coverage, rJSD, W1, CRPS)."""
+    """Score forecasts against held-out real runs (errors, interval coverage, rJSD, W1, CRPS); with
+    --serving-log, score what-if forecasts against a serving stack's own runs."""
     from tqsim.validate import validate as run_validate
+
+    if serving_log or setup is not None:
+        _validate_serving(serving_log, setup, heldout, threshold, allow_fitted, draws, home, system, workload,
+                          json_out, seed)
+        return
+    if heldout is None:
+        raise UserError("give --heldout (a workspace of held-out configurations) or --serving-log FILE --setup '...' "
+                        "(a serving stack's runs).")
+    draws = 200 if draws is None else draws
 
     fm = _load(home, system, workload)
     with steps("validate", enabled=not json_out) as progress:
@@ -168,3 +187,28 @@ def validate(
                     f"median tail-quality error {100 * s['median_abs_error_tail_quality']:.2f} pp")
     if res.anchors:
         c.print(f"anchors (calibrated configurations in the held-out runs): {', '.join(res.anchors)}")
+
+
+def _validate_serving(paths, setup, heldout, threshold, allow_fitted, draws, home, system, workload, json_out, seed):
+    from tqsim.errors import UserError
+    from tqsim.serving_validation import save_validation, validate_logs
+    from tqsim.units import parse_duration
+
+    if not paths or setup is None:
+        raise UserError("what-if validation needs both --serving-log FILE (runs the fit did not see) and --setup "
+                        "'replicas=R,threads=T,max_batch=B,max_wait=W' (their set-up).")
+    if heldout is not None:
+        raise UserError("give either --heldout (forecasts of configurations) or --serving-log (what-ifs), not both.")
+    with steps("what-if validation", enabled=not json_out):
+        res = validate_logs(paths, setup, home=home, system=system, workload=workload,
+                            threshold_s=parse_duration(threshold, "threshold"), draws=draws or 40,
+                            seed=seed or 0, allow_fitted=allow_fitted)
+    from tqsim.data.workspace import Workspace
+
+    save_validation(Workspace.at(home).calibration_dir(res.system, res.workload), res)
+    if json_out:
+        emit_json(res.as_dict())
+        return
+    from tqsim.cli.serving_logs import render_validation
+
+    render_validation(res)

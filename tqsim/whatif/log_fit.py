@@ -115,9 +115,10 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
              "pause_prob": 0.01, "pause_mean_s": max(light_p50, 1e-5)}
     x0 = np.log([start[n] for n in names])
     best = None
-    for x_init in (x0, x0 + np.log([2.0 if n == "response_s" else 1.0 for n in names])):
-        res = minimize(loss, x_init, method="Nelder-Mead",
-                       options={"xatol": 0.01, "fatol": 1e-5, "maxiter": 400 * len(names), "adaptive": True})
+    for step in (np.log(3.0), -np.log(3.0)):  # a simplex of factor-3 steps, both ways: the terms trade off
+        simplex = np.vstack([x0, x0 + step * np.eye(len(names))])
+        res = minimize(loss, x0, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-5, "adaptive": True,
+                                                                "maxiter": 400 * len(names), "initial_simplex": simplex})
         if best is None or res.fun < best.fun:
             best = res
     v = unpack(best.x)

@@ -1,0 +1,139 @@
+"""Serving overheads fitted from request logs alone (tqsim.whatif.log_fit) on simulated stacks with known answers,
+and the `calibrate --serving-log` / `validate --serving-log` commands end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tqsim.data.request_log import write_request_log
+from tqsim.testing import grid, simulate_campaign, simulate_request_log, write_campaign
+from tqsim.whatif.log_fit import fit_log_overheads, run_level_sd
+from tqsim.whatif.overheads import ServingOverheads
+from tqsim.whatif.service import EmpiricalService, WithOverheads
+from tqsim.whatif.simulator import ServingSetup, saturation_rps, simulate
+
+SETUP = ServingSetup(1, 1, 8, 0.5e-3)
+TRUTH = ServingOverheads(scale=1.4, per_batch_s=80e-6, response_s=300e-6, pause_prob=0.01,
+                         pause_s=(2e-3 * -np.log1p(-(np.arange(200) + 0.5) / 200)).tolist())
+
+
+@pytest.fixture(scope="module")
+def forward():
+    rng = np.random.default_rng(0)
+    return EmpiricalService({k: (150e-6 + 60e-6 * k) * np.exp(rng.normal(0, 0.05, (10, 200))) for k in (1, 2, 4, 8)})
+
+
+def _logs(forward, rates, seed=0, **kw):
+    stack = WithOverheads(forward, TRUTH)
+    return [simulate_request_log(stack, SETUP, r, 4.0, seed=seed + i, **kw) for i, r in enumerate(rates)]
+
+
+def test_the_fit_recovers_a_known_stack_and_forecasts_a_load_it_never_saw(forward):
+    cap = saturation_rps(WithOverheads(forward, TRUTH), SETUP)
+    fit = fit_log_overheads(_logs(forward, [0.2 * cap, 0.5 * cap]), forward, SETUP, window=540)
+    oh = fit.overheads
+    assert oh.scale == pytest.approx(TRUTH.scale, rel=0.2)
+    assert oh.response_s == pytest.approx(TRUTH.response_s, rel=0.5)
+    assert fit.parameters == ["scale", "per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"]
+    # a load between and beyond the fitted ones: the forecast p99 lies near the truth's, and the saturation rate too
+    for frac in (0.35, 0.7):
+        kw = dict(thresholds_s=[0.02], rate_rps=frac * cap, n_windows=40, draws=20, seed=3)
+        true_p99 = simulate(WithOverheads(forward, TRUTH), SETUP, **kw).result()["latency_s"]["p99"]["mean"]
+        got = simulate(WithOverheads(forward, oh), SETUP, **kw).result()["latency_s"]["p99"]
+        assert got["mean"] == pytest.approx(true_p99, rel=0.25)
+        assert got["lo"] <= true_p99 <= got["hi"]
+    assert saturation_rps(WithOverheads(forward, oh), SETUP) == pytest.approx(cap, rel=0.1)
+
+
+def test_a_wrong_forward_level_is_absorbed_by_the_scale_not_by_the_fixed_costs(forward):
+    """The same logs against a forward calibration 2x too slow: the fitted scale halves, the forecast holds."""
+    cap = saturation_rps(WithOverheads(forward, TRUTH), SETUP)
+    logs = _logs(forward, [0.2 * cap, 0.5 * cap])
+    slow = EmpiricalService({k: 2 * np.atleast_2d(forward.level_s[k] * forward.residual[k][:200]) for k in (1, 2, 4, 8)})
+    a = fit_log_overheads(logs, forward, SETUP).overheads
+    b = fit_log_overheads(logs, slow, SETUP).overheads
+    assert b.scale == pytest.approx(a.scale / 2, rel=0.15)
+
+
+def test_known_batches_and_forward_times_fix_the_level(forward):
+    from dataclasses import replace
+
+    cap = saturation_rps(WithOverheads(forward, TRUTH), SETUP)
+    logs = _logs(forward, [0.2 * cap, 0.5 * cap], with_batches=True)
+    for lg in logs:  # the stack reports each batch's forward time: 1.4 x the calibration's
+        lg.forward_s = TRUTH.scale * forward.sample(lg.batch_size, np.random.default_rng(0))
+    fit = fit_log_overheads(logs, forward, SETUP)
+    assert "scale" not in fit.parameters and fit.overheads.scale == pytest.approx(1.4, rel=0.05)
+    assert fit.overheads.shape  # the served spread is read from the log
+    assert replace(fit.overheads).to_dict() == fit.overheads.to_dict()
+
+
+def test_run_level_is_measured_by_repeats_else_stood_in_by_chunks(forward):
+    logs = _logs(forward, [1000.0, 1000.0, 3000.0, 3000.0])
+    sd, dof, how = run_level_sd(logs)
+    assert dof == 2 and "measured by 4 runs at 2 rate(s)" in how
+    sd, dof, how = run_level_sd(logs[::2])
+    assert dof >= 2 and "chunks" in how and "understates" in how
+
+
+def test_serving_log_calibration_and_validation_end_to_end(tmp_path, forward, capsys):
+    """Import two loads' logs of a (simulated) stack, then score the what-if against two others it never saw."""
+    from tqsim.cli import main
+
+    write_campaign(simulate_campaign(grid((1, 2, 4, 8), (1,)), passes=6, seed=0), tmp_path)
+    from tqsim.whatif.inputs import WorkspaceInputs
+
+    fwd = WorkspaceInputs.open(tmp_path, None, None, overheads=False).service(1, "fp32")
+    cap = saturation_rps(WithOverheads(fwd, TRUTH), SETUP)
+    paths = []
+    for i, frac in enumerate((0.2, 0.5, 0.35, 0.65)):
+        p = tmp_path / f"run{i}.csv"
+        write_request_log(simulate_request_log(WithOverheads(fwd, TRUTH), SETUP, frac * cap, 3.0, seed=i), p)
+        paths.append(str(p))
+    setup = "replicas=1,threads=1,max_batch=8,max_wait=0.5ms,stack=mystack"
+    home = ["--home", str(tmp_path)]
+    main(["calibrate", "--serving-log", paths[0], "--serving-log", paths[1], "--setup", setup, *home])
+    store = json.loads((tmp_path / "calibration/simbox/sim/serving.json").read_text())
+    assert list(store["setups"]) == ["mystack:r1-th1"]
+    assert store["setups"]["mystack:r1-th1"]["scale"] == pytest.approx(1.4, rel=0.2)
+    capsys.readouterr()
+    main(["validate", "--serving-log", paths[2], "--serving-log", paths[3], "--setup", setup, "--json", *home])
+    res = json.loads(capsys.readouterr().out)
+    assert [r["source"] for r in res["runs"]] == paths[2:]
+    assert res["coverage"]["p99"]["runs"] == 2 and res["coverage"]["p99"]["inside"] >= 1
+    for r in res["runs"]:
+        assert abs(r["relative_error"]["p99"]) < 0.35
+        assert r["observed"]["tail_quality"] is not None
+    assert (tmp_path / "calibration/simbox/sim/serving-validation.json").exists()
+    # a run the fit used is refused, a stack never calibrated is named, and what-if uses the imported stack
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--serving-log", paths[0], "--setup", setup, *home])
+    assert e.value.code == 2 and "used to fit" in capsys.readouterr().err
+    main(["whatif", "--rate", f"{0.3 * cap:.0f}", "--max-batch", "8", "--max-wait", "0.5ms", "--stack", "mystack",
+          "--json", *home])
+    out = json.loads(capsys.readouterr().out)
+    assert any("mystack:r1-th1" in n for n in out["notes"])
+    with pytest.raises(SystemExit) as e:
+        main(["whatif", "--rate", "100", "--stack", "other", *home])
+    assert e.value.code == 2 and "mystack" in capsys.readouterr().err
+
+
+def test_serving_log_bad_input_exits_2(tmp_path, capsys):
+    from tqsim.cli import main
+
+    write_campaign(simulate_campaign(grid((1, 2), (1,)), passes=2, seed=0), tmp_path)
+    home = ["--home", str(tmp_path)]
+    cases = [
+        (["calibrate", "--setup", "replicas=1,threads=1,max_batch=8,max_wait=0"], "--serving-log"),
+        (["calibrate", "--serving-log", "x.csv"], "--setup"),
+        (["calibrate", "--serving-log", "x.csv", "--setup", "replicas=1,threads=1,max_batch=8"], "max_wait"),
+        (["validate", "--serving-log", "x.csv"], "--setup"),
+        (["validate"], "--heldout"),
+    ]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv + home)
+        assert e.value.code == 2 and needle in capsys.readouterr().err, argv
