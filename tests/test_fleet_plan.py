@@ -80,6 +80,7 @@ def test_plan_across_systems_picks_the_cheapest_that_meets_and_explains_the_othe
                 "rejected", "screened_only", "notes"):  # the one-system plan contract, kept
         assert key in res
     assert res["feasible"] and res["best"]["system"] == "cheap" and res["workload"] == "toy"
+    assert res["cost"] == {"kind": "prices", "source": str(prices)}
     assert res["best"]["cost_per_hour"] == pytest.approx(0.2) and res["best"]["meets"]
     verdict = {s["system"]: s for s in res["systems"]}
     assert verdict["cheap"]["chosen"] and verdict["cheap"]["reason"] == ""

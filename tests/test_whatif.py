@@ -109,14 +109,22 @@ def test_result_object_follows_the_json_contract():
                   score=np.ones(50), draws=3, n_windows=10)
     r = wi.results()
     assert len(r) == 2
-    for key in ("rate_rps", "replicas", "threads", "max_batch", "max_wait_s", "threshold_s", "latency_s",
-                "miss_rate", "tail_quality", "utilisation"):
+    for key in ("rate_rps", "replicas", "threads", "max_batch", "max_wait_s", "precision", "backend", "device",
+                "threshold_s", "latency_s", "miss_rate", "tail_quality", "utilisation"):
         assert key in r[0]
     assert set(r[0]["latency_s"]) == {"p50", "p99", "p99.9"}
     assert r[1]["tail_quality"]["mean"] == 1.0 and r[1]["miss_rate"]["mean"] == 0.0
     assert len(r[0]["utilisation"]) == 2
     lat = r[0]["latency_s"]
     assert lat["p50"]["mean"] <= lat["p99"]["mean"] <= lat["p99.9"]["mean"]
+
+
+def test_setup_backend_and_device_default_to_torch_cpu_and_show_otherwise():
+    assert ServingSetup(2, 1, 4, 1e-3).label() == "2×th1 batch≤4 wait 1ms fp32"
+    gpu = ServingSetup(2, 3, 4, 1e-3, "fp16", "onnxruntime", "cuda")
+    assert gpu.label() == "2×th3 batch≤4 wait 1ms fp16 onnxruntime/cuda"
+    assert (gpu.cores, gpu.gpus, ServingSetup(replicas=2).gpus) == (6, 2, 0)
+    assert gpu.variant == ("fp16", "onnxruntime", "cuda")
 
 
 def test_empirical_service_interpolates_log_linearly():
@@ -142,6 +150,24 @@ def test_forecast_hook_uses_one_posterior_draw_per_simulation_draw():
     svc = ForecastService(fake, threads=1).draw(np.random.default_rng(5))
     svc.sample(np.array([1, 2, 2, 4]), np.random.default_rng(0))
     assert len({d for _, d in calls}) == 1 and {k for k, _ in calls} == {1, 2, 4}
+
+
+def test_the_forecast_is_asked_for_the_whole_variant(monkeypatch):
+    """--service forecast: the fitted model simulates the replica's precision, backend and device, not torch/cpu."""
+    import tqsim.forecast
+    from tqsim.factors import Config
+    from tqsim.whatif.inputs import posterior_latency_fn
+
+    asked = []
+
+    def fake_simulate_latency(fitted, config, **kw):
+        asked.append(config)
+        return np.full((2, kw["n_passes"], 8), 1e-3), True
+
+    monkeypatch.setattr(tqsim.forecast, "simulate_latency", fake_simulate_latency)
+    draw = posterior_latency_fn(None, "fp16", "onnxruntime", "cuda", n_draws=2, n_passes=3)
+    assert draw(4, 2, 5, np.random.default_rng(0)).shape == (5,)
+    assert asked == [Config(4, 2, "fp16", "onnxruntime", "cuda")]
 
 
 def test_bad_input_is_a_user_error():

@@ -249,8 +249,9 @@ class Workspace:
     def whatif(self, rates: float | Sequence[float] = 300.0, *, thresholds: str | float | Sequence[str | float],
                workload: "str | Workload | None" = None, replicas: int | Sequence[int] = 1, threads: int = 1,
                max_batch: int = 1, max_wait: str | float = 0.0, precision: str | None = None,
-               trace: str | os.PathLike | None = None, draws: int = 40, windows: int = 100, tail_q: float = 0.01,
-               overheads: bool = True, service: str = "empirical", seed: int = 0, cluster: str | None = None,
+               backend: str | None = None, device: str | None = None, trace: str | os.PathLike | None = None,
+               draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
+               service: str = "empirical", seed: int = 0, cluster: str | None = None,
                workers: int | None = None) -> "Sweep":
         """Simulate serving under load (``rates`` in requests/s, or ``trace``: a file of arrival times), as
         ``tqsim whatif``: end-to-end latency, deadline misses and tail quality with 90% intervals, one result per
@@ -266,18 +267,19 @@ class Workspace:
                                 rates=[float(r) for r in _listed(rates)], replicas=[int(r) for r in _listed(replicas)],
                                 threads=threads, max_batch=max_batch, max_wait_s=parse_duration(max_wait, "max_wait"),
                                 thresholds_s=[parse_duration(t, "threshold") for t in _listed(thresholds)],
-                                precision=precision, trace=Path(trace) if trace is not None else None, draws=draws,
-                                windows=windows, tail_q=tail_q, overheads=overheads, service=service, seed=seed,
-                                pool=on)
+                                precision=precision, backend=backend, device=device,
+                                trace=Path(trace) if trace is not None else None, draws=draws, windows=windows,
+                                tail_q=tail_q, overheads=overheads, service=service, seed=seed, pool=on)
 
     def plan(self, objective: "str | Objective", rate: float, cores: int, *, workload: "str | Workload | None" = None,
              confidence: float = 0.9, max_batch: Sequence[int] | None = None,
-             max_wait: Sequence[str | float] | None = None, precisions: Sequence[str] | None = None, draws: int = 30,
-             overheads: bool = True, service: str = "empirical", seed: int = 0, cluster: str | None = None,
-             workers: int | None = None) -> "Plan":
-        """The cheapest serving set-up (fewest cores ≤ ``cores``) meeting ``objective`` (e.g.
-        ``"tail_quality>=0.95@20ms"``, ``"p99<=15ms"``) at ``rate`` requests/s with probability ≥ ``confidence``,
-        as ``tqsim plan``; ``cluster``/``workers`` as in :meth:`whatif`."""
+             max_wait: Sequence[str | float] | None = None, precisions: Sequence[str] | None = None,
+             backends: Sequence[str] | None = None, devices: Sequence[str] | None = None, cost: str = "cores",
+             draws: int = 30, overheads: bool = True, service: str = "empirical", seed: int = 0,
+             cluster: str | None = None, workers: int | None = None) -> "Plan":
+        """The cheapest serving set-up (fewest cores ≤ ``cores``, or GPUs then cores with ``cost="gpus"``) meeting
+        ``objective`` (e.g. ``"tail_quality>=0.95@20ms"``, ``"p99<=15ms"``) at ``rate`` requests/s with probability
+        ≥ ``confidence``, as ``tqsim plan``; ``cluster``/``workers`` as in :meth:`whatif`."""
         from tqsim.parallel import pool
         from tqsim.units import parse_duration
         from tqsim.whatif.inputs import plan_from_workspace
@@ -289,7 +291,8 @@ class Workspace:
                                        workload=_name(workload), confidence=confidence,
                                        max_batches=[int(b) for b in _listed(max_batch)] or None,
                                        max_waits_s=[parse_duration(w, "max_wait") for w in _listed(max_wait)] or None,
-                                       precisions=_listed(precisions) or None, draws=draws, overheads=overheads,
+                                       precisions=_listed(precisions) or None, backends=_listed(backends) or None,
+                                       devices=_listed(devices) or None, cost=cost, draws=draws, overheads=overheads,
                                        service=service, seed=seed, pool=on)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqsim.errors import UserError
 
@@ -24,6 +24,18 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "compile": False,
 }
+
+
+class Variant(NamedTuple):
+    """The levels of the quality factors (fields in QUALITY_FACTORS' order): a what-if's service times and
+    scores are per variant, since a backend, device or precision changes both time and correctness."""
+
+    precision: str = "fp32"
+    backend: str = "torch"
+    device: str = "cpu"
+
+    def label(self) -> str:
+        return f"{self.precision} {self.backend}/{self.device}"
 
 
 @dataclasses.dataclass(frozen=True, order=True)

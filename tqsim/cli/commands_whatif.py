@@ -35,7 +35,12 @@ def whatif(
                                                              "to fill, e.g. 2ms (0: take what is queued).")] = "0",
     threshold: Annotated[Optional[list[str]], typer.Option(
         "--threshold", "-t", help="Deadline from arrival, e.g. 20ms; a list gives one table row each.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Replica precision (default fp32).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="Replica precision (default fp32 when calibrated, else the only one calibrated).")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="torch or onnxruntime (default torch when calibrated, else the one calibrated).")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="cpu or cuda (default cpu when calibrated, else the only one calibrated).")] = None,
     trace: Annotated[Optional[Path], typer.Option("--trace", help="Replay arrivals: one timestamp (s) a line.")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Draws of the service model (each a whole run).")] = 40,
     windows: Annotated[int, typer.Option("--windows", help="Windows (passes of the evaluation set) per draw.")] = 100,
@@ -56,9 +61,9 @@ def whatif(
         sweep = whatif_sweep(home=home, system=system, workload=workload, rates=numbers(rate or ["300"], "rate"),
                              replicas=numbers(replicas or ["1"], "replicas", int), threads=threads,
                              max_batch=max_batch, max_wait_s=parse_duration(max_wait, "max-wait"),
-                             thresholds_s=durations(threshold, "threshold"), precision=precision, trace=trace,
-                             draws=draws, windows=windows, tail_q=tail_q, overheads=not no_overheads,
-                             service=service, seed=seed or 0, progress=progress, pool=on)
+                             thresholds_s=durations(threshold, "threshold"), precision=precision, backend=backend,
+                             device=device, trace=trace, draws=draws, windows=windows, tail_q=tail_q,
+                             overheads=not no_overheads, service=service, seed=seed or 0, progress=progress, pool=on)
     out = sweep.as_dict()
     if plot is not None:
         from tqsim.whatif.plot import plot_sweep
@@ -82,7 +87,8 @@ def whatif(
     c = console()
     first = out["results"][0]
     c.print(f"threads {first['threads']}, batch ≤ {first['max_batch']}, max wait {fmt_seconds(first['max_wait_s'])}"
-            f", {first['precision']}, deadline {fmt_seconds(first['threshold_s'])}; tail quality = "
+            f", {first['precision']} {first['backend']}/{first['device']}, deadline {fmt_seconds(first['threshold_s'])}"
+            f"; tail quality = "
             f"{first['tail_q']:g}-quantile of Q@T over windows of the evaluation set; (lo–hi) = 90% interval.")
     c.print(table)
     for note in out["notes"]:
@@ -104,56 +110,67 @@ def plan(
         "--max-wait", help="Waits to try (default 0,0.5ms,1ms,2ms,5ms).")] = None,
     precision: Annotated[Optional[list[str]], typer.Option(
         "--precision", help="Precisions to try (default: calibrated).")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        "--backend", help="Backends to try, e.g. torch,onnxruntime (default: calibrated).")] = None,
+    device: Annotated[Optional[list[str]], typer.Option(
+        "--device", help="Devices to try, e.g. cpu,cuda (default: calibrated).")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Draws for the refined candidates.")] = 30,
     no_overheads: Annotated[bool, typer.Option("--no-overheads", help="Ignore the serving calibration.")] = False,
     service: ServiceOpt = "empirical",
     systems: Annotated[Optional[list[str]], typer.Option(
         "--systems", help="Plan across these systems (a list, or all), cheapest by --cost.")] = None,
-    cost: Annotated[Optional[Path], typer.Option(
-        "--cost", help="Prices file (TOML): [systems.NAME] replica_hour = 0.12 or machine_hour = 0.4.")] = None,
+    cost: Annotated[Optional[str], typer.Option(
+        "--cost", help="What cheapest means: cores (default; replicas × threads), gpus (one per cuda replica, "
+                       "then cores) or a prices file (TOML): [systems.NAME] replica_hour = 0.12 or machine_hour = "
+                       "0.4.")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
-    """The cheapest serving set-up (fewest cores) that meets an objective with probability ≥ confidence; with
-    --systems and --cost, the cheapest system and set-up in money across machine types."""
+    """The cheapest serving set-up (fewest cores, or GPUs with --cost gpus) that meets an objective with
+    probability ≥ confidence; with --systems and --cost prices.toml, the cheapest system and set-up in money
+    across machine types."""
     from tqsim.errors import UserError
     from tqsim.parallel import pool
     from tqsim.whatif.objective import parse_objective
+    from tqsim.whatif.planner import cost_of, parse_cost
 
     goal = parse_objective(objective)
     fleet = split_list(systems)
-    if fleet and cost is None:
+    kind, prices = parse_cost(cost)
+    if fleet and prices is None:
         raise UserError("--systems compares machine types by price: give --cost prices.toml "
                         "([systems.NAME] replica_hour = 0.12, or machine_hour = 0.40, per system).")
     if fleet and system:
         raise UserError("give either --system (one system) or --systems (several, priced by --cost), not both.")
     options = dict(confidence=confidence, max_batches=numbers(max_batch, "max-batch", int),
-                   max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision), draws=draws,
+                   max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision),
+                   backends=split_list(backend), devices=split_list(device), draws=draws,
                    overheads=not no_overheads, service=service, seed=seed or 0)
-    if cost is not None:  # checked before any worker starts
+    if prices is not None:  # checked before any worker starts
         from tqsim.whatif.fleet import plan_fleet, priced_systems
 
-        priced, workload = priced_systems(home, fleet or ([system] if system else ["all"]), workload, cost)
+        priced, workload = priced_systems(home, fleet or ([system] if system else ["all"]), workload, prices)
     with steps("plan", enabled=not json_out) as progress, pool(cluster, workers) as on:
-        if cost is not None:
-            result = plan_fleet(goal, rate, cores, priced, workload, home=home, progress=progress, pool=on, **options)
+        if prices is not None:
+            result = plan_fleet(goal, rate, cores, priced, workload, home=home, progress=progress, pool=on,
+                                source=str(prices), **options)
         else:
             from tqsim.whatif.inputs import plan_from_workspace
 
             result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
-                                         progress=progress, pool=on, **options)
+                                         progress=progress, pool=on, cost=kind, **options)
     if json_out:
         emit_json(result.as_dict())
         return
-    if cost is not None:
+    if prices is not None:
         _print_fleet(result)
         return
     notes = result.notes
     c = console()
-    head = f"objective {result.objective.text} at {rate:g} requests/s on {cores} cores, confidence {confidence:g}"
+    head = f"objective {goal.text} at {rate:g} requests/s on {cores} cores, cost {kind}, confidence {confidence:g}"
     if result.best:
         b = result.best
-        c.print(f"[bold green]plan:[/] {b.setup.label()} — {b.setup.cores} core(s), P(met) = {b.probability:.2f}, "
+        c.print(f"[bold green]plan:[/] {b.setup.label()} — {_cost(b.setup, kind)}, P(met) = {b.probability:.2f}, "
                 f"p99 {_iv(b.whatif.result()['latency_s']['p99'], True)} ms   ({head})")
         for r in result.runners_up:
             c.print(f"  runner-up: {r.setup.label()} — P(met) = {r.probability:.2f}")
@@ -164,9 +181,10 @@ def plan(
             c.print(f"  closest: {cl.setup.label()} — {cl.reason}")
     from rich.table import Table
 
-    table = Table("set-up", "cores", "why rejected", title="rejected candidates (cheapest first)")
+    table = Table("set-up", "GPUs, cores" if kind == "gpus" else "cores", "why rejected",
+                  title=f"rejected candidates (cheapest by {kind} first)")
     for r in result.rejected[:15]:
-        table.add_row(r.setup.label(), str(r.setup.cores), r.reason)
+        table.add_row(r.setup.label(), ", ".join(map(str, cost_of(r.setup, kind))), r.reason)
     if result.rejected:
         c.print(table)
         if len(result.rejected) > 15:
@@ -175,13 +193,18 @@ def plan(
         c.print(f"note: {note}", style="yellow")
 
 
+def _cost(setup, kind: str) -> str:
+    """What a set-up costs by ``kind`` (cores, or GPUs then cores), in words."""
+    return (f"{setup.gpus} GPU(s), " if kind == "gpus" else "") + f"{setup.cores} core(s)"
+
+
 def _print_fleet(result) -> None:
     """The fleet plan: the chosen system and set-up with its hourly cost, the runners-up, every system's verdict."""
     from rich.table import Table
 
     c = console()
     head = (f"objective {result.objective.text} at {result.rate_rps:g} requests/s, confidence {result.confidence:g}, "
-            f"workload {result.workload}")
+            f"workload {result.workload}, cost: prices of {result.source}")
     if result.best:
         b = result.best
         c.print(f"[bold green]plan:[/] {b.system}: {b.candidate.setup.label()} — {b.cost_per_hour:.4g}/h "

@@ -79,6 +79,7 @@ class FleetPlan:
     best: Offer | None
     runners_up: list[Offer]
     systems: list[SystemPlan]
+    source: str = ""  # the prices file
 
     @property
     def feasible(self) -> bool:
@@ -98,6 +99,7 @@ class FleetPlan:
         notes = [f"{s.system}: {n}" for s in self.systems if s.plan is not None for n in s.plan.notes]
         return {"objective": self.objective.text, "rate_rps": self.rate_rps, "cores": self.cores,
                 "confidence": self.confidence, "workload": self.workload, "feasible": self.feasible,
+                "cost": {"kind": "prices", "source": self.source},
                 "best": self.best.as_dict() if self.best else None,
                 "runners_up": [o.as_dict() for o in self.runners_up], "closest": closest,
                 "rejected": self._each(lambda p: p.rejected), "screened_only": self._each(lambda p: p.screened),
@@ -124,9 +126,10 @@ def priced_systems(home, systems: Sequence[str], workload: str | None, prices: P
 
 
 def plan_fleet(objective: Objective, rate: float, cores: int, priced: dict[str, Price], workload: str, *,
-               home=None, progress: Callable[[str], None] | None = None, **options) -> FleetPlan:
-    """Plan ``workload`` on every system of ``priced`` (:func:`priced_systems`) and choose the cheapest;
-    ``options`` are :func:`~tqsim.whatif.inputs.plan_from_workspace`'s (confidence, draws, pool, ...)."""
+               home=None, progress: Callable[[str], None] | None = None, source: str = "", **options) -> FleetPlan:
+    """Plan ``workload`` on every system of ``priced`` (:func:`priced_systems`, read from the file ``source``) and
+    choose the cheapest; ``options`` are :func:`~tqsim.whatif.inputs.plan_from_workspace`'s (confidence, draws,
+    precisions, backends, devices, pool, ...)."""
     from tqsim.whatif.inputs import plan_from_workspace
 
     parts = []
@@ -146,7 +149,7 @@ def plan_fleet(objective: Objective, rate: float, cores: int, priced: dict[str, 
     confidence = float(options.get("confidence", 0.9))
     for p in parts:
         p.reason = _verdict(p, best, objective, confidence)
-    return FleetPlan(objective, float(rate), int(cores), confidence, workload, best, offers[1:4], parts)
+    return FleetPlan(objective, float(rate), int(cores), confidence, workload, best, offers[1:4], parts, str(source))
 
 
 def _verdict(part: SystemPlan, best: Offer | None, objective: Objective, confidence: float) -> str:

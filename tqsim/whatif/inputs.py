@@ -1,9 +1,10 @@
-"""What a what-if reads from the workspace: service models per (threads, precision) and per-instance scores.
+"""What a what-if reads from the workspace: service models per (threads, variant) and per-instance scores per
+variant, a variant being the levels of precision, backend and device (:class:`~tqsim.factors.Variant`).
 
 Service models are :class:`EmpiricalService` (calibrated forward times, no fit needed) wrapped in
 the serving overheads of ``serving.json`` when it exists. A Bayesian forecast plugs in through
 ``forecast=`` — a callable ``draw_batch_latency(batch_size, threads, n, rng)`` — and is then used
-for every (threads, precision), which lets the planner consider thread counts never calibrated.
+for every (threads, variant), which lets the planner consider thread counts never calibrated.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from tqsim.data.schema import batch_starts
 from tqsim.errors import UserError
+from tqsim.factors import DEFAULTS, QUALITY_FACTORS, Variant, parse_level
 from tqsim.parallel import SERIAL, reporting
 from tqsim.quality import INTERVAL
 from tqsim.whatif.objective import Objective
@@ -61,51 +63,61 @@ class WorkspaceInputs:
                                     for p in calibration_files(self.folder)]
         return self._cache["attrs"]
 
+    def variants(self) -> list[Variant]:
+        """The calibrated (precision, backend, device) levels, each with its own service times and scores."""
+        return sorted({_variant(a) for a in self._attrs()})
+
     def precisions(self) -> list[str]:
-        return sorted({str(a["precision"]) for a in self._attrs()})
+        return sorted({v.precision for v in self.variants()})
 
     def threads(self) -> list[int]:
         return sorted({int(a["threads"]) for a in self._attrs()})
 
-    def batch_sizes(self, threads: int, precision: str) -> list[int]:
+    def batch_sizes(self, threads: int, precision: str, backend: str = "torch", device: str = "cpu") -> list[int]:
+        variant = Variant(precision, backend, device)
         return sorted({int(a["batch_size"]) for a in self._attrs()
-                       if int(a["threads"]) == threads and str(a["precision"]) == precision})
+                       if int(a["threads"]) == threads and _variant(a) == variant})
 
-    def _base(self, threads: int, precision: str) -> ServiceModel:
-        """The service model of one (threads, precision), read once whatever the replicas: the planner asks for
+    def _base(self, threads: int, variant: Variant) -> ServiceModel:
+        """The service model of one (threads, variant), read once whatever the replicas: the planner asks for
         every candidate, and reading the calibration again for each was most of a plan's time."""
-        key = ("base", threads, precision)
+        key = ("base", threads, variant)
         if isinstance(self._cache.get(key), UserError):
             raise self._cache[key]
         if key in self._cache:
             return self._cache[key]
         if self.forecast is None and self.model_path is not None:
             self.forecast = {}
-        if isinstance(self.forecast, dict):  # one callable per precision, from the fitted model
-            if precision not in self.forecast:
-                self.forecast[precision] = posterior_latency_fn(self._fitted(), precision)
-            base: ServiceModel = ForecastService(self.forecast[precision], threads, precision)
+        if isinstance(self.forecast, dict):  # one callable per variant, from the fitted model
+            if variant not in self.forecast:
+                self.forecast[variant] = posterior_latency_fn(self._fitted(), *variant)
+            base: ServiceModel = ForecastService(self.forecast[variant], threads, variant.precision)
         elif self.forecast is not None:
-            base = ForecastService(self.forecast, threads, precision)
+            base = ForecastService(self.forecast, threads, variant.precision)
         else:
             try:
-                base = EmpiricalService.from_calibration_dir(self.folder, threads, precision)
+                base = EmpiricalService.from_calibration_dir(self.folder, threads, *variant)
             except UserError as missing:     # asked again for each candidate of these threads: answered once
                 self._cache[key] = missing
                 raise
         self._cache[key] = base
         return base
 
-    def service(self, threads: int, precision: str = "fp32", replicas: int = 1) -> ServiceModel:
-        key = (threads, precision, replicas)
+    def service(self, threads: int, precision: str = "fp32", replicas: int = 1, backend: str = "torch",
+                device: str = "cpu") -> ServiceModel:
+        variant = Variant(precision, backend, device)
+        key = (threads, variant, replicas)
         if key in self._cache:
             return self._cache[key]
-        base = self._base(threads, precision)
+        base = self._base(threads, variant)
         svc = base
         if self.overheads:
             oh, note = load_overheads(self.folder, replicas, threads, self.stack)
             if oh is not None:
                 svc = WithOverheads(base, oh)
+                if (backend, device) != ("torch", "cpu"):  # what `tqsim calibrate --serving` runs
+                    note += (f", measured on torch/cpu: used as the nearest for {backend}/{device}, whose own "
+                             "serving costs may differ")
             if note not in self.notes:
                 self.notes.append(note)
         self._cache[key] = svc
@@ -118,22 +130,65 @@ class WorkspaceInputs:
             self._cache["fitted"] = load(self.model_path)
         return self._cache["fitted"]
 
-    def scores(self, precision: str = "fp32") -> np.ndarray:
-        """Per-instance scores (in [0, 1]) measured at this precision (the quality-relevant factor)."""
-        key = ("scores", precision)
+    def scores(self, precision: str = "fp32", backend: str = "torch", device: str = "cpu") -> np.ndarray:
+        """Per-instance scores (in [0, 1]) measured at this variant: precision, backend and device change what
+        the network computes, hence its quality."""
+        variant = Variant(precision, backend, device)
+        key = ("scores", variant)
         if key not in self._cache:
             from tqsim.data.io import read_calibration
             from tqsim.data.schema import instance_scores
 
-            paths = [a["path"] for a in self._attrs() if str(a["precision"]) == precision]
+            paths = [a["path"] for a in self._attrs() if _variant(a) == variant]
             if not paths:
-                raise UserError(f"precision {precision} was never calibrated, so its quality is unknown; "
-                                f"calibrate it: `tqsim calibrate --grid precision={precision}`.")
+                raise UserError(f"{variant.label()} was never calibrated, so its quality is unknown; calibrate it: "
+                                f"`tqsim calibrate {_grid({f: [x] for f, x in variant._asdict().items()})}`.")
             self._cache[key] = instance_scores(read_calibration(paths[0])).values
         return self._cache[key]
 
 
-def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_passes: int = 6):
+def _variant(attrs: dict) -> Variant:
+    return Variant(*(str(attrs[f]) for f in QUALITY_FACTORS))
+
+
+def _grid(levels: dict[str, list]) -> str:
+    """The ``--grid`` options that calibrate these levels, e.g. ``--grid backend=onnxruntime``."""
+    return " ".join(f"--grid {f}={','.join(v)}" for f, v in levels.items())
+
+
+def _choose_variants(src: WorkspaceInputs, asked: dict[str, Sequence[str]], one: bool = False) -> list[Variant]:
+    """The calibrated variants whose levels are among those ``asked`` per factor (precision, backend, device;
+    a factor not asked: every calibrated level). A level never calibrated is refused naming the calibrated ones
+    and the fix. ``one`` (a what-if): a factor not asked takes its default (fp32, torch, cpu) when calibrated,
+    else its only calibrated level; several others are refused, since a what-if simulates one variant."""
+    have = src.variants()
+    chosen, wanted = have, {}
+    for factor in QUALITY_FACTORS:
+        calibrated = sorted({getattr(v, factor) for v in have})
+        levels = [parse_level(factor, x) for x in asked.get(factor) or []]
+        if levels:
+            wanted[factor] = levels
+        missing = [x for x in levels if x not in calibrated]
+        if missing:
+            raise UserError(f"{factor} {', '.join(missing)} was never calibrated (calibrated: {', '.join(calibrated)}"
+                            f"); calibrate it: `tqsim calibrate {_grid({factor: missing})}`.")
+        left = sorted({getattr(v, factor) for v in chosen})
+        if one and not levels:
+            levels = [DEFAULTS[factor]] if DEFAULTS[factor] in left else left
+            if len(levels) > 1:
+                raise UserError(f"{factor} was calibrated at {', '.join(left)}, not at {DEFAULTS[factor]}: choose "
+                                f"one with --{factor}, or calibrate {DEFAULTS[factor]}: `tqsim calibrate "
+                                f"{_grid({factor: [DEFAULTS[factor]]})}`.")
+        chosen = [v for v in chosen if not levels or getattr(v, factor) in levels]
+    if not chosen:
+        grid = _grid(wanted)
+        raise UserError(f"{grid.replace('--grid ', '')} was never calibrated together (calibrated: "
+                        f"{', '.join(v.label() for v in have)}); calibrate it: `tqsim calibrate {grid}`.")
+    return chosen
+
+
+def posterior_latency_fn(fitted, precision: str = "fp32", backend: str = "torch", device: str = "cpu",
+                         n_draws: int = 40, n_passes: int = 6):
     """``draw_batch_latency(batch_size, threads, n, rng)`` from a fitted model (:mod:`tqsim.forecast`).
 
     Per (batch size, threads) it simulates ``n_passes`` passes for ``n_draws`` posterior draws once
@@ -151,7 +206,7 @@ def posterior_latency_fn(fitted, precision: str = "fp32", n_draws: int = 40, n_p
     def draw_batch_latency(batch_size: int, threads: int, n: int, rng: np.random.Generator) -> np.ndarray:
         key = (batch_size, threads)
         if key not in pools:
-            lat, _ = simulate_latency(fitted, Config(batch_size=batch_size, threads=threads, precision=precision),
+            lat, _ = simulate_latency(fitted, Config(batch_size, threads, precision, backend, device),
                                       n_passes=n_passes, n_draws=n_draws, seed=batch_size * 1000 + threads)
             batch = batch_layout(lat.shape[-1], batch_size)
             first = batch_starts(batch)
@@ -206,11 +261,14 @@ class Sweep:
 
 def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float] = (300.0,),
                  replicas: Sequence[int] = (1,), threads: int = 1, max_batch: int = 1, max_wait_s: float = 0.0,
-                 thresholds_s: Sequence[float] = (0.02,), precision: str | None = None, trace=None, draws: int = 40,
+                 thresholds_s: Sequence[float] = (0.02,), precision: str | None = None, backend: str | None = None,
+                 device: str | None = None, trace=None, draws: int = 40,
                  windows: int = 100, tail_q: float = 0.01, overheads: bool = True, forecast=None,
                  service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
                  pool=None, stack: str = "tqsim") -> Sweep:
-    """The ``tqsim whatif`` computation over every (replicas, rate); seconds and numbers in, a :class:`Sweep` out.
+    """The ``tqsim whatif`` computation over every (replicas, rate) of one calibrated variant (precision, backend,
+    device: :func:`_choose_variants`), with the serving overheads of ``stack``; seconds and numbers in, a
+    :class:`Sweep` out.
     The simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread), each seeded by its rate and
     replicas, so the sweep is the same on any pool."""
     from tqsim.whatif.simulator import ServingSetup, read_trace, simulate_job
@@ -231,26 +289,26 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
         if r is not None and not r > 0:
             raise UserError(f"rate={r:g}: must be a positive number of requests per second.")
     src = _open(home, system, workload, overheads, forecast, service, stack)
-    precision = _calibrated_precisions(src, [precision])[0] if precision else (
-        "fp32" if "fp32" in src.precisions() else src.precisions()[0])
+    asked = {"precision": precision, "backend": backend, "device": device}
+    variant = _choose_variants(src, {f: [level] for f, level in asked.items() if level}, one=True)[0]
     arrivals = read_trace(trace) if trace is not None else None
-    shared: dict = {"services": {}, "scores": {precision: src.scores(precision)}}
+    shared: dict = {"services": {}, "scores": {variant: src.scores(*variant)}}
     jobs = []
     for reps in rep_list:
-        setup = ServingSetup(int(reps), int(threads), int(max_batch), wait, precision)
-        svc = shared["services"][reps] = src.service(threads, precision, reps)
+        setup = ServingSetup(int(reps), int(threads), int(max_batch), wait, *variant)
+        svc = shared["services"][reps] = src.service(threads, variant.precision, reps, variant.backend, variant.device)
         fastest = svc.min_service_s()
         if min(thr) < fastest:
             raise UserError(f"threshold {min(thr) * 1e3:g} ms is below the fastest possible service time "
                             f"({fastest * 1e3:.3g} ms for one request on an idle replica): every request misses.")
         for i, rate in enumerate(rate_list):
-            jobs.append((reps, precision, setup, dict(thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals,
+            jobs.append((reps, variant, setup, dict(thresholds_s=thr, rate_rps=rate, arrivals_s=arrivals,
                                                       n_windows=windows, draws=draws, tail_q=tail_q,
                                                       seed=seed + 1000 * i + reps)))
     done = reporting(progress, len(jobs), lambda i: f"{jobs[i][0]} replica(s), " + (
         f"{jobs[i][3]['rate_rps']:g} req/s" if arrivals is None else "trace"))
     results = [r for wi in (pool or SERIAL).map(simulate_job, jobs, shared, done) for r in wi.results()]
-    calibrated = src.batch_sizes(threads, precision)
+    calibrated = src.batch_sizes(threads, *variant)
     notes = list(src.notes)
     capped = sum(getattr(f, "capped", 0) for f in (src.forecast or {}).values()) if isinstance(src.forecast, dict) else 0
     if capped:
@@ -266,35 +324,24 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     return Sweep(src.system, src.workload, "empirical" if src.forecast is None else "forecast", results, notes)
 
 
-def _calibrated_precisions(src: WorkspaceInputs, asked: list) -> list[str]:
-    """Precisions asked for, each a known level that was calibrated (else a message naming the fix)."""
-    from tqsim.factors import parse_level
-
-    levels = [parse_level("precision", p) for p in asked]
-    missing = [p for p in levels if p not in src.precisions()]
-    if missing:
-        raise UserError(f"precision {', '.join(missing)} was never calibrated (calibrated: "
-                        f"{', '.join(src.precisions())}); calibrate it: `tqsim calibrate --grid precision="
-                        f"{','.join(missing)}`.")
-    return levels
-
-
 def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=None, system=None, workload=None,
                         confidence: float = 0.9, max_batches: Sequence[int] | None = None,
                         max_waits_s: Sequence[float] | None = None, precisions: Sequence[str] | None = None,
-                        draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
+                        backends: Sequence[str] | None = None, devices: Sequence[str] | None = None,
+                        cost: str = "cores", draws: int = 30, windows: int = 100, overheads: bool = True, forecast=None,
                         service: str = "empirical", seed: int = 0, progress: Callable[[str], None] | None = None,
                         pool=None, stack: str = "tqsim"):
-    """The ``tqsim plan`` computation: a :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed;
-    its simulations run on ``pool`` (:mod:`tqsim.parallel`; default: this thread)."""
+    """The ``tqsim plan`` computation over every calibrated variant among those asked (none asked: all), the
+    cheapest by ``cost`` (``"cores"`` or ``"gpus"``), with the serving overheads of ``stack``: a
+    :class:`~tqsim.whatif.planner.Plan` whose notes say what it assumed; its simulations run on ``pool``
+    (:mod:`tqsim.parallel`; default: this thread)."""
     from tqsim.whatif.planner import MAX_BATCHES, MAX_WAITS_S, plan
 
     src = _open(home, system, workload, overheads, forecast, service, stack)
     space = {"max_batches": list(max_batches) if max_batches else MAX_BATCHES,
              "max_waits_s": list(max_waits_s) if max_waits_s else MAX_WAITS_S,
-             "precisions": _calibrated_precisions(src, list(precisions)) if precisions else src.precisions()}
-    result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.scores,
-                  confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, pool=pool,
-                  **space)
-    result.notes = list(src.notes)
+             "variants": _choose_variants(src, {"precision": precisions, "backend": backends, "device": devices})}
+    result = plan(objective, float(rate), cores, src.service, src.scores, confidence=confidence, draws=draws,
+                  n_windows=windows, seed=seed, progress=progress, pool=pool, cost=cost, **space)
+    result.notes = list(src.notes) + result.notes
     return result

@@ -143,9 +143,9 @@ class EmpiricalService(ServiceModel):
         for path in calibration_files(folder):
             ds = read_calibration(path)
             a = ds.attrs
-            seen.append((int(a["threads"]), str(a["precision"])))
-            if (int(a["threads"]), str(a["precision"]), str(a["backend"]), str(a["device"])) != (
-                    int(threads), precision, backend, device) or bool(a.get("compile", False)):
+            levels = (int(a["threads"]), str(a["precision"]), str(a["backend"]), str(a["device"]))
+            seen.append(levels)
+            if levels != (int(threads), precision, backend, device) or bool(a.get("compile", False)):
                 continue
             k = int(a["batch_size"])
             lat = batch_latency(ds).values  # [pass, batch]
@@ -157,8 +157,8 @@ class EmpiricalService(ServiceModel):
                 per_call[k] = lat[:, full]
         if not per_call:
             have = sorted(set(seen))
-            hint = ", ".join(f"threads={t} precision={p}" for t, p in have) or "nothing"
-            raise UserError(f"no calibration for threads={threads} precision={precision} in {folder} "
+            hint = ", ".join(f"threads={t} {p} {b}/{d}" for t, p, b, d in have) or "nothing"
+            raise UserError(f"no calibration for threads={threads} {precision} {backend}/{device} in {folder} "
                             f"(calibrated: {hint}); calibrate it, e.g. `tqsim calibrate --grid threads={threads}`.")
         return cls(per_call, threads, precision)
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from tqsim.errors import UserError
+from tqsim.factors import Variant
 from tqsim.quality import INTERVAL
 from tqsim.whatif.service import ServiceModel
 
@@ -84,13 +85,15 @@ def _serve(arr, c, max_batch, max_wait, pool, pick, extra, late, win_effect, win
 
 @dataclasses.dataclass(frozen=True)
 class ServingSetup:
-    """One serving set-up: replicas × threads with a dynamic batcher, at one precision."""
+    """One serving set-up: replicas × threads with a dynamic batcher, at one precision, backend and device."""
 
     replicas: int = 1
     threads: int = 1
     max_batch: int = 1
     max_wait_s: float = 0.0
     precision: str = "fp32"
+    backend: str = "torch"
+    device: str = "cpu"
 
     def __post_init__(self):
         for name in ("replicas", "threads", "max_batch"):
@@ -104,9 +107,19 @@ class ServingSetup:
     def cores(self) -> int:
         return self.replicas * self.threads
 
+    @property
+    def gpus(self) -> int:
+        """One GPU per replica on device=cuda (a replica's threads are host threads, counted in cores)."""
+        return self.replicas if self.device == "cuda" else 0
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.precision, self.backend, self.device)
+
     def label(self) -> str:
+        where = "" if (self.backend, self.device) == ("torch", "cpu") else f" {self.backend}/{self.device}"
         return (f"{self.replicas}×th{self.threads} batch≤{self.max_batch} wait {self.max_wait_s * 1e3:g}ms "
-                f"{self.precision}")
+                f"{self.precision}{where}")
 
 
 @dataclasses.dataclass
@@ -290,6 +303,7 @@ class WhatIf:
         return {
             "rate_rps": float(self.rate_rps), "replicas": s.replicas, "threads": s.threads,
             "max_batch": s.max_batch, "max_wait_s": float(s.max_wait_s), "precision": s.precision,
+            "backend": s.backend, "device": s.device,
             "threshold_s": float(self.thresholds_s[i]),
             "latency_s": {k: _interval(v, self.interval) for k, v in self.latency_s.items()},
             "miss_rate": _interval(self.miss_rate[:, i], self.interval),
