@@ -111,6 +111,9 @@ def plan(
         "--systems", help="Plan across these systems (a list, or all), cheapest by --cost.")] = None,
     cost: Annotated[Optional[Path], typer.Option(
         "--cost", help="Prices file (TOML): [systems.NAME] replica_hour = 0.12 or machine_hour = 0.4.")] = None,
+    stack: Annotated[Optional[str], typer.Option(
+        "--stack", help="Also print the plan as this serving stack's configuration: litserve (default: tqsim's "
+                        "own server).")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
@@ -118,9 +121,12 @@ def plan(
     --systems and --cost, the cheapest system and set-up in money across machine types."""
     from tqsim.errors import UserError
     from tqsim.parallel import pool
+    from tqsim.serve import STACKS
     from tqsim.whatif.objective import parse_objective
 
     goal = parse_objective(objective)
+    if stack is not None and stack not in STACKS:
+        raise UserError(f"unknown serving stack '{stack}'; supported: {', '.join(STACKS)}.")
     fleet = split_list(systems)
     if fleet and cost is None:
         raise UserError("--systems compares machine types by price: give --cost prices.toml "
@@ -142,12 +148,38 @@ def plan(
 
             result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
                                          progress=progress, pool=on, **options)
+    config = _stack_config(result, stack, fleet=cost is not None)
     if json_out:
-        emit_json(result.as_dict())
+        emit_json({**result.as_dict(), **({"stack_config": config} if stack else {})})
         return
     if cost is not None:
         _print_fleet(result)
-        return
+    else:
+        _print_plan(result, rate, cores, confidence)
+    if config:
+        _print_stack_config(config)
+
+
+def _stack_config(result, stack: str | None, fleet: bool) -> dict | None:
+    """The chosen set-up in the serving stack's own terms (None without a stack or a feasible plan)."""
+    if not stack or result.best is None:
+        return None
+    from tqsim.serve import stack_config
+
+    setup = result.best.candidate.setup if fleet else result.best.setup
+    return stack_config(setup, stack, workload=result.workload or "WORKLOAD")
+
+
+def _print_stack_config(config: dict) -> None:
+    c = console()
+    c.print(f"[bold]apply with {config['stack']}:[/] {config['command']}", soft_wrap=True)
+    c.print(f"  or in your own server: {config['code']}", soft_wrap=True, markup=False)
+    for note in config["notes"]:
+        c.print(f"note: {note}", style="yellow")
+
+
+def _print_plan(result, rate: float, cores: int, confidence: float) -> None:
+    """The single-system plan: the chosen set-up, the runners-up, the rejected candidates and the notes."""
     notes = result.notes
     c = console()
     head = f"objective {result.objective.text} at {rate:g} requests/s on {cores} cores, confidence {confidence:g}"

@@ -285,5 +285,5 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
     result = plan(objective, float(rate), cores, lambda t, p, r: src.service(t, p, r), src.scores,
                   confidence=confidence, draws=draws, n_windows=windows, seed=seed, progress=progress, pool=pool,
                   **space)
-    result.notes = list(src.notes)
+    result.notes, result.workload = list(src.notes), src.workload
     return result

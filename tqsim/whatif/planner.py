@@ -59,6 +59,7 @@ class Plan:
     closest: Candidate | None
     screened: list[Candidate] = dataclasses.field(default_factory=list)  # met the objective in screening only
     notes: list[str] = dataclasses.field(default_factory=list)            # what the inputs assumed
+    workload: str = ""                                                    # what was planned for, when known
 
     @property
     def feasible(self) -> bool:
