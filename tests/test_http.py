@@ -30,8 +30,8 @@ N = 40
 
 def toy_workload() -> Workload:
     """Just what the driver reads: instances (1×4 floats), labels, a name. Its true class is index % 3."""
-    return Workload(name="toy", task="toy", model=None, inputs=torch.arange(N * 4, dtype=torch.float32).reshape(N, 1, 4),
-                    labels=np.arange(N) % 3)
+    inputs = torch.arange(N * 4, dtype=torch.float32).reshape(N, 1, 4)
+    return Workload(name="toy", task="toy", model=None, inputs=inputs, labels=np.arange(N) % 3)
 
 
 class FakeEndpoint(http.server.ThreadingHTTPServer):
@@ -207,9 +207,8 @@ def test_litserve_in_the_loop(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tqsim", "serve", "--stack", "litserve", "--workload", "digits-mlp",
                              "--max-batch", "4", "--max-wait", "5ms", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(ENV, PYTHONPATH=str(ROOT)),
-                            cwd=tmp_path,
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env=dict(ENV, PYTHONPATH=str(ROOT)), start_new_session=True)
     try:
         lines = []
         deadline = time.monotonic() + 90

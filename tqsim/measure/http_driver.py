@@ -111,7 +111,7 @@ def drive_http(url: str, workload: Any, rate_rps: float, duration_s: float, *, s
     status, _ = probe_endpoint(url, min(timeout_s, 5.0), body=bodies[0])
     if not 200 <= status < 300:
         raise UserError(f"{url} answered HTTP {status} to instance 0 of {workload.name} ({proto} protocol); check "
-                        "the path and protocol (--serving target=..., protocol=json|v2).")
+                        "the URL's path, and that the server speaks this protocol (json or v2).")
     use_loadgen = have_loadgen() if use_loadgen is None else use_loadgen
     client = _Client(target, [target.request(b) for b in bodies], timeout_s)
     if use_loadgen:
@@ -260,10 +260,10 @@ class _Client:
             correct = np.array([p is not None and p == labels[s] for p, s in zip(pred, sample)], bool)
         arrival = np.asarray(self.arrival, float)
         order = np.argsort(arrival, kind="stable")  # from_arrays sorts the same way: status follows its rows
-        log = RequestLog.from_arrays(arrival, self.completion, ok=ok, sample_index=sample,
-                                     batch_id=meta("batch_id", -1, np.int64), batch_size=meta("batch_size", 0, np.int64),
-                                     replica=meta("replica", -1, np.int64), forward_s=meta("forward_s", np.nan, float),
-                                     correct=correct, source=source, driver=driver)
+        log = RequestLog.from_arrays(
+            arrival, self.completion, ok=ok, sample_index=sample, batch_id=meta("batch_id", -1, np.int64),
+            batch_size=meta("batch_size", 0, np.int64), replica=meta("replica", -1, np.int64),
+            forward_s=meta("forward_s", np.nan, float), correct=correct, source=source, driver=driver)
         return HttpRequestLog(**{f.name: getattr(log, f.name) for f in dataclasses.fields(RequestLog)},
                               status=status[order], first_error=self.first_error)
 
