@@ -22,6 +22,7 @@ from tqsim.cli import commands_report  # noqa: F401
 from tqsim.cli import commands_check  # noqa: F401
 from tqsim.cli import commands_design  # noqa: F401
 from tqsim.cli import commands_explain  # noqa: F401
+from tqsim.cli import commands_serve  # noqa: F401
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ def whatif(
                                                                       "(forward time only).")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write tail quality and p99 against load (PNG).")] = None,
     service: ServiceOpt = "empirical",
+    stack: Annotated[str, typer.Option(
+        "--stack", help="Whose serving overheads: tqsim (its own server, `calibrate --serving`) or a stack fitted "
+                        "from its request logs (`calibrate --serving-log ... --setup '...,stack=NAME'` or "
+                        "`--serving 'target=URL,...'`).")] = "tqsim",
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
@@ -63,7 +67,8 @@ def whatif(
                              max_batch=max_batch, max_wait_s=parse_duration(max_wait, "max-wait"),
                              thresholds_s=durations(threshold, "threshold"), precision=precision, backend=backend,
                              device=device, trace=trace, draws=draws, windows=windows, tail_q=tail_q,
-                             overheads=not no_overheads, service=service, seed=seed or 0, progress=progress, pool=on)
+                             overheads=not no_overheads, service=service, seed=seed or 0, progress=progress, pool=on,
+                             stack=stack)
     out = sweep.as_dict()
     if plot is not None:
         from tqsim.whatif.plot import plot_sweep
@@ -123,6 +128,9 @@ def plan(
         "--cost", help="What cheapest means: cores (default; replicas × threads), gpus (one per cuda replica, "
                        "then cores) or a prices file (TOML): [systems.NAME] replica_hour = 0.12 or machine_hour = "
                        "0.4.")] = None,
+    stack: Annotated[Optional[str], typer.Option(
+        "--stack", help="Plan for this serving stack: its imported serving overheads (--serving-log) and its "
+                        "configuration printed (litserve); default: tqsim's own server.")] = None,
     home: Home = None, system: System = None, workload: WorkloadOpt = None, json_out: Json = False,
     seed: Seed = None, debug: Debug = False, cluster: ClusterOpt = None, workers: Workers = None,
 ) -> None:
@@ -132,7 +140,7 @@ def plan(
     from tqsim.errors import UserError
     from tqsim.parallel import pool
     from tqsim.whatif.objective import parse_objective
-    from tqsim.whatif.planner import cost_of, parse_cost
+    from tqsim.whatif.planner import parse_cost
 
     goal = parse_objective(objective)
     fleet = split_list(systems)
@@ -145,7 +153,7 @@ def plan(
     options = dict(confidence=confidence, max_batches=numbers(max_batch, "max-batch", int),
                    max_waits_s=durations(max_wait, "max-wait"), precisions=split_list(precision),
                    backends=split_list(backend), devices=split_list(device), draws=draws,
-                   overheads=not no_overheads, service=service, seed=seed or 0)
+                   overheads=not no_overheads, service=service, seed=seed or 0, stack=stack or "tqsim")
     if prices is not None:  # checked before any worker starts
         from tqsim.whatif.fleet import plan_fleet, priced_systems
 
@@ -159,12 +167,41 @@ def plan(
 
             result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
                                          progress=progress, pool=on, cost=kind, **options)
+    config = _stack_config(result, stack, fleet=prices is not None)
     if json_out:
-        emit_json(result.as_dict())
+        emit_json({**result.as_dict(), **({"stack_config": config} if config else {})})
         return
     if prices is not None:
         _print_fleet(result)
-        return
+    else:
+        _print_plan(result, goal, kind, rate, cores, confidence)
+    if config:
+        _print_stack_config(config)
+
+
+def _stack_config(result, stack: str | None, fleet: bool) -> dict | None:
+    """The chosen set-up in the serving stack's own terms (None without a stack tqsim can configure, e.g. an
+    imported one, or without a feasible plan)."""
+    from tqsim.serve import STACKS, stack_config
+
+    if stack not in STACKS or result.best is None:
+        return None
+    setup = result.best.candidate.setup if fleet else result.best.setup
+    return stack_config(setup, stack, workload=result.workload or "WORKLOAD")
+
+
+def _print_stack_config(config: dict) -> None:
+    c = console()
+    c.print(f"[bold]apply with {config['stack']}:[/] {config['command']}", soft_wrap=True)
+    c.print(f"  or in your own server: {config['code']}", soft_wrap=True, markup=False)
+    for note in config["notes"]:
+        c.print(f"note: {note}", style="yellow")
+
+
+def _print_plan(result, goal, kind: str, rate: float, cores: int, confidence: float) -> None:
+    """The single-system plan: the chosen set-up, the runners-up, the rejected candidates and the notes."""
+    from tqsim.whatif.planner import cost_of
+
     notes = result.notes
     c = console()
     head = f"objective {goal.text} at {rate:g} requests/s on {cores} cores, cost {kind}, confidence {confidence:g}"

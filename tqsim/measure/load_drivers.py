@@ -44,15 +44,27 @@ def run_load(server: BatchingServer, rate_rps: float, duration_s: float = 10.0, 
 
 
 def _run_loadgen(server: BatchingServer, rate_rps: float, duration_s: float, seed: int) -> ServingRun:
+    server.start(complete_queries)
+    t0 = now()
+    try:
+        summary = loadgen_server_test(lambda queries: server.submit([(q.id, q.index) for q in queries]),
+                                      server.n_instances, rate_rps, duration_s, seed)
+    finally:
+        elapsed = now() - t0
+        server.stop()
+    return server.collect(rate_rps, "loadgen-server", elapsed, summary)
+
+
+def loadgen_server_test(issue, n_samples: int, rate_rps: float, duration_s: float, seed: int) -> dict:
+    """One run of LoadGen's Server scenario (Poisson arrivals at ``rate_rps``) over ``n_samples`` instances.
+
+    ``issue(queries)`` gets LoadGen's queries (``.id``, ``.index``) on LoadGen's thread; every query must be
+    completed with :func:`complete_queries`. Blocks until LoadGen has them all; returns LoadGen's own summary.
+    """
     import mlperf_loadgen as lg
 
-    n_inst = server.n_instances
-
-    def issue(queries):
-        server.submit([(q.id, q.index) for q in queries])
-
     sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(n_inst, n_inst, lambda s: None, lambda s: None)
+    qsl = lg.ConstructQSL(n_samples, n_samples, lambda s: None, lambda s: None)
     st = lg.TestSettings()
     st.scenario = lg.TestScenario.Server
     st.mode = lg.TestMode.PerformanceOnly
@@ -66,17 +78,19 @@ def _run_loadgen(server: BatchingServer, rate_rps: float, duration_s: float, see
         ls = lg.LogSettings()
         ls.log_output.outdir = out
         ls.log_output.copy_summary_to_stdout = False
-        server.start(lambda ids: lg.QuerySamplesComplete([lg.QuerySampleResponse(i, 0, 0) for i in ids]))
-        t0 = now()
         try:
             lg.StartTestWithLogSettings(sut, qsl, st, ls)
         finally:
-            elapsed = now() - t0
-            server.stop()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
-        summary = _loadgen_summary(Path(out) / "mlperf_log_summary.txt")
-    return server.collect(rate_rps, "loadgen-server", elapsed, summary)
+        return _loadgen_summary(Path(out) / "mlperf_log_summary.txt")
+
+
+def complete_queries(query_ids) -> None:
+    """Tell LoadGen these queries are complete (from any thread)."""
+    import mlperf_loadgen as lg
+
+    lg.QuerySamplesComplete([lg.QuerySampleResponse(i, 0, 0) for i in query_ids])
 
 
 def _loadgen_summary(path: Path) -> dict:
@@ -98,15 +112,11 @@ def _loadgen_summary(path: Path) -> dict:
 
 def _run_poisson(server: BatchingServer, rate_rps: float, duration_s: float, seed: int) -> ServingRun:
     """Fallback driver: a thread issues Poisson arrivals (busy-waits the last 200 µs before each)."""
-    rng = np.random.default_rng(seed)
-    n = int(rate_rps * duration_s)
-    gaps = rng.exponential(1.0 / rate_rps, n)
-    samples = rng.integers(0, server.n_instances, n)
+    offsets, samples = poisson_schedule(rate_rps, duration_s, server.n_instances, seed)
     server.start(lambda ids: None)
     t0 = now()
-    due = t0
-    for i in range(n):
-        due += gaps[i]
+    for i in range(offsets.size):
+        due = t0 + offsets[i]
         while True:
             left = due - now()
             if left <= 0:
@@ -120,3 +130,11 @@ def _run_poisson(server: BatchingServer, rate_rps: float, duration_s: float, see
     elapsed = now() - t0
     server.stop()
     return server.collect(rate_rps, "poisson-fallback", elapsed)
+
+
+def poisson_schedule(rate_rps: float, duration_s: float, n_instances: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fallback's open-loop schedule: ``int(rate × duration)`` arrival offsets (s, Poisson) and the instance
+    each asks for (uniform), the same for the in-process server and the HTTP driver."""
+    rng = np.random.default_rng(seed)
+    n = int(rate_rps * duration_s)
+    return np.cumsum(rng.exponential(1.0 / rate_rps, n)), rng.integers(0, n_instances, n)

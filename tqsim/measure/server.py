@@ -24,6 +24,26 @@ from tqsim.errors import UserError
 now = time.perf_counter
 
 
+def timed_forward(runner: Any, args: Any) -> tuple[Any, float]:
+    """One collated batch (a workload's ``collate`` output) through a prepared runner: cast to its precision, move
+    to its device, forward; returns the output and the forward's synchronised wall time, the one number every
+    server in the loop reports per batch."""
+    import torch
+
+    from tqsim.measure.backends import DTYPES
+
+    config = runner.config
+    dtype, floats = DTYPES[config.precision], set(runner.workload.float_inputs)
+    args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args)
+    args = tuple(a.to(device=config.device, dtype=dtype if i in floats and a.is_floating_point() else a.dtype)
+                 if isinstance(a, torch.Tensor) else a for i, a in enumerate(args))
+    t0 = now()
+    out = runner.forward(args)
+    runner.synchronize()
+    return out, now() - t0
+
+
 class BatchingServer:
     """Dynamic batcher + ``replicas`` worker threads around a prepared runner of the model under test."""
 
@@ -31,7 +51,7 @@ class BatchingServer:
                  max_wait_s: float = 0.0, precision: str = "fp32", backend: str = "torch", device: str = "cpu",
                  capacity: int = 500_000):
         from tqsim.factors import Config
-        from tqsim.measure.backends import DTYPES, prepare
+        from tqsim.measure.backends import prepare
 
         if replicas < 1 or threads < 1 or max_batch < 1 or max_wait_s < 0:
             raise UserError("replicas, threads and max-batch must be ≥ 1 and max-wait ≥ 0.")
@@ -41,9 +61,6 @@ class BatchingServer:
         self.replicas, self.threads, self.max_batch, self.max_wait_s = replicas, threads, max_batch, max_wait_s
         self.runner = prepare(workload, Config(batch_size=max_batch, threads=threads, precision=precision,
                                                backend=backend, device=device))
-        self._dtype = DTYPES[precision]
-        self._device = device
-        self._floats = set(workload.float_inputs)
         self._labels = np.asarray(workload.labels)
         self._queue: deque = deque()
         self._cond = threading.Condition()
@@ -94,17 +111,7 @@ class BatchingServer:
                 self._forward(np.arange(k) % self._labels.size)
 
     def _forward(self, idx: np.ndarray):
-        import torch
-
-        args = self.workload.collate(self.workload.inputs, idx)
-        args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
-        args = tuple(a.to(device=self._device, dtype=self._dtype if i in self._floats and a.is_floating_point()
-                          else a.dtype) if isinstance(a, torch.Tensor) else a for i, a in enumerate(args))
-        t0 = now()
-        out = self.runner.forward(args)
-        self.runner.synchronize()
-        t1 = now()
-        return out, t1 - t0
+        return timed_forward(self.runner, self.workload.collate(self.workload.inputs, idx))
 
     def _take(self):
         """Block until a batch is due; return (items, close time, timer lateness or NaN) or None at stop."""

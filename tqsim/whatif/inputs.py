@@ -343,5 +343,5 @@ def plan_from_workspace(objective: Objective, rate: float, cores: int, *, home=N
              "variants": _choose_variants(src, {"precision": precisions, "backend": backends, "device": devices})}
     result = plan(objective, float(rate), cores, src.service, src.scores, confidence=confidence, draws=draws,
                   n_windows=windows, seed=seed, progress=progress, pool=pool, cost=cost, **space)
-    result.notes = list(src.notes) + result.notes
+    result.notes, result.workload = list(src.notes) + result.notes, src.workload
     return result

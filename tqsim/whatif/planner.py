@@ -84,6 +84,7 @@ class Plan:
     screened: list[Candidate] = dataclasses.field(default_factory=list)  # met the objective in screening only
     notes: list[str] = dataclasses.field(default_factory=list)            # what the inputs assumed
     cost: str = "cores"                                                   # a key of COSTS
+    workload: str = ""                                                    # what was planned for, when known
 
     @property
     def feasible(self) -> bool:
