@@ -24,7 +24,7 @@ from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 
 # latency quantiles matched, and their weights: the body pins the level and the fixed costs, p99 the queueing
 QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
-WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 1.0])
+WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 0.5])
 CHUNK_S = 2.0
 # a pause's size is Exponential: its quantiles, for ServingOverheads.pause_s to resample
 _EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)  # a run is cut into chunks this long to see its level move when no repeated run measures it
@@ -175,7 +175,9 @@ def tail_dispersion(replays: list, v: dict, setup: ServingSetup, logs: Sequence[
     Each segment's multiplier is the one whose replay best matches its p90 and p99. Segments are whole runs
     when some rate was run more than once (groups of one rate), else ``CHUNK_S`` chunks of each run (a stand-in
     that understates minute-to-minute changes; the note says so). φ̂ is the pooled variance of the multipliers
-    over their group's mean, drawn from its scaled-inverse-χ² (as the run level, BDA3 §3.2).
+    over their group's mean; φ is drawn from its posterior under the Exponential(1) prior of the white-box
+    estimator (:func:`~tqsim.whatif.overheads.stall_dispersion_draws`), which keeps a few segments from
+    claiming a multiplier that is nearly always 0 and rarely huge.
     """
     groups = _rate_groups(logs)
     repeated = any(len(g) > 1 for g in groups)
@@ -208,10 +210,20 @@ def tail_dispersion(replays: list, v: dict, setup: ServingSetup, logs: Sequence[
     if not dof:
         return [], "the tail's run-to-run spread was not measured (too few runs or chunks)."
     phi = sq / dof
-    rng = np.random.default_rng(seed)
-    draws = np.round(phi * dof / rng.chisquare(dof, n_draws), 5).tolist()
+    draws = _phi_draws(phi, dof, n_draws, seed)
     where = "repeated runs" if repeated else f"{CHUNK_S:g} s chunks of each run (understates run-to-run changes)"
     return draws, f"the tail's run-to-run spread φ = {phi:.2f} measured from {dof + len(by_group)} {where}."
+
+
+def _phi_draws(phi_hat: float, dof: int, n_draws: int, seed: int) -> list[float]:
+    """Stratified draws of φ given a sample variance ``phi_hat`` on ``dof`` degrees of freedom (dof·φ̂/φ ~ χ²_dof)
+    and an Exponential(1) prior."""
+    grid = np.geomspace(1e-3, 20.0, 800)
+    logpost = -0.5 * dof * np.log(grid) - 0.5 * dof * phi_hat / grid - grid
+    w = np.exp(logpost - logpost.max()) * np.gradient(grid)
+    cdf = np.cumsum(w) / w.sum()
+    u = (np.arange(n_draws) + np.random.default_rng(seed).random(n_draws)) / n_draws
+    return np.round(np.interp(u, cdf, grid), 5).tolist()
 
 
 def _rate_groups(logs: Sequence[RequestLog]) -> list[list[int]]:
