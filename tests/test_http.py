@@ -20,7 +20,8 @@ import torch
 from tests.cli_runner import run_cli
 from tests.conftest import ENV, ROOT
 from tqsim.errors import UserError
-from tqsim.measure.http_driver import check_errors, drive_http, probe_endpoint
+from tqsim.data.request_log import check_errors
+from tqsim.measure.http_driver import drive_http, probe_endpoint
 from tqsim.measure.http_payloads import read_answer, request_body
 from tqsim.measure.load_drivers import have_loadgen, poisson_schedule
 from tqsim.workloads.base import Workload
@@ -188,7 +189,7 @@ def test_plan_prints_the_stack_configuration(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0 and "tqsim serve --stack litserve" in out and "workers_per_device" in out
     code, _, err = run_cli(args[:-1] + ["nginx"], capsys, monkeypatch)
-    assert code == 2 and "supported: litserve" in err
+    assert code == 2 and "--stack nginx" in err and "tqsim serves: litserve" in err
 
 
 def test_serve_refuses_an_unknown_or_missing_stack(capsys, monkeypatch):

@@ -21,7 +21,10 @@ PROBE_LOAD = 0.05  # the probe's rate, as a fraction of the forward-time-only ca
 SATURATED = 0.9  # a serving run whose replicas were busier than this measured a queue, not overheads
 
 SERVING_KEYS = {"replicas": int, "threads": int, "max_batch": int, "max_wait": str, "precision": str,
-                "duration": str, "repeats": int}
+                "duration": str, "repeats": int, "target": str, "stack": str, "protocol": str}
+HTTP_KNOBS = ("replicas", "max_batch", "max_wait")  # an external server's knobs: tqsim cannot know them
+RAMP_S = 2.0        # each step of the HTTP probe ramp
+HTTP_LOADS = (0.2, 0.5)  # the HTTP calibration's loads, as fractions of the throughput the ramp reached
 
 
 def parse_serving_setup(text: str) -> tuple:
@@ -43,6 +46,10 @@ def parse_serving_setup(text: str) -> tuple:
             values[key] = SERVING_KEYS[key](value.strip())
         except ValueError:
             raise UserError(f"--serving {key}={value}: expected a whole number.") from None
+    extra = [k for k in ("target", "stack", "protocol") if k in values]
+    if extra:
+        raise UserError(f"--serving {', '.join(extra)}= describe an external server: give target=http://HOST:PORT/"
+                        "PATH with its replicas, max_batch and max_wait.")
     setup = ServingSetup(values.get("replicas", 1), values.get("threads", 1), values.get("max_batch", 8),
                          parse_duration(values.get("max_wait", "0.5ms"), "max_wait"),
                          parse_level("precision", values.get("precision", "fp32")))  # before anything runs
@@ -180,7 +187,7 @@ def _simulated_setup(setup: dict):
 
 def read_logs(paths: Sequence, max_error_rate: float = 0.01) -> tuple[list, list[str]]:
     """Every request log of ``paths``, read and checked before anything is written; (logs, notes)."""
-    from tqsim.data.request_log import read_request_log
+    from tqsim.data.request_log import check_errors, read_request_log
 
     logs, notes = [], []
     for p in paths:
@@ -189,14 +196,6 @@ def read_logs(paths: Sequence, max_error_rate: float = 0.01) -> tuple[list, list
         logs.append(log)
         notes += [f"{p}: {m}" for m in more]
     return logs, notes
-
-
-def check_errors(log, limit: float = 0.01) -> None:
-    """Refuse a run in which more than ``limit`` of the requests failed: its latencies describe a failing stack."""
-    bad = int((~log.ok).sum())
-    if bad > limit * log.n:
-        raise UserError(f"{log.source}: {bad} of {log.n} requests failed ({100 * bad / log.n:.1f} %, more than "
-                        f"{100 * limit:g} %); fix the serving stack (or its URL/payload) and measure again.")
 
 
 def file_digest(path) -> str:
@@ -211,7 +210,7 @@ def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=N
     """Fit the overheads of ``setup`` from ``logs`` (:func:`tqsim.whatif.log_fit.fit_log_overheads`) and store them
     in ``serving.json`` under the set-up's stack; returns (path, fit)."""
     from tqsim.data.serving_store import save_setup
-    from tqsim.serving_validation import observe
+    from tqsim.data.request_log import summarise
     from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.whatif.log_fit import fit_log_overheads
 
@@ -229,7 +228,7 @@ def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=N
                  backend=setup["backend"], device=setup["device"], stack=setup["stack"],
                  rates_rps=[float(lg.rate_rps) for lg in logs], logs=list(sources), log_digests=list(digests),
                  fitted_terms=fit.parameters, replay=fit.runs, notes=fit.notes,
-                 observed=[observe(lg, 0.02, scores) for lg in logs])
+                 observed=[summarise(lg, 0.02, scores) for lg in logs])
     path = save_setup(folder, setup["replicas"], setup["threads"], entry, workload=name, system=system,
                       stack=setup["stack"])
     return path, fit
@@ -246,3 +245,103 @@ def calibrate_from_logs(paths: Sequence, setup_text: str, *, home=None, system=N
     logs, notes = read_logs(paths)
     return store_log_fit(logs, setup, home=home, system=system, workload=workload, sources=[str(p) for p in paths],
                          digests=[file_digest(p) for p in paths], notes=notes, seed=seed or 0)
+
+
+def parse_http_setup(text: str) -> dict:
+    """``'target=http://127.0.0.1:8000/predict,replicas=2,max_batch=8,max_wait=2ms[,threads=1,stack=litserve,
+    protocol=json,duration=8s,repeats=2]'`` → a set-up dict (as :func:`~tqsim.data.request_log.parse_log_setup`)
+    plus ``target``, ``protocol``, ``duration_s`` and ``repeats``; the server's knobs are required."""
+    from tqsim.data.request_log import parse_log_setup
+    from tqsim.units import parse_duration
+
+    values = dict(p.strip().split("=", 1) for p in str(text).split(",") if "=" in p)
+    bad = [p.strip() for p in str(text).split(",") if p.strip() and "=" not in p]
+    unknown = [k for k in values if k.strip().replace("-", "_") not in SERVING_KEYS] + bad
+    if unknown:
+        raise UserError(f"--serving '{unknown[0]}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
+    values = {k.strip().replace("-", "_"): v.strip() for k, v in values.items()}
+    missing = [k for k in HTTP_KNOBS if k not in values]
+    if missing:
+        raise UserError(f"--serving target=...: give the server's {', '.join(missing)} too (tqsim cannot see them), "
+                        "e.g. 'target=http://127.0.0.1:8000/predict,replicas=2,max_batch=8,max_wait=2ms'.")
+    setup = parse_log_setup(",".join(f"{k}={values[k]}" for k in ("replicas", "max_batch", "max_wait", "precision",
+                                                                    "stack") if k in values)
+                            + f",threads={values.get('threads', '1')}")
+    if "stack" not in values:
+        setup["stack"] = "http"
+    duration = parse_duration(values.get("duration", "8s"), "duration")
+    try:
+        repeats = int(values.get("repeats", "2"))
+    except ValueError:
+        raise UserError(f"--serving repeats={values['repeats']}: expected a whole number.") from None
+    if not 1 <= duration <= 3600 or not 1 <= repeats <= 100:
+        raise UserError("--serving: give duration between 1s and 1h and repeats between 1 and 100.")
+    protocol = values.get("protocol", "auto")
+    if protocol not in ("auto", "json", "v2"):
+        raise UserError(f"--serving protocol={protocol}: choose json, v2 (Open Inference Protocol) or auto.")
+    return dict(setup, target=values["target"], protocol=protocol, duration_s=duration, repeats=repeats)
+
+
+def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 12) -> tuple[float, list]:
+    """The throughput an external server sustains: offered rates doubling from ``start_rps`` (``RAMP_S`` each)
+    until it answers less than 90 % of what was offered or its median latency trebles. Returns (the best
+    throughput reached, the ramp's logs)."""
+    logs, best, light_p50, rate = [], 0.0, None, start_rps
+    for _ in range(steps):
+        log = drive(rate, RAMP_S)
+        logs.append(log)
+        done = float(log.ok.sum() / max(float(np.nanmax(log.completion_s)), 1e-9))
+        p50 = float(np.median(log.latency_s[log.ok])) if log.ok.any() else np.inf
+        light_p50 = p50 if light_p50 is None else light_p50
+        best = max(best, done)
+        if done < 0.9 * log.rate_rps or p50 > 3 * light_p50:
+            break
+        rate *= 2
+    return best, logs
+
+
+def calibrate_http(text: str, *, home=None, system: str | None = None, workload: str | None = None,
+                   seed: int | None = None, show_progress: bool = True) -> tuple[Path, Any]:
+    """``tqsim calibrate --serving 'target=http://127.0.0.1:8000/predict,replicas=2,max_batch=8,max_wait=2ms'``:
+    drive an external server over HTTP (MLPerf LoadGen's Server scenario when installed) at light and moderate
+    load, fit its overheads from the request logs (:mod:`tqsim.whatif.log_fit`) and store them under its stack.
+
+    A ramp of short runs finds the throughput it sustains; the calibration runs are ``HTTP_LOADS`` of it,
+    ``repeats`` times each, interleaved. The runs' logs are kept in ``serving-logs/`` once the fit succeeded.
+    """
+    from tqsim.data.request_log import check_errors, write_request_log
+    from tqsim.measure.http_driver import drive_http, probe_endpoint
+    from tqsim.measure.run import progress_bar
+    from tqsim.workloads.registry import get_workload
+
+    setup = parse_http_setup(text)
+    folder, system, name, _ = _forward_for(home, system, workload, setup)  # refuses a missing calibration first
+    probe_endpoint(setup["target"])  # an unreachable target fails here, within 5 s
+    wl = get_workload(workload or name)
+    seed = seed or 0
+
+    def drive(rate: float, duration: float, k: int = 0):
+        log = drive_http(setup["target"], wl, round(rate, 1), duration, seed=seed + k, protocol=setup["protocol"])
+        check_errors(log)
+        return log
+
+    with progress_bar(show_progress) as progress:
+        progress.start(1 + setup["repeats"] * len(HTTP_LOADS))
+        best, _ = ramp_throughput(drive)
+        progress.advance(f"ramp: {best:.0f} req/s sustained")
+        rates = [f * best for f in HTTP_LOADS]
+        logs = []
+        for j in range(setup["repeats"]):
+            for i, r in enumerate(rates):
+                logs.append(drive(r, setup["duration_s"], 1 + i + 100 * j))
+                progress.advance(f"{r:.0f} req/s")
+    sources = [f"{setup['target']} at {lg.rate_rps:.0f} req/s" for lg in logs]
+    path, fit = store_log_fit(logs, setup, home=home, system=system, workload=name, sources=sources,
+                              notes=[f"the ramp sustained {best:.0f} req/s; runs at {', '.join(f'{r:.0f}' for r in rates)}"
+                                     " req/s"], seed=seed)
+    keep = folder / "serving-logs"
+    keep.mkdir(exist_ok=True)
+    for j, lg in enumerate(logs):
+        write_request_log(lg, keep / f"{setup['stack']}-r{setup['replicas']}-th{setup['threads']}-"
+                                     f"{lg.rate_rps:.0f}rps-{j}.csv")
+    return path, fit

@@ -13,47 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
+from tqsim.data.request_log import summarise
 from tqsim.errors import UserError
 from tqsim.quality import INTERVAL
 
 METRICS = ("p50", "p99", "utilisation", "miss_rate", "tail_quality")
-
-
-def request_scores(log, scores: np.ndarray) -> np.ndarray | None:
-    """Each request's score: the stack's own correctness when the log has it, else the calibrated score of the
-    instance it asked for; None when neither is known (quality then cannot be observed)."""
-    if log.correct is not None:
-        return log.correct.astype(float)
-    if log.has("sample_index") and int(log.sample_index.max()) < scores.size:
-        return scores[log.sample_index]
-    return None
-
-
-def observe(log, threshold_s: float, scores: np.ndarray, tail_q: float = 0.01) -> dict:
-    """A run's own figures: latency quantiles, miss rate, utilisation (when the log names replicas and forward
-    times) and Q@T of consecutive windows of the evaluation set's size (when each request's score is known)."""
-    lat = np.where(log.ok, log.latency_s, np.inf)   # a failed request is late
-    answered = lat[np.isfinite(lat)]
-    out = {"source": log.source, "rate_rps": float(log.rate_rps), "requests": log.n, "errors": int((~log.ok).sum()),
-           "latency_s": {k: float(np.percentile(answered, p)) for k, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9))},
-           "miss_rate": float((lat > threshold_s).mean()), "threshold_s": float(threshold_s),
-           "utilisation": None, "mean_batch_size": None, "tail_quality": None, "mean_quality": None, "windows": 0,
-           "throughput_rps": float(np.isfinite(lat).sum() / max(float(np.nanmax(log.completion_s)), 1e-9))}
-    sizes = log.batch_sizes()
-    if sizes.size:
-        out["mean_batch_size"] = float(sizes.mean())
-    if log.has("forward_s") and log.has("batch_id") and log.has("replica"):
-        ids, first = np.unique(log.batch_id[log.ok], return_index=True)
-        fwd, rep = log.forward_s[log.ok][first], log.replica[log.ok][first]
-        span = max(float(np.nanmax(log.completion_s)), 1e-9)
-        out["utilisation"] = float(np.mean([fwd[rep == r].sum() / span for r in np.unique(rep)]))
-    score = request_scores(log, scores)
-    window = scores.size
-    if score is not None and log.n >= window:
-        n = (log.n // window) * window
-        q = ((lat[:n] <= threshold_s) * score[:n]).reshape(-1, window).mean(axis=1)
-        out.update(tail_quality=float(np.quantile(q, tail_q)), mean_quality=float(q.mean()), windows=int(q.size))
-    return out
 
 
 @dataclasses.dataclass
@@ -125,7 +89,7 @@ def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, w
     sim_setup = _simulated_setup(setup)
     runs = []
     for i, log in enumerate(logs):
-        obs = observe(log, threshold_s, scores, tail_q)
+        obs = summarise(log, threshold_s, scores, tail_q)
         res = simulate(svc, sim_setup, thresholds_s=[threshold_s], rate_rps=float(log.rate_rps), score=scores,
                        n_windows=max(log.n // scores.size, 5), draws=draws, tail_q=tail_q, seed=seed + i,
                        samples=_sampling(log, scores.size)).result()

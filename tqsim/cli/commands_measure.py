@@ -76,7 +76,9 @@ def calibrate(
     serving: Annotated[Optional[str], typer.Option(
         "--serving", help="Calibrate the serving stack's own costs for a set-up, e.g. "
                           "'replicas=1,threads=1,max_batch=8,max_wait=0.5ms' (also duration=8s, repeats=3: runs per "
-                          "rate; needs the forward-time calibration first).")] = None,
+                          "rate; needs the forward-time calibration first); with target=http://HOST:PORT/PATH, an "
+                          "external server driven over HTTP (its replicas, max_batch and max_wait required; "
+                          "stack=NAME, protocol=json|v2).")] = None,
     serving_log: Annotated[Optional[list[Path]], typer.Option(
         "--serving-log", help="Import a serving stack's request log (CSV, Parquet or JSON lines; one file per run, "
                               "repeatable; docs/schema.md) and fit its overheads; needs --setup.")] = None,
@@ -126,6 +128,9 @@ def calibrate(
 
             raise UserError("--serving measures built-in and factory workloads only; drop --data (a model file is "
                             "calibrated for forward times, without --serving).")
+        if "target=" in serving:
+            _serving_http(serving, home, system, workload, json_out, seed)
+            return
         from tqsim.serving_calibration import calibrate_serving_setup
 
         with warnings.catch_warnings(record=True) as caught:
@@ -154,6 +159,25 @@ def calibrate(
     _render_calibration(result, notes)
 
 
+def _serving_http(serving, home, system, workload, json_out, seed) -> None:
+    """`tqsim calibrate --serving 'target=URL,...'`: drive an external server over HTTP and fit its overheads."""
+    from tqsim.serving_calibration import calibrate_http
+
+    path, fit = calibrate_http(serving, home=home, system=system, workload=workload, seed=seed,
+                               show_progress=not json_out)
+    _show_log_fit(path, fit, json_out)
+
+
+def _show_log_fit(path, fit, json_out: bool) -> None:
+    if json_out:
+        emit_json({"serving_calibration": str(path), "overheads": fit.overheads.to_dict(), "runs": fit.runs,
+                   "fitted_terms": fit.parameters, "notes": fit.notes})
+        return
+    from tqsim.cli.serving_logs import render_log_fit
+
+    render_log_fit(path, fit, [])
+
+
 def _serving_logs(paths, setup, serving, adaptive, grid, plan, cluster, home, system, workload, json_out, seed):
     """`tqsim calibrate --serving-log FILE ... --setup '...'`: fit a stack's overheads from its own request logs."""
     from tqsim.errors import UserError
@@ -169,13 +193,7 @@ def _serving_logs(paths, setup, serving, adaptive, grid, plan, cluster, home, sy
     if clash:
         raise UserError(f"--serving-log imports runs measured elsewhere; drop {', '.join(clash)}.")
     path, fit = calibrate_from_logs(paths, setup, home=home, system=system, workload=workload, seed=seed)
-    if json_out:
-        emit_json({"serving_calibration": str(path), "overheads": fit.overheads.to_dict(), "runs": fit.runs,
-                   "fitted_terms": fit.parameters, "notes": fit.notes})
-        return
-    from tqsim.cli.serving_logs import render_log_fit
-
-    render_log_fit(path, fit, [])
+    _show_log_fit(path, fit, json_out)
 
 
 def _adaptive(adaptive, plan, grid, target, until_width, budget, passes, warmup, fresh, until_converged, sessions, serving,

@@ -83,19 +83,6 @@ def probe_endpoint(url: str, timeout_s: float = 5.0, *, body: bytes = b"{}") -> 
         conn.close()
 
 
-def check_errors(log: RequestLog, limit: float = 0.01) -> None:
-    """Refuse a run where more than ``limit`` of the requests failed: its latencies describe a broken server."""
-    bad = int((~log.ok).sum())
-    if bad <= limit * log.n:
-        return
-    status = getattr(log, "status", None)
-    first = int(np.flatnonzero(~log.ok)[0])
-    what = (f"HTTP {int(status[first])}" if status is not None and status[first] else
-            getattr(log, "first_error", "") or "no answer")
-    raise UserError(f"{bad} of {log.n} requests to {log.source or 'the target'} failed ({bad / max(log.n, 1):.1%}, "
-                    f"more than {limit:.0%}; first: {what}); check the server's log, or lower the rate.")
-
-
 def drive_http(url: str, workload: Any, rate_rps: float, duration_s: float, *, seed: int = 0,
                protocol: str = "auto", use_loadgen: bool | None = None, timeout_s: float = 10.0) -> HttpRequestLog:
     """Send ``workload``'s instances to ``url`` at ``rate_rps`` Poisson arrivals for about ``duration_s``.

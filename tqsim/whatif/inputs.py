@@ -235,12 +235,18 @@ def _open(home, system, workload, overheads, forecast, service, stack) -> Worksp
                                stack=stack)
     if overheads and stack != "tqsim":
         from tqsim.data.serving_store import stacks
+        from tqsim.serve import STACKS
 
         known = stacks(src.folder)
-        if stack not in known:
+        how = (f"import its logs with `tqsim calibrate --serving-log FILE --setup '...,stack={stack}'` or measure it "
+               f"with `--serving 'target=URL,...,stack={stack}'`")
+        if stack not in known and stack not in STACKS:
             raise UserError(f"--stack {stack}: no serving calibration of that stack in {src.folder} (calibrated: "
-                            f"{', '.join(known) or 'none'}); import its logs with `tqsim calibrate --serving-log FILE "
-                            f"--setup '...,stack={stack}'` or measure it with `--serving 'target=URL,...,stack={stack}'`.")
+                            f"{', '.join(known) or 'none'}; tqsim serves: {', '.join(STACKS)}); {how}.")
+        if stack not in known:  # a stack tqsim can serve, not yet measured: say what stands in for it
+            src.stack = "tqsim"
+            src.notes.append(f"stack {stack} has no serving calibration here; tqsim's own server's overheads stand "
+                             f"in for it: {how}.")
     return src
 
 
