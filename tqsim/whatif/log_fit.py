@@ -26,6 +26,7 @@ from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 0.5])
 CHUNK_S = 2.0
+SAME_RATE = 0.15  # logs whose offered rates differ by less than this are repeats of one load
 # a pause's size is Exponential: its quantiles, for ServingOverheads.pause_s to resample
 _EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)  # a run is cut into chunks this long to see its level move when no repeated run measures it
 
@@ -227,12 +228,13 @@ def _phi_draws(phi_hat: float, dof: int, n_draws: int, seed: int) -> list[float]
 
 
 def _rate_groups(logs: Sequence[RequestLog]) -> list[list[int]]:
-    """Indices of the logs grouped by offered rate (within 5 %: a log's rate is measured, never exactly equal)."""
+    """Indices of the logs grouped by offered rate (within ``SAME_RATE``: a log's rate is measured from its
+    arrivals, and an open-loop driver on a busy machine offers a few per cent more or less than it was asked)."""
     groups: list[list[int]] = []
     anchors: list[float] = []
     for i, lg in enumerate(logs):
         rate = float(lg.rate_rps)
-        j = next((j for j, a in enumerate(anchors) if abs(rate - a) <= 0.05 * a), None)
+        j = next((j for j, a in enumerate(anchors) if abs(rate - a) <= SAME_RATE * a), None)
         if j is None:
             anchors.append(rate)
             groups.append([i])
@@ -252,11 +254,8 @@ def run_level_sd(logs: Sequence[RequestLog]) -> tuple[float | None, int, str]:
     ``CHUNK_S`` chunks and their levels' spread stands in: minute-to-minute drift is then *under*-stated,
     and the note says so.
     """
-    groups: dict[float, list[float]] = {}
-    for lg in logs:
-        rate = float(lg.rate_rps)
-        key = next((k for k in groups if abs(rate - k) <= 0.05 * k), rate)
-        groups.setdefault(key, []).append(float(np.log(np.median(lg.latency_s[_answered(lg)]))))
+    groups = {g[0]: [float(np.log(np.median(logs[i].latency_s[_answered(logs[i])]))) for i in g]
+              for g in _rate_groups(logs)}
     sq = sum(float(np.sum((np.array(v) - np.mean(v)) ** 2)) for v in groups.values() if len(v) > 1)
     dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
     if dof:
