@@ -14,6 +14,17 @@ Measured latency is the SUT's own (LoadGen's callback → completion); LoadGen's
 issue delay, is printed beside it.
 
     python benchmarks/whatif_accuracy.py --home /tmp/wsd [--workload digits-cnn] [--duration 8]
+
+``--protocol logs`` (issue 15) scores the request-log path for each stack of ``--stacks`` (tqsim: tqsim's own
+server, in process; litserve: ``tqsim serve --stack litserve`` driven over HTTP on loopback): a ramp finds the
+throughput the stack sustains, real runs at ``LOG_LOADS`` of it are logged (``--repeats`` each, interleaved), the
+logs of the loads 0.2 and 0.5 are imported (``tqsim calibrate --serving-log``) and every other run is scored by
+``tqsim validate --serving-log`` (the ramp's throughput, 2 s steps, is given as ``capacity=`` in ``--setup``, as
+``calibrate --serving target=...`` does; the runs at 0.85 and 1.3 then check it). Targets: below 0.75 utilisation (offered rate over the measured saturation
+throughput) p99 inside the 90 % interval for >= 80 % of runs and median |p99 error| <= 25 %; the forecast
+saturation rate within 10 % of the measured one (the most any overloaded run completed per second).
+
+    python benchmarks/whatif_accuracy.py --protocol logs --stacks tqsim,litserve --home /tmp/wsl
 """
 
 from __future__ import annotations
@@ -34,6 +45,9 @@ SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
     ("B: 2 replicas, batch≤4, wait 0", 2, 1, 4, 0.0),
 ]
 LOADS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.25)  # fractions of the predicted saturation rate (replicas 95% busy)
+LOG_LOADS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.3)  # --protocol logs: fractions of the ramp's throughput
+FIT_LOADS = (0.2, 0.5)
+LOG_SETUPS = {"tqsim": (1, 1, 8, 0.5e-3), "litserve": (1, 1, 8, 2e-3)}  # replicas, threads, max_batch, max_wait
 
 
 def _inside(interval: dict, values) -> int:
@@ -48,7 +62,17 @@ def main() -> None:
     ap.add_argument("--threshold", default="10ms")
     ap.add_argument("--repeats", type=int, default=3, help="real runs per load level (the median run is scored)")
     ap.add_argument("--out", default="/tmp/tqsim-whatif-accuracy.json")
+    ap.add_argument("--protocol", choices=["serving", "logs"], default="serving",
+                    help="serving: tqsim's white-box serving calibration; logs: request logs of each --stacks")
+    ap.add_argument("--stacks", default="tqsim,litserve")
     args = ap.parse_args()
+    if args.protocol == "logs":
+        _ensure_forward(args)
+        results = {stack: logs_protocol(args, stack) for stack in args.stacks.split(",")}
+        Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+        for stack, res in results.items():
+            _print_logs_table(stack, res)
+        return
 
     from tqsim.data.workspace import Workspace
     from tqsim.measure.load_drivers import run_load
@@ -61,11 +85,7 @@ def main() -> None:
     from tqsim.workloads.registry import get_workload
 
     thr = parse_duration(args.threshold)
-    ws = Workspace.at(args.home)
-    if not ws.systems():
-        print("forward-time calibration missing: running tqsim calibrate (~2 min)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20", "--home",
-                        args.home, "--workload", args.workload], check=True, stdout=subprocess.DEVNULL)
+    _ensure_forward(args)
     workload = get_workload(args.workload)
     n_inst = workload.n_instances
     rows, t_start = [], time.perf_counter()
@@ -162,6 +182,139 @@ def main() -> None:
               f"{pred_sat}")
     print(f"elapsed {time.perf_counter() - t_start:.0f} s; load average at the end {os.getloadavg()} on "
           f"{os.cpu_count()} cores (other work on the machine shows up in every measured figure)")
+
+
+def _ensure_forward(args) -> None:
+    from tqsim.data.workspace import Workspace
+
+    if not Workspace.at(args.home).systems():
+        print("forward-time calibration missing: running tqsim calibrate (~2 min)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "tqsim", "calibrate", "--grid", "batch_size=1,2,4,8,16", "--passes", "20",
+                        "--home", args.home, "--workload", args.workload], check=True, stdout=subprocess.DEVNULL)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _driver(stack: str, args, setup):
+    """``(drive(rate, duration, seed) -> RequestLog, stop())`` for one stack."""
+    from tqsim.workloads.registry import get_workload
+
+    reps, th, mb, mw = setup
+    workload = get_workload(args.workload)
+    if stack == "tqsim":
+        from tqsim.data.request_log import from_serving_run
+        from tqsim.measure.load_drivers import run_load
+        from tqsim.measure.server import BatchingServer
+
+        server = BatchingServer(workload, reps, th, mb, mw)
+        return (lambda rate, dur, seed=0: from_serving_run(run_load(server, rate, dur, seed=seed))), (lambda: None)
+    from tqsim.measure.http_driver import drive_http, probe_endpoint
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tqsim", "serve", "--stack", stack, "--workload", args.workload,
+                             "--max-batch", str(mb), "--max-wait", f"{mw * 1e3:g}ms", "--replicas", str(reps),
+                             "--threads", str(th), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/predict"
+    for line in proc.stdout:  # wait for "serving at URL"
+        if "serving at" in line:
+            break
+    probe_endpoint(url)
+
+    def stop():
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    return (lambda rate, dur, seed=0: drive_http(url, workload, round(rate, 1), dur, seed=seed)), stop
+
+
+def logs_protocol(args, stack: str) -> dict:
+    """Log real runs of one stack over a range of loads, fit on two loads, validate on the rest (module docstring)."""
+    from tqsim.data.request_log import write_request_log
+    from tqsim.serving_calibration import calibrate_from_logs, ramp_throughput
+    from tqsim.serving_validation import validate_logs
+    from tqsim.whatif.inputs import WorkspaceInputs
+    from tqsim.whatif.simulator import ServingSetup, saturation_rps
+
+    setup = LOG_SETUPS[stack]
+    reps, th, mb, mw = setup
+    text = f"replicas={reps},threads={th},max_batch={mb},max_wait={mw * 1e3:g}ms,stack={stack}-logs"
+    folder = Path(args.home) / "logs" / stack
+    folder.mkdir(parents=True, exist_ok=True)
+    drive, stop = _driver(stack, args, setup)
+    t0 = time.perf_counter()
+    try:
+        best, ramp = ramp_throughput(drive)
+        print(f"{stack}: the ramp sustained {best:.0f} req/s", file=sys.stderr)
+        write_request_log(ramp[-1], folder / "ramp-last.csv")
+        runs = []
+        for j in range(args.repeats):
+            for i, frac in enumerate(LOG_LOADS):
+                log = drive(frac * best, args.duration, 100 * j + i)
+                path = folder / f"load{frac:.2f}-{j}.csv"
+                write_request_log(log, path)
+                done = float(log.ok.sum() / max(float(log.completion_s.max()), 1e-9))
+                runs.append({"load": frac, "repeat": j, "path": str(path), "offered_rps": float(log.rate_rps),
+                             "throughput_rps": done})
+                print(f"{stack} load {frac:.2f} #{j}: offered {log.rate_rps:.0f}/s, done {done:.0f}/s, p99 "
+                      f"{np.quantile(log.latency_s[log.ok], 0.99) * 1e3:.2f} ms", file=sys.stderr)
+    finally:
+        stop()
+    measured = time.perf_counter() - t0
+    train = [r["path"] for r in runs if r["load"] in FIT_LOADS]
+    test = [r for r in runs if r["load"] not in FIT_LOADS]
+    calibrate_from_logs(train, f"{text},capacity={best:.0f}", home=args.home, workload=args.workload)
+    val = validate_logs([r["path"] for r in test], text, home=args.home, workload=args.workload,
+                        threshold_s=parse_duration_s(args.threshold)).as_dict()
+    src = WorkspaceInputs.open(args.home, None, args.workload, stack=f"{stack}-logs")
+    pred_sat = saturation_rps(src.service(th, "fp32", reps), ServingSetup(reps, th, mb, mw))
+    obs_sat = max(r["throughput_rps"] for r in runs if r["load"] >= 0.85)
+    for r, v in zip(test, val["runs"]):
+        r.update(v, utilisation=r["offered_rps"] / obs_sat)
+    below = [r for r in test if r["utilisation"] < 0.75]
+    errs = [abs(r["relative_error"]["p99"]) for r in below]
+    return {"setup": text, "ramp_rps": best, "runs": test, "observed_saturation_rps": obs_sat,
+            "forecast_saturation_rps": pred_sat, "saturation_error": pred_sat / obs_sat - 1,
+            "below_075": {"runs": len(below), "p99_inside": int(sum(r["inside"]["p99"] for r in below)),
+                          "median_abs_p99_error": float(np.median(errs)) if errs else None},
+            "measured_s": measured, "notes": val["notes"]}
+
+
+def parse_duration_s(text: str) -> float:
+    from tqsim.units import parse_duration
+
+    return parse_duration(text)
+
+
+def _print_logs_table(stack: str, res: dict) -> None:
+    print(f"\n### {stack} ({res['setup']}; the ramp sustained {res['ramp_rps']:.0f} req/s)\n")
+    print("| load | offered/s | ρ | p99 obs | p99 forecast [90%] | err | in | p50 obs / fc | TQ obs / fc [90%] |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(res["runs"], key=lambda r: (r["load"], r["repeat"])):
+        o, f = r["observed"], r["forecast"]
+        tq = f["tail_quality"]
+        print(f"| {r['load']:.2f} | {r['offered_rps']:.0f} | {r['utilisation']:.2f} | {o['p99'] * 1e3:.2f} ms | "
+              f"{f['p99']['mean'] * 1e3:.2f} [{f['p99']['lo'] * 1e3:.2f}, {f['p99']['hi'] * 1e3:.2f}] ms | "
+              f"{r['relative_error']['p99']:+.0%} | {'✓' if r['inside']['p99'] else '✗'} | "
+              f"{o['p50'] * 1e3:.2f} / {f['p50']['mean'] * 1e3:.2f} ms | "
+              + (f"{o['tail_quality']:.3f} / {tq['mean']:.3f} [{tq['lo']:.3f}, {tq['hi']:.3f}] |"
+                 if o["tail_quality"] is not None else "– |"))
+    b = res["below_075"]
+    print(f"\nbelow ρ = 0.75: p99 inside the 90 % interval {b['p99_inside']}/{b['runs']}, median |p99 error| "
+          f"{100 * (b['median_abs_p99_error'] or float('nan')):.0f} %; saturation: forecast "
+          f"{res['forecast_saturation_rps']:.0f} req/s, measured {res['observed_saturation_rps']:.0f} req/s "
+          f"({100 * res['saturation_error']:+.0f} %); measured in {res['measured_s']:.0f} s")
 
 
 if __name__ == "__main__":

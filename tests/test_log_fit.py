@@ -41,7 +41,8 @@ def test_the_fit_recovers_a_known_stack_and_forecasts_a_load_it_never_saw(forwar
     oh = fit.overheads
     assert oh.scale == pytest.approx(TRUTH.scale, rel=0.2)
     assert oh.response_s == pytest.approx(TRUTH.response_s, rel=0.5)
-    assert fit.parameters == ["scale", "per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"]
+    assert fit.parameters == ["scale", "per_batch_s", "frontend_s", "response_s", "inflation_s", "pause_prob",
+                              "pause_mean_s"]
     # a load between and beyond the fitted ones: the forecast p99 lies near the truth's, and the saturation rate too
     for frac in (0.35, 0.7):
         kw = dict(thresholds_s=[0.02], rate_rps=frac * cap, n_windows=40, draws=20, seed=3)

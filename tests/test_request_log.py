@@ -258,7 +258,10 @@ def test_unsorted_rows_up_to_one_percent_are_sorted_with_a_note(tmp_path, k, acc
 def test_parse_log_setup():
     assert parse_log_setup("replicas=2, threads=4,max-batch=8,max_wait=2ms") == {
         "replicas": 2, "threads": 4, "max_batch": 8, "max_wait_s": pytest.approx(2e-3), "precision": "fp32",
-        "backend": "torch", "device": "cpu", "stack": "custom"}
+        "backend": "torch", "device": "cpu", "stack": "custom", "capacity_rps": None}
+    assert parse_log_setup("replicas=1,threads=1,max_batch=8,max_wait=0,capacity=750")["capacity_rps"] == 750.0
+    with pytest.raises(UserError, match="capacity"):
+        parse_log_setup("replicas=1,threads=1,max_batch=8,max_wait=0,capacity=fast")
     s = parse_log_setup("replicas=1,threads=1,max_batch=1,max_wait=0,precision=BF16,backend=onnxruntime,"
                         "device=cuda,stack=triton_2-4")
     assert (s["max_wait_s"], s["precision"], s["backend"], s["device"], s["stack"]) == \

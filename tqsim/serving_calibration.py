@@ -217,7 +217,8 @@ def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=N
     folder, system, name, forward = _forward_for(home, system, workload, setup)
     src = WorkspaceInputs.open(home, system, name, overheads=False)
     scores = src.scores(setup["precision"])
-    fit = fit_log_overheads(logs, forward, _simulated_setup(setup), window=scores.size, seed=seed)
+    fit = fit_log_overheads(logs, forward, _simulated_setup(setup), window=scores.size, seed=seed,
+                            capacity_rps=setup.get("capacity_rps"))
     fit.notes[:0] = list(notes)
     oh = fit.overheads
     rates = ", ".join(f"{lg.rate_rps:.0f}" for lg in logs)
@@ -282,19 +283,20 @@ def parse_http_setup(text: str) -> dict:
     return dict(setup, target=values["target"], protocol=protocol, duration_s=duration, repeats=repeats)
 
 
-def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 12) -> tuple[float, list]:
+def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 14) -> tuple[float, list]:
     """The throughput an external server sustains: offered rates doubling from ``start_rps`` (``RAMP_S`` each)
-    until it answers less than 90 % of what was offered or its median latency trebles. Returns (the best
-    throughput reached, the ramp's logs)."""
+    until it is overloaded (:func:`~tqsim.whatif.log_fit.overloaded`) or its median latency trebles. Returns (the
+    best throughput reached, the ramp's logs; the last one measured the capacity when it was overloaded)."""
+    from tqsim.whatif.log_fit import overloaded, throughput
+
     logs, best, light_p50, rate = [], 0.0, None, start_rps
     for _ in range(steps):
         log = drive(rate, RAMP_S)
         logs.append(log)
-        done = float(log.ok.sum() / max(float(np.nanmax(log.completion_s)), 1e-9))
         p50 = float(np.median(log.latency_s[log.ok])) if log.ok.any() else np.inf
         light_p50 = p50 if light_p50 is None else light_p50
-        best = max(best, done)
-        if done < 0.9 * log.rate_rps or p50 > 3 * light_p50:
+        best = max(best, throughput(log))
+        if overloaded(log) or p50 > 3 * light_p50:
             break
         rate *= 2
     return best, logs
@@ -307,7 +309,8 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     load, fit its overheads from the request logs (:mod:`tqsim.whatif.log_fit`) and store them under its stack.
 
     A ramp of short runs finds the throughput it sustains; the calibration runs are ``HTTP_LOADS`` of it,
-    ``repeats`` times each, interleaved. The runs' logs are kept in ``serving-logs/`` once the fit succeeded.
+    ``repeats`` times each, interleaved; the ramp's throughput is the capacity the fit must reproduce. The runs'
+    logs are kept in ``serving-logs/`` once the fit succeeded.
     """
     from tqsim.data.request_log import check_errors, write_request_log
     from tqsim.measure.http_driver import drive_http, probe_endpoint
@@ -327,7 +330,7 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
 
     with progress_bar(show_progress) as progress:
         progress.start(1 + setup["repeats"] * len(HTTP_LOADS))
-        best, _ = ramp_throughput(drive)
+        best, ramp = ramp_throughput(drive)
         progress.advance(f"ramp: {best:.0f} req/s sustained")
         rates = [f * best for f in HTTP_LOADS]
         logs = []
@@ -335,6 +338,7 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
             for i, r in enumerate(rates):
                 logs.append(drive(r, setup["duration_s"], 1 + i + 100 * j))
                 progress.advance(f"{r:.0f} req/s")
+    setup["capacity_rps"] = best
     sources = [f"{setup['target']} at {lg.rate_rps:.0f} req/s" for lg in logs]
     path, fit = store_log_fit(logs, setup, home=home, system=system, workload=name, sources=sources,
                               notes=[f"the ramp sustained {best:.0f} req/s; runs at {', '.join(f'{r:.0f}' for r in rates)}"

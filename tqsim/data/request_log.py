@@ -414,7 +414,7 @@ def parse_log_setup(text: str) -> dict:
     from tqsim.factors import parse_level
     from tqsim.units import parse_duration
 
-    keys = SETUP_KNOBS + tuple(SETUP_DEFAULTS)
+    keys = SETUP_KNOBS + tuple(SETUP_DEFAULTS) + ("capacity",)
     given: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in str(text).split(","))):
         key, sep, value = part.partition("=")
@@ -441,6 +441,15 @@ def parse_log_setup(text: str) -> dict:
         raise UserError(f"--setup stack={values['stack']!r}: name the serving stack with letters, digits, - and _ "
                         "(e.g. stack=triton).")
     setup["stack"] = values["stack"]
+    setup["capacity_rps"] = None
+    if "capacity" in given:  # the throughput the stack sustained, where the user measured it
+        try:
+            setup["capacity_rps"] = float(given["capacity"])
+        except ValueError:
+            setup["capacity_rps"] = -1.0
+        if not setup["capacity_rps"] > 0:
+            raise UserError(f"--setup capacity={given['capacity']!r}: give the requests per second the stack "
+                            "sustained, e.g. capacity=800.")
     return setup
 
 

@@ -26,7 +26,10 @@ from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 0.5])
 CHUNK_S = 2.0
-SAME_RATE = 0.15  # logs whose offered rates differ by less than this are repeats of one load
+SAME_RATE = 0.15
+OVERLOADED = 0.9       # a run that completed less than this share of the offered rate measured a capacity
+GROWING = 3.0
+CAPACITY_WEIGHT = 4.0  # a measured capacity against the six latency quantiles of a run  # logs whose offered rates differ by less than this are repeats of one load
 # a pause's size is Exponential: its quantiles, for ServingOverheads.pause_s to resample
 _EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)  # a run is cut into chunks this long to see its level move when no repeated run measures it
 
@@ -58,18 +61,28 @@ def _batches(log: RequestLog) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: ServingSetup, *,
-                      window: int | None = None, draws: int = 4, seed: int = 0) -> LogFit:
+                      window: int | None = None, draws: int = 4, seed: int = 0,
+                      capacity_rps: float | None = None) -> LogFit:
     """Fit :class:`ServingOverheads` of one serving set-up from its request logs and the calibrated ``forward``.
 
     Replayed terms: the service level relative to the calibration (``scale``, unless the log gives forward times),
-    a fixed cost per batch that keeps the replica busy (``per_batch_s``), a cost per request that does not
-    (``response_s``: the response path, HTTP, the client) and the slowdown with the arrival rate
+    a cost per batch that keeps the replica busy (``per_batch_s``), a serial front end each request passes before the
+    batcher (``frontend_s``: an HTTP server process), a cost per request that keeps nothing busy (``response_s``:
+    the response path, the client) and the slowdown with the arrival rate
     (``inflation_s``: on a shared machine the server's front end and the load driver take CPU from the model).
     ``window``: requests per window (the evaluation set's size) for the window-to-window level.
+    ``capacity_rps``: the throughput the stack sustained, when measured (a ramp); an overloaded log measures it too.
     """
     logs = [lg for lg in logs]
     if not logs:
         raise UserError("no request logs to fit; give --serving-log FILE (one file per run).")
+    # An overloaded run (it completed less than OVERLOADED of what was offered) measured the stack's capacity, not
+    # its latency at a load: its latencies grow with its length. It enters the fit through that capacity only.
+    capacity = max((throughput(lg) for lg in logs if overloaded(lg)), default=capacity_rps)
+    logs = [lg for lg in logs if not overloaded(lg)]
+    if not logs:
+        raise UserError("every log is of an overloaded run (it completed less than was offered); give runs at "
+                        "lighter loads too, e.g. at 20 % and 50 % of the capacity.")
     with_forward = all(lg.has("forward_s") and lg.has("batch_id") for lg in logs)
     notes: list[str] = []
     base: ServiceModel = forward
@@ -95,29 +108,37 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
             rng = np.random.default_rng([seed, i, d])
             pool = service_pool(base, setup, lg.n, rng)
             replays.append(_Replay(i, lg, ok, pool, rng))
-    names = (["per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"] if with_forward
-             else ["scale", "per_batch_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"])
+    names = (["scale"] if not with_forward else []) + ["per_batch_s", "frontend_s", "response_s", "inflation_s",
+                                                          "pause_prob", "pause_mean_s"]
 
     def unpack(x: np.ndarray) -> dict:
         v = dict(zip(names, np.exp(x)), **({"scale": known["scale"]} if with_forward else {}))
-        v["pause_prob"] = min(v["pause_prob"], 1.0)
+        v["pause_prob"] = v["pause_prob"] / (1.0 + v["pause_prob"])  # a probability: exp(x) is its odds
         return v
+
+    mean_pool = np.mean([r.pool.mean(axis=1) for r in replays], axis=0)  # [batch size - 1]
 
     def loss(x: np.ndarray) -> float:
         v = unpack(x)
-        return float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
-                              for r in replays]))
+        fit = float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
+                             for r in replays]))
+        if capacity is None:
+            return fit
+        return fit + CAPACITY_WEIGHT * float(np.log(_capacity(v, mean_pool, setup, capacity) / capacity)) ** 2
 
     from scipy.optimize import minimize
 
     light = min(logs, key=lambda lg: lg.rate_rps)
     light_p50 = float(np.median(light.latency_s[_answered(light)]))
-    start = {"scale": 1.0, "per_batch_s": 1e-5, "response_s": max(0.1 * light_p50, 1e-6), "inflation_s": 1e-6,
+    start = {"scale": 1.0, "per_batch_s": 1e-5, "frontend_s": 1e-6, "response_s": max(0.1 * light_p50, 1e-6), "inflation_s": 1e-6,
              "pause_prob": 0.01, "pause_mean_s": max(light_p50, 1e-5)}
-    x0 = np.log([start[n] for n in names])
+    starts = [start]
+    if capacity is not None:  # also start from a front end that alone sets the measured capacity
+        starts.append(dict(start, frontend_s=0.8 / capacity))
     best = None
-    for step in (np.log(3.0), -np.log(3.0)):  # a simplex of factor-3 steps, both ways: the terms trade off
-        simplex = np.vstack([x0, x0 + step * np.eye(len(names))])
+    for step, first in ((s, st) for st in starts for s in (np.log(3.0), -np.log(3.0))):
+        x0 = np.log([first[n] / (1 - first[n]) if n == "pause_prob" else first[n] for n in names])
+        simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps both ways: the terms trade off
         res = minimize(loss, x0, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-5, "adaptive": True,
                                                                 "maxiter": 400 * len(names), "initial_simplex": simplex})
         if best is None or res.fun < best.fun:
@@ -132,9 +153,13 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
                      "replayed_s": dict(zip(_qnames(), np.exp(sim).tolist()))})
     run_sd, run_dof, how = run_level_sd(logs)
     notes.append(how)
+    if capacity is not None:
+        notes.append(f"capacity {capacity:.0f} req/s measured (the model's: "
+                     f"{_capacity(v, mean_pool, setup, capacity):.0f} req/s).")
     phi, how = tail_dispersion(replays, v, setup, logs)
     notes.append(how)
-    oh = ServingOverheads(scale=float(v["scale"]), per_batch_s=float(v["per_batch_s"]), per_request_s=0.0,
+    oh = ServingOverheads(scale=float(v["scale"]), per_batch_s=float(v["per_batch_s"]),
+                          frontend_s=float(v["frontend_s"]),
                           response_s=float(v["response_s"]), inflation_s=float(v["inflation_s"]),
                           pause_prob=float(v["pause_prob"]), pause_s=(v["pause_mean_s"] * _EXP_QUANTILES).tolist(),
                           window_log_sd=window_level_sd(logs, window) if window else None,
@@ -142,6 +167,30 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     if with_forward:
         oh.shape, oh.stall_prob, oh.stall_shape = known["shape"], known["stall_prob"], known["stall_shape"]
     return LogFit(oh, runs, notes, names, float(best.fun))
+
+
+def throughput(log: RequestLog) -> float:
+    """Answered requests per second from the first arrival to the last completion."""
+    return float(log.ok.sum() / max(float(np.nanmax(log.completion_s)), 1e-9))
+
+
+def overloaded(log: RequestLog) -> bool:
+    """The run offered more than the stack served: it completed less than ``OVERLOADED`` of the offered rate, or
+    its queue grew (the last quarter's median latency is more than ``GROWING`` times the first quarter's)."""
+    if throughput(log) < OVERLOADED * float(log.rate_rps):
+        return True
+    lat = log.latency_s[_answered(log)]
+    quarter = max(lat.size // 4, 1)
+    return bool(np.median(lat[-quarter:]) > GROWING * np.median(lat[:quarter]))
+
+
+def _capacity(v: dict, mean_pool: np.ndarray, setup: ServingSetup, rate: float) -> float:
+    """Requests per second the replicas sustain with full use of batching, at arrival rate ``rate``."""
+    k = np.arange(1, mean_pool.size + 1)
+    factor = 1 + v["inflation_s"] * rate
+    busy = factor * (v["scale"] * mean_pool + v["per_batch_s"])
+    front = 1.0 / (factor * v["frontend_s"]) if v["frontend_s"] > 0 else np.inf
+    return float(min(setup.replicas * np.max(k / (busy + v["pause_prob"] * v["pause_mean_s"])), front))
 
 
 class _Replay:
@@ -161,7 +210,7 @@ class _Replay:
         factor = 1.0 + v["inflation_s"] * self.rate
         extra = v["pause_mean_s"] * self.pause_e * (self.pause_u < v["pause_prob"] * pause_mult)
         run = serve_pool(factor * (v["scale"] * self.pool + v["per_batch_s"]), setup, self.arrival_s, self.pick,
-                         extra=extra, response_s=v["response_s"])
+                         extra=extra, response_s=v["response_s"], frontend_s=v["frontend_s"] * factor)
         return run.latency_s[self.ok]
 
 

@@ -63,6 +63,9 @@ class ServingOverheads:
     stall_prob: float = 0.0
     stall_shape: list = dataclasses.field(default_factory=list)
     stall_dispersion: list = dataclasses.field(default_factory=list)
+    # a serial front end every request passes before the batcher (an HTTP server process), seconds per request;
+    # fitted from request logs (tqsim.whatif.log_fit), 0 for tqsim's in-process server
+    frontend_s: float = 0.0
     source: str = ""
 
     def to_dict(self) -> dict:

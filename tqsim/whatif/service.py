@@ -54,6 +54,7 @@ class ServiceModel:
         return np.zeros(n)
 
     response_s: float = 0.0  # added to each request's latency after its batch ends; no replica busy
+    frontend_s: float = 0.0  # per request at a serial front end before the batcher (an HTTP process)
 
     def min_service_s(self) -> float:
         """A lower bound of the service time of a batch of one (to refuse impossible deadlines)."""
@@ -235,6 +236,7 @@ class WithOverheads(ServiceModel):
         self.base, self.oh = base, overheads
         self.threads, self.precision = base.threads, base.precision
         self.response_s = float(overheads.response_s)
+        self.frontend_s = float(overheads.frontend_s)
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
         self._shape = np.sort(np.asarray(overheads.shape, dtype=float))
@@ -247,6 +249,7 @@ class WithOverheads(ServiceModel):
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
         new = copy.copy(self)
         new._factor = 1.0 + float(self.oh.inflation_s) * float(rate_rps)
+        new.frontend_s = float(self.oh.frontend_s) * new._factor  # the front end shares the machine too
         return new
 
     def draw(self, rng):

@@ -143,12 +143,14 @@ class Run:
 
 
 def capacity_rps(service: ServiceModel, setup: ServingSetup, n: int = 4000) -> float:
-    """Largest sustainable rate: replicas × the best k / mean service time of a batch of k ≤ max_batch."""
+    """Largest sustainable rate: replicas × the best k / mean service time of a batch of k ≤ max_batch, and no more
+    than a serial front end passes."""
     rng = np.random.default_rng(0)
     ks = np.arange(1, setup.max_batch + 1)
     mean = service.sample(np.repeat(ks, n), rng).reshape(ks.size, n).mean(axis=1)
     mean = mean + service.extra_batch_s(ks.size * n, rng).mean()
-    return float(setup.replicas * np.max(ks / mean))
+    front = 1.0 / service.frontend_s if service.frontend_s > 0 else np.inf
+    return float(min(setup.replicas * np.max(ks / mean), front))
 
 
 def fixed_batch_capacity(service: ServiceModel, batch_size: int, replicas: int, rng: np.random.Generator,
@@ -239,7 +241,8 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     pool = service_pool(service, setup, n, rng)
     pick = rng.random(n)
     return serve_pool(pool, setup, arr, pick, extra=service.extra_batch_s(n, rng), late=service.timer_lateness(n, rng),
-                      effect=service.pass_effects(n // window + 1, rng), window=window, response_s=service.response_s)
+                      effect=service.pass_effects(n // window + 1, rng), window=window, response_s=service.response_s,
+                      frontend_s=service.frontend_s)
 
 
 def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -253,12 +256,14 @@ def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.ran
 
 def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pick: np.ndarray, *,
                extra: np.ndarray | None = None, late: np.ndarray | None = None, effect: np.ndarray | None = None,
-               window: int | None = None, response_s: float = 0.0) -> Run:
+               window: int | None = None, response_s: float = 0.0, frontend_s: float = 0.0) -> Run:
     """Serve ``arrivals_s`` with batch times taken from ``pool`` (:func:`service_pool`) at the uniform ``pick``s.
 
     Split from :func:`simulate_run` so that a fit can transform one pool of forward times many times
-    (common random numbers) without sampling the service model again."""
-    arr = np.ascontiguousarray(arrivals_s, dtype=float)
+    (common random numbers) without sampling the service model again. ``frontend_s``: each request first passes
+    a serial front end (one HTTP process) that takes this long per request, before the batcher sees it."""
+    arrived = np.ascontiguousarray(arrivals_s, dtype=float)
+    arr = frontend_departures(arrived, frontend_s) if frontend_s > 0 else arrived
     n = arr.size
     window = int(window or max(n, 1))
     zeros = np.zeros(n)
@@ -270,7 +275,14 @@ def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pi
     busy = np.zeros(setup.replicas)
     nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), np.ascontiguousarray(pool),
                 np.ascontiguousarray(pick, dtype=float), extra, late, effect, window, done, start, bsize, busy)
-    return Run(arr, start, done + response_s, bsize[:nb], busy)
+    return Run(arrived, start, done + response_s, bsize[:nb], busy)
+
+
+def frontend_departures(arrivals_s: np.ndarray, per_request_s: float) -> np.ndarray:
+    """When each request leaves a single FIFO server taking ``per_request_s`` each (Lindley's recursion, closed
+    form for a constant time: d_i = max over j ≤ i of a_j + (i − j + 1) s)."""
+    i = np.arange(arrivals_s.size)
+    return np.maximum.accumulate(arrivals_s - i * per_request_s) + (i + 1) * per_request_s
 
 
 def _interval(x: np.ndarray, interval: float) -> dict:
