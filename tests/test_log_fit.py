@@ -118,6 +118,11 @@ def test_serving_log_calibration_and_validation_end_to_end(tmp_path, capsys, mon
         assert abs(r["relative_error"]["p99"]) < 0.35
         assert r["observed"]["tail_quality"] is not None
     assert (tmp_path / "calibration/simbox/sim/serving-validation.json").exists()
+    from tqsim.report.build import _Ctx, _serving_validation_section
+    from tqsim.data.workspace import Workspace
+
+    sec = _serving_validation_section(_Ctx(Workspace.at(tmp_path), "simbox", "sim", None, [], [], 0.01, 0, 10))
+    assert sec.available and len(sec.tables[0].rows) == 2 and "p99: " in sec.notes[0]
     # a run the fit used is refused; what-if uses the imported stack; a stack never calibrated is named
     code, out, err = tqsim("validate", "--serving-log", paths[0], "--setup", setup)
     assert code == 2 and "used to fit" in err

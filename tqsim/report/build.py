@@ -96,14 +96,15 @@ def build_report(*, home=None, system: str | None = None, workload: str | None =
                     ("heatmap", lambda: _heatmap_section(ctx)), ("explain", lambda: _explain_section(ctx)),
                     ("validation", lambda: _validation_section(ctx, heldout, force)),
                     ("what-if", lambda: _whatif_section(ctx, whatif_rates, list(whatif_replicas), whatif_max_batch,
-                                                        whatif_deadline_s))]
+                                                        whatif_deadline_s)),
+                    ("serving-validation", lambda: _serving_validation_section(ctx))]
         built = {}
         for name, build in builders:           # the fit first: the other sections read its model
             if progress:
                 progress(name)
             built[name] = build()
         sections = [built[n] for n in ("overview", "latency", "quality", "heatmap", "explain", "validation", "what-if",
-                                       "fit")]
+                                       "serving-validation", "fit")]
     settings = {"thresholds": [t.label for t in ths], "tail_q": tail_q, "draws": draws, "seed": seed,
                 "heldout": str(heldout) if heldout else None, "force": force, "interval": INTERVAL}
     warns = [ctx.fit_problem] if ctx.fm is not None and ctx.fit_problem else []
@@ -483,6 +484,39 @@ def _validation_section(ctx: _Ctx, heldout, force: bool) -> Section:
         ["coverage of the 90% intervals", f"{fmt_pct(s['coverage'])} of {s['n_intervals']}"],
         ["median |error| of tail quality", fmt_pct(s["median_abs_error_tail_quality"])],
         ["median rJSD (floor for these passes)", f"{s['median_rjsd']:.3f} ({s['median_rjsd_floor']:.3f})"]]))
+    return sec
+
+
+def _serving_validation_section(ctx: _Ctx) -> Section:
+    """The latest `tqsim validate --serving-log`: what-if forecasts against a serving stack's own runs."""
+    sec = Section("serving_validation", "What-if against real serving runs",
+                  intro="The latest `tqsim validate --serving-log`: each logged run (never shown to the serving fit) "
+                        "against the what-if forecast at its own offered rate, with 90% intervals.")
+    path = ctx.ws.calibration_dir(ctx.system, ctx.workload) / "serving-validation.json"
+    if not path.exists():
+        sec.available = False
+        sec.missing = ("no what-if validation yet: fit a stack from its request logs (`tqsim calibrate --serving-log "
+                       "... --setup ...`), then `tqsim validate --serving-log OTHER_RUN.csv --setup ...`.")
+        return sec
+    res = json.loads(path.read_text())
+    sec.data = res
+    rows = []
+    for r in res["runs"]:
+        o, f, i = r["observed"], r["forecast"], r["inside"]
+        tq = f["tail_quality"]
+        rows.append([Path(r["source"]).name, f"{r['rate_rps']:.4g}", fmt_seconds(o["p50"]),
+                     fmt_seconds(o["p99"]), fmt_iv(f["p99"]["mean"], f["p99"]["lo"], f["p99"]["hi"], fmt_seconds)
+                     + (" ✓" if i["p99"] else " ✗"), fmt_pct(o["miss_rate"]),
+                     "–" if o["tail_quality"] is None else fmt_pct(o["tail_quality"]),
+                     fmt_iv(tq["mean"], tq["lo"], tq["hi"])])
+    s = res["setup"]
+    sec.tables.append(Table(["run", "rate (req/s)", "p50", "p99", "forecast p99 [90%]", "miss rate", "tail quality",
+                             "forecast TQ [90%]"], rows,
+                            title=f"stack {res['stack']}: {s['replicas']} replica(s) × {s['threads']} thread(s), "
+                                  f"batch ≤ {s['max_batch']}, wait {fmt_seconds(s['max_wait_s'])}, deadline "
+                                  f"{fmt_seconds(res['threshold_s'])}"))
+    sec.notes += [f"{m}: {c['inside']}/{c['runs']} runs inside the 90% interval"
+                  for m, c in res["coverage"].items() if c["runs"]] + res.get("notes", [])
     return sec
 
 

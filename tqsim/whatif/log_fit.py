@@ -22,16 +22,16 @@ from tqsim.whatif.overheads import ServingOverheads, served_forward
 from tqsim.whatif.service import ServiceModel, WithOverheads
 from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 
-# latency quantiles matched, and their weights: the body pins the level and the fixed costs, p99 the queueing
+# latency quantiles matched, and their weights: the median pins the level, p99 (the noisiest) the tail
 QUANTILES = np.array([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
 WEIGHTS = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 0.5])
-CHUNK_S = 2.0
-SAME_RATE = 0.15
-OVERLOADED = 0.9       # a run that completed less than this share of the offered rate measured a capacity
-GROWING = 3.0
-CAPACITY_WEIGHT = 4.0  # a measured capacity against the six latency quantiles of a run  # logs whose offered rates differ by less than this are repeats of one load
+CHUNK_S = 2.0          # a run is cut into chunks this long to see its level move when no repeated run measures it
+SAME_RATE = 0.15       # logs whose offered rates differ by less than this are repeats of one load
+OVERLOADED = 0.9       # a run that completed less than this share of the offered rate measured a capacity ...
+GROWING = 3.0          # ... as did one whose last quarter's median latency is this many times its first's
+CAPACITY_WEIGHT = 4.0  # a measured capacity against the six latency quantiles of a run
 # a pause's size is Exponential: its quantiles, for ServingOverheads.pause_s to resample
-_EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)  # a run is cut into chunks this long to see its level move when no repeated run measures it
+_EXP_QUANTILES = -np.log1p(-(np.arange(200) + 0.5) / 200)
 
 
 @dataclasses.dataclass
@@ -76,8 +76,8 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     logs = [lg for lg in logs]
     if not logs:
         raise UserError("no request logs to fit; give --serving-log FILE (one file per run).")
-    # An overloaded run (it completed less than OVERLOADED of what was offered) measured the stack's capacity, not
-    # its latency at a load: its latencies grow with its length. It enters the fit through that capacity only.
+    # An overloaded run (:func:`overloaded`) measured the stack's capacity, not its latency at a load: its
+    # latencies grow with its length. It enters the fit through that capacity only.
     capacity = max((throughput(lg) for lg in logs if overloaded(lg)), default=capacity_rps)
     logs = [lg for lg in logs if not overloaded(lg)]
     if not logs:
@@ -120,18 +120,18 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
 
     def loss(x: np.ndarray) -> float:
         v = unpack(x)
-        fit = float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
+        misfit = float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
                              for r in replays]))
         if capacity is None:
-            return fit
-        return fit + CAPACITY_WEIGHT * float(np.log(_capacity(v, mean_pool, setup, capacity) / capacity)) ** 2
+            return misfit
+        return misfit + CAPACITY_WEIGHT * float(np.log(_capacity(v, mean_pool, setup, capacity) / capacity)) ** 2
 
     from scipy.optimize import minimize
 
     light = min(logs, key=lambda lg: lg.rate_rps)
     light_p50 = float(np.median(light.latency_s[_answered(light)]))
-    start = {"scale": 1.0, "per_batch_s": 1e-5, "frontend_s": 1e-6, "response_s": max(0.1 * light_p50, 1e-6), "inflation_s": 1e-6,
-             "pause_prob": 0.01, "pause_mean_s": max(light_p50, 1e-5)}
+    start = {"scale": 1.0, "per_batch_s": 1e-5, "frontend_s": 1e-6, "response_s": max(0.1 * light_p50, 1e-6),
+             "inflation_s": 1e-6, "pause_prob": 0.01, "pause_mean_s": max(light_p50, 1e-5)}
     starts = [start]
     if capacity is not None:  # also start from a front end that alone sets the measured capacity
         starts.append(dict(start, frontend_s=0.8 / capacity))
@@ -139,8 +139,8 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     for step, first in ((s, st) for st in starts for s in (np.log(3.0), -np.log(3.0))):
         x0 = np.log([first[n] / (1 - first[n]) if n == "pause_prob" else first[n] for n in names])
         simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps both ways: the terms trade off
-        res = minimize(loss, x0, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-5, "adaptive": True,
-                                                                "maxiter": 400 * len(names), "initial_simplex": simplex})
+        res = minimize(loss, x0, method="Nelder-Mead", options={
+            "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * len(names), "initial_simplex": simplex})
         if best is None or res.fun < best.fun:
             best = res
     v = unpack(best.x)
