@@ -65,11 +65,15 @@ def main() -> None:
     ap.add_argument("--protocol", choices=["serving", "logs"], default="serving",
                     help="serving: tqsim's white-box serving calibration; logs: request logs of each --stacks")
     ap.add_argument("--stacks", default="tqsim,litserve")
+    ap.add_argument("--rescore", action="store_true",
+                    help="with --protocol logs: refit and rescore the logs of an earlier run (its --out JSON), "
+                         "measuring nothing")
     args = ap.parse_args()
     if args.protocol == "logs":
         _ensure_forward(args)
-        results = {stack: logs_protocol(args, stack) for stack in args.stacks.split(",")}
-        Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+        earlier = json.loads(Path(args.out).read_text()) if args.rescore else {}
+        results = {stack: logs_protocol(args, stack, earlier.get(stack)) for stack in args.stacks.split(",")}
+        Path(args.out).write_text(json.dumps({**earlier, **results}, indent=1, default=float))
         for stack, res in results.items():
             _print_logs_table(stack, res)
         return
@@ -239,19 +243,21 @@ def _driver(stack: str, args, setup):
     return (lambda rate, dur, seed=0: drive_http(url, workload, round(rate, 1), dur, seed=seed)), stop
 
 
-def logs_protocol(args, stack: str) -> dict:
-    """Log real runs of one stack over a range of loads, fit on two loads, validate on the rest (module docstring)."""
+def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
+    """Log real runs of one stack over a range of loads, fit on two loads, validate on the rest (module docstring);
+    with ``earlier`` (this function's result of a previous run), refit and rescore its logs instead."""
     from tqsim.data.request_log import write_request_log
-    from tqsim.serving_calibration import calibrate_from_logs, ramp_throughput
-    from tqsim.serving_validation import validate_logs
-    from tqsim.whatif.inputs import WorkspaceInputs
-    from tqsim.whatif.simulator import ServingSetup, saturation_rps
+    from tqsim.serving_calibration import ramp_throughput
 
     setup = LOG_SETUPS[stack]
     reps, th, mb, mw = setup
     text = f"replicas={reps},threads={th},max_batch={mb},max_wait={mw * 1e3:g}ms,stack={stack}-logs"
     folder = Path(args.home) / "logs" / stack
     folder.mkdir(parents=True, exist_ok=True)
+    if earlier is not None:
+        return _score_logs(args, stack, text, setup, earlier["ramp_rps"], [
+            {k: r[k] for k in ("load", "repeat", "path", "offered_rps", "throughput_rps")} for r in
+            earlier["all_runs"]], earlier["measured_s"])
     drive, stop = _driver(stack, args, setup)
     t0 = time.perf_counter()
     try:
@@ -271,7 +277,18 @@ def logs_protocol(args, stack: str) -> dict:
                       f"{np.quantile(log.latency_s[log.ok], 0.99) * 1e3:.2f} ms", file=sys.stderr)
     finally:
         stop()
-    measured = time.perf_counter() - t0
+    return _score_logs(args, stack, text, setup, best, runs, time.perf_counter() - t0)
+
+
+def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, measured: float) -> dict:
+    """Fit the runs at ``FIT_LOADS`` (with the ramp's capacity), validate on the others, against the targets."""
+    from tqsim.serving_calibration import calibrate_from_logs
+    from tqsim.serving_validation import validate_logs
+    from tqsim.whatif.inputs import WorkspaceInputs
+    from tqsim.whatif.simulator import ServingSetup, saturation_rps
+
+    reps, th, mb, mw = setup
+    all_runs = [dict(r) for r in runs]
     train = [r["path"] for r in runs if r["load"] in FIT_LOADS]
     test = [r for r in runs if r["load"] not in FIT_LOADS]
     calibrate_from_logs(train, f"{text},capacity={best:.0f}", home=args.home, workload=args.workload)
@@ -284,7 +301,7 @@ def logs_protocol(args, stack: str) -> dict:
         r.update(v, utilisation=r["offered_rps"] / obs_sat)
     below = [r for r in test if r["utilisation"] < 0.75]
     errs = [abs(r["relative_error"]["p99"]) for r in below]
-    return {"setup": text, "ramp_rps": best, "runs": test, "observed_saturation_rps": obs_sat,
+    return {"setup": text, "ramp_rps": best, "runs": test, "all_runs": all_runs, "observed_saturation_rps": obs_sat,
             "forecast_saturation_rps": pred_sat, "saturation_error": pred_sat / obs_sat - 1,
             "below_075": {"runs": len(below), "p99_inside": int(sum(r["inside"]["p99"] for r in below)),
                           "median_abs_p99_error": float(np.median(errs)) if errs else None},

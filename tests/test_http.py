@@ -160,6 +160,50 @@ def test_an_unreachable_target_fails_fast():
         probe_endpoint("https://127.0.0.1:1/predict")
 
 
+def test_calibrate_against_an_http_target_end_to_end(endpoint, tmp_path, capsys, monkeypatch):
+    """`calibrate --serving 'target=URL,...'`: ramp, runs, fit, store under the stack, logs kept; then `whatif --stack`
+    answers from it, and a run the fit used is refused by `validate --serving-log`."""
+    import tqsim.serving_calibration as sc
+    import tqsim.workloads.registry as registry
+    from tqsim.testing import grid, simulate_campaign, write_campaign
+
+    write_campaign(simulate_campaign(grid((1, 2, 4), (1,)), passes=3, seed=0, n_instances=N, workload="toy"), tmp_path)
+    monkeypatch.setattr(registry, "get_workload", lambda spec, **kw: toy_workload())
+    monkeypatch.setattr(sc, "RAMP_S", 0.3)
+    monkeypatch.setattr(sc, "ramp_throughput", lambda drive: _short_ramp(sc, drive))
+    target = f"target={endpoint.url}/predict,replicas=1,max_batch=2,max_wait=1ms,stack=fake,duration=1s,repeats=1"
+    code, out, err = run_cli(["calibrate", "--serving", target, "--home", tmp_path], capsys, monkeypatch)
+    assert code == 0, err
+    folder = tmp_path / "calibration/simbox/toy"
+    store = json.loads((folder / "serving.json").read_text())
+    entry = store["setups"]["fake:r1-th1"]
+    assert entry["stack"] == "fake" and len(entry["rates_rps"]) == 2 and "frontend_s" in entry
+    logs = sorted((folder / "serving-logs").glob("fake-r1-th1-*.csv"))
+    assert len(logs) == 2 and "each run against its replay" in out
+    code, out, err = run_cli(["whatif", "--stack", "fake", "--rate", "50", "--max-batch", "2", "--max-wait", "1ms",
+                              "-t", "50ms", "--json", "--home", tmp_path], capsys, monkeypatch)
+    assert code == 0, err
+    assert any("fake:r1-th1" in n for n in json.loads(out)["notes"])
+    code, out, err = run_cli(["validate", "--serving-log", logs[0], "--setup",
+                              "replicas=1,threads=1,max_batch=2,max_wait=1ms,stack=fake", "--home", tmp_path],
+                             capsys, monkeypatch)
+    assert code == 2 and "used to fit" in err  # the kept logs are the fitted runs
+    code, out, err = run_cli(["calibrate", "--serving", "target=http://127.0.0.1:9/predict,replicas=1,max_batch=2,"
+                              "max_wait=1ms", "--home", tmp_path], capsys, monkeypatch)
+    assert code == 2 and "no server answered" in err
+    code, out, err = run_cli(["calibrate", "--serving", f"target={endpoint.url}/predict,replicas=1", "--home",
+                              tmp_path], capsys, monkeypatch)
+    assert code == 2 and "max_batch, max_wait" in err
+
+
+def _short_ramp(sc, drive):
+    """A ramp of two short steps: enough to exercise it in a test."""
+    logs = [drive(r, sc.RAMP_S) for r in (100.0, 200.0)]
+    from tqsim.whatif.log_fit import throughput
+
+    return max(throughput(lg) for lg in logs), logs
+
+
 def test_stack_config_maps_the_plan_knobs():
     from tqsim.serve import stack_config
     from tqsim.whatif.simulator import ServingSetup

@@ -312,15 +312,18 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     ``repeats`` times each, interleaved; the ramp's throughput is the capacity the fit must reproduce. The runs'
     logs are kept in ``serving-logs/`` once the fit succeeded.
     """
+    import shutil
+    import tempfile
+
     from tqsim.data.request_log import check_errors, write_request_log
     from tqsim.measure.http_driver import drive_http, probe_endpoint
     from tqsim.measure.run import progress_bar
     from tqsim.workloads.registry import get_workload
 
     setup = parse_http_setup(text)
-    folder, system, name, _ = _forward_for(home, system, workload, setup)  # refuses a missing calibration first
+    folder, system, name_of_workload, _ = _forward_for(home, system, workload, setup)  # a missing calibration first
     probe_endpoint(setup["target"])  # an unreachable target fails here, within 5 s
-    wl = get_workload(workload or name)
+    wl = get_workload(workload or name_of_workload)
     seed = seed or 0
 
     def drive(rate: float, duration: float, k: int = 0):
@@ -339,13 +342,16 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
                 logs.append(drive(r, setup["duration_s"], 1 + i + 100 * j))
                 progress.advance(f"{r:.0f} req/s")
     setup["capacity_rps"] = best
-    sources = [f"{setup['target']} at {lg.rate_rps:.0f} req/s" for lg in logs]
-    path, fit = store_log_fit(logs, setup, home=home, system=system, workload=name, sources=sources,
-                              notes=[f"the ramp sustained {best:.0f} req/s; runs at {', '.join(f'{r:.0f}' for r in rates)}"
-                                     " req/s"], seed=seed)
+    names = [f"{setup['stack']}-r{setup['replicas']}-th{setup['threads']}-{lg.rate_rps:.0f}rps-{j}.csv"
+             for j, lg in enumerate(logs)]
     keep = folder / "serving-logs"
-    keep.mkdir(exist_ok=True)
-    for j, lg in enumerate(logs):
-        write_request_log(lg, keep / f"{setup['stack']}-r{setup['replicas']}-th{setup['threads']}-"
-                                     f"{lg.rate_rps:.0f}rps-{j}.csv")
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # the logs are kept only once the fit is stored
+        for lg, n in zip(logs, names):
+            write_request_log(lg, Path(tmp) / n)
+        path, fit = store_log_fit(logs, setup, home=home, system=system, workload=name_of_workload, sources=[
+            str(keep / n) for n in names], digests=[file_digest(Path(tmp) / n) for n in names], notes=[
+            f"the ramp sustained {best:.0f} req/s; runs at {', '.join(f'{r:.0f}' for r in rates)} req/s"], seed=seed)
+        keep.mkdir(exist_ok=True)
+        for n in names:
+            shutil.move(str(Path(tmp) / n), keep / n)
     return path, fit

@@ -111,17 +111,17 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     names = (["scale"] if not with_forward else []) + ["per_batch_s", "frontend_s", "response_s", "inflation_s",
                                                           "pause_prob", "pause_mean_s"]
 
-    def unpack(x: np.ndarray) -> dict:
-        v = dict(zip(names, np.exp(x)), **({"scale": known["scale"]} if with_forward else {}))
+    def unpack(x: np.ndarray, timer: str) -> dict:
+        v = dict(zip(names, np.exp(x)), **({"scale": known["scale"]} if with_forward else {}), batch_timer=timer)
         v["pause_prob"] = v["pause_prob"] / (1.0 + v["pause_prob"])  # a probability: exp(x) is its odds
         return v
 
     mean_pool = np.mean([r.pool.mean(axis=1) for r in replays], axis=0)  # [batch size - 1]
 
-    def loss(x: np.ndarray) -> float:
-        v = unpack(x)
+    def loss(x: np.ndarray, timer: str) -> float:
+        v = unpack(x, timer)
         misfit = float(np.mean([np.sum(WEIGHTS * (_log_quantiles(r.latency(v, setup)) - r.observed) ** 2)
-                             for r in replays]))
+                                for r in replays]))
         if capacity is None:
             return misfit
         return misfit + CAPACITY_WEIGHT * float(np.log(_capacity(v, mean_pool, setup, capacity) / capacity)) ** 2
@@ -135,15 +135,24 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     starts = [start]
     if capacity is not None:  # also start from a front end that alone sets the measured capacity
         starts.append(dict(start, frontend_s=0.8 / capacity))
-    best = None
-    for step, first in ((s, st) for st in starts for s in (np.log(3.0), -np.log(3.0))):
-        x0 = np.log([first[n] / (1 - first[n]) if n == "pause_prob" else first[n] for n in names])
-        simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps both ways: the terms trade off
-        res = minimize(loss, x0, method="Nelder-Mead", options={
-            "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * len(names), "initial_simplex": simplex})
-        if best is None or res.fun < best.fun:
-            best = res
-    v = unpack(best.x)
+    best, timer = None, "oldest"
+    # the stack's batching rule is chosen too: whichever timer replays the logs better (a tie keeps "oldest")
+    timers = ("oldest", "cycle") if setup.max_wait_s > 0 else ("oldest",)
+    for kind in timers:
+        for step, first in ((s, st) for st in starts for s in (np.log(3.0), -np.log(3.0))):
+            x0 = np.log([first[n] / (1 - first[n]) if n == "pause_prob" else first[n] for n in names])
+            simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps both ways: terms trade off
+            res = minimize(loss, x0, args=(kind,), method="Nelder-Mead", options={
+                "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * len(names),
+                "initial_simplex": simplex})
+            if best is None or res.fun < best.fun - 1e-3:
+                best, timer = res, kind
+    v = unpack(best.x, timer)
+    if len(timers) > 1:
+        notes.append(f"batch timer: {timer} (max_wait runs "
+                     + ("from the oldest request's arrival" if timer == "oldest" else
+                        "in windows from when a free replica starts collecting") + "), the rule that replays the "
+                     "logs better.")
     runs = []
     for i, lg in enumerate(logs):
         mine = [r for r in replays if r.run == i]
@@ -163,7 +172,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
                           response_s=float(v["response_s"]), inflation_s=float(v["inflation_s"]),
                           pause_prob=float(v["pause_prob"]), pause_s=(v["pause_mean_s"] * _EXP_QUANTILES).tolist(),
                           window_log_sd=window_level_sd(logs, window) if window else None,
-                          run_log_sd=run_sd, run_log_dof=run_dof, stall_dispersion=phi)
+                          run_log_sd=run_sd, run_log_dof=run_dof, stall_dispersion=phi, batch_timer=timer)
     if with_forward:
         oh.shape, oh.stall_prob, oh.stall_shape = known["shape"], known["stall_prob"], known["stall_shape"]
     return LogFit(oh, runs, notes, names, float(best.fun))
@@ -210,7 +219,8 @@ class _Replay:
         factor = 1.0 + v["inflation_s"] * self.rate
         extra = v["pause_mean_s"] * self.pause_e * (self.pause_u < v["pause_prob"] * pause_mult)
         run = serve_pool(factor * (v["scale"] * self.pool + v["per_batch_s"]), setup, self.arrival_s, self.pick,
-                         extra=extra, response_s=v["response_s"], frontend_s=v["frontend_s"] * factor)
+                         extra=extra, response_s=v["response_s"], frontend_s=v["frontend_s"] * factor,
+                         batch_timer=v["batch_timer"])
         return run.latency_s[self.ok]
 
 

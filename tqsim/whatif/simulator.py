@@ -38,8 +38,11 @@ except Exception:  # pragma: no cover - depends on the environment
 
 @_njit(cache=True, nogil=True)
 def _serve(arr, c, max_batch, max_wait, pool, pick, extra, late, win_effect, win_size,
-           done, start, bsize, busy):
-    """Fill ``done``/``start`` per request, ``bsize`` per batch, ``busy`` per replica; return #batches."""
+           done, start, bsize, busy, cycle):
+    """Fill ``done``/``start`` per request, ``bsize`` per batch, ``busy`` per replica; return #batches.
+
+    ``cycle``: the timer runs in windows of ``max_wait`` from when the free replica starts collecting, back to
+    back while none arrives (LitServe), instead of from the oldest request's arrival."""
     n = arr.shape[0]
     m = pool.shape[1]
     free = np.zeros(c)
@@ -58,7 +61,11 @@ def _serve(arr, c, max_batch, max_wait, pool, pick, extra, late, win_effect, win
         if last > n - 1:
             last = n - 1
         full_at = arr[last] if last - i + 1 == max_batch else np.inf
-        timer = a0 + max_wait
+        if cycle and max_wait > 0.0:  # the window that holds the first request (or that opens as it frees)
+            opened = t if a0 <= t else t + np.floor((a0 - t) / max_wait) * max_wait
+            timer = opened + max_wait
+        else:
+            timer = a0 + max_wait
         if max_wait > 0.0 and timer > t and full_at > timer:
             timer += late[nb]  # a real timer fires late
         close = timer if timer < full_at else full_at
@@ -165,7 +172,7 @@ def fixed_batch_capacity(service: ServiceModel, batch_size: int, replicas: int, 
 
 def saturation_rps(service: ServiceModel, setup: ServingSetup, n: int = 40000, busy: float = 0.95,
                    seed: int = 0) -> float:
-    """The arrival rate at which simulated replicas are ``busy`` (fraction) of the time.
+    """The arrival rate at which simulated replicas (or a serial front end) are ``busy`` (fraction) of the time.
 
     Unlike :func:`capacity_rps` it counts the batches the batcher actually forms at that load. A
     batching server stays stable above it (batches grow) up to :func:`capacity_rps`, but latency
@@ -178,7 +185,7 @@ def saturation_rps(service: ServiceModel, setup: ServingSetup, n: int = 40000, b
         rng = np.random.default_rng(seed)
         svc = service.at_rate(mid) if hasattr(service, "at_rate") else service
         run = simulate_run(svc, setup, poisson_arrivals(mid, n, rng), rng, window=n)
-        if float(np.mean(run.utilisation)) >= busy:
+        if max(float(np.mean(run.utilisation)), mid * svc.frontend_s) >= busy:  # replicas or the front end
             hi = mid
         else:
             lo = mid
@@ -242,7 +249,7 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     pick = rng.random(n)
     return serve_pool(pool, setup, arr, pick, extra=service.extra_batch_s(n, rng), late=service.timer_lateness(n, rng),
                       effect=service.pass_effects(n // window + 1, rng), window=window, response_s=service.response_s,
-                      frontend_s=service.frontend_s)
+                      frontend_s=service.frontend_s, batch_timer=service.batch_timer)
 
 
 def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -256,12 +263,15 @@ def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.ran
 
 def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pick: np.ndarray, *,
                extra: np.ndarray | None = None, late: np.ndarray | None = None, effect: np.ndarray | None = None,
-               window: int | None = None, response_s: float = 0.0, frontend_s: float = 0.0) -> Run:
+               window: int | None = None, response_s: float = 0.0, frontend_s: float = 0.0,
+               batch_timer: str = "oldest") -> Run:
     """Serve ``arrivals_s`` with batch times taken from ``pool`` (:func:`service_pool`) at the uniform ``pick``s.
 
     Split from :func:`simulate_run` so that a fit can transform one pool of forward times many times
     (common random numbers) without sampling the service model again. ``frontend_s``: each request first passes
-    a serial front end (one HTTP process) that takes this long per request, before the batcher sees it."""
+    a serial front end (one HTTP process) that takes this long per request, before the batcher sees it.
+    ``batch_timer``: when ``max_wait`` runs out: "oldest" (from the oldest request's arrival: tqsim's server,
+    Triton's queue delay) or "cycle" (in windows from when the free replica starts collecting: LitServe)."""
     arrived = np.ascontiguousarray(arrivals_s, dtype=float)
     arr = frontend_departures(arrived, frontend_s) if frontend_s > 0 else arrived
     n = arr.size
@@ -274,13 +284,14 @@ def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pi
     bsize = np.empty(n, dtype=np.int64)
     busy = np.zeros(setup.replicas)
     nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), np.ascontiguousarray(pool),
-                np.ascontiguousarray(pick, dtype=float), extra, late, effect, window, done, start, bsize, busy)
+                np.ascontiguousarray(pick, dtype=float), extra, late, effect, window, done, start, bsize, busy,
+                batch_timer == "cycle")
     return Run(arrived, start, done + response_s, bsize[:nb], busy)
 
 
 def frontend_departures(arrivals_s: np.ndarray, per_request_s: float) -> np.ndarray:
-    """When each request leaves a single FIFO server taking ``per_request_s`` each (Lindley's recursion, closed
-    form for a constant time: d_i = max over j ≤ i of a_j + (i − j + 1) s)."""
+    """When each request leaves a single FIFO server taking ``per_request_s`` each (Lindley's recursion
+    d_i = max(a_i, d_{i−1}) + s, in closed form for a constant s: d_i = max over j ≤ i of a_j + (i − j + 1) s)."""
     i = np.arange(arrivals_s.size)
     return np.maximum.accumulate(arrivals_s - i * per_request_s) + (i + 1) * per_request_s
 
