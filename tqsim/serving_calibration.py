@@ -314,16 +314,19 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     """
     import shutil
     import tempfile
+    import urllib.parse
 
     from tqsim.data.request_log import check_errors, write_request_log
     from tqsim.measure.http_driver import drive_http, probe_endpoint
+    from tqsim.measure.http_payloads import request_body, resolve_protocol
     from tqsim.measure.run import progress_bar
     from tqsim.workloads.registry import get_workload
 
     setup = parse_http_setup(text)
     folder, system, name_of_workload, _ = _forward_for(home, system, workload, setup)  # a missing calibration first
-    probe_endpoint(setup["target"])  # an unreachable target fails here, within 5 s
     wl = get_workload(workload or name_of_workload)
+    proto = resolve_protocol(setup["protocol"], urllib.parse.urlsplit(setup["target"]).path)
+    probe_endpoint(setup["target"], body=request_body(wl, 0, proto))  # an unreachable target fails here, in 5 s
     seed = seed or 0
 
     def drive(rate: float, duration: float, k: int = 0):

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import app, ClusterOpt, Debug, Home, Json, Seed, System, WorkloadOpt, console, emit_json, \
-    fmt_seconds, split_list
+from tqsim.cli.common import app, ClusterOpt, Debug, Home, Json, LogSetup, Seed, System, WorkloadOpt, console, \
+    emit_json, fmt_seconds, split_list
 
 
 @app.command()
@@ -82,9 +82,7 @@ def calibrate(
     serving_log: Annotated[Optional[list[Path]], typer.Option(
         "--serving-log", help="Import a serving stack's request log (CSV, Parquet or JSON lines; one file per run, "
                               "repeatable; docs/schema.md) and fit its overheads; needs --setup.")] = None,
-    setup: Annotated[Optional[str], typer.Option(
-        "--setup", help="With --serving-log: the set-up the logs were served with, e.g. "
-                        "'replicas=2,threads=1,max_batch=8,max_wait=2ms,stack=litserve'.")] = None,
+    setup: LogSetup = None,
     data: Annotated[Optional[str], typer.Option(
         "--data", help="Evaluation data of a model-file workload (--workload model.onnx or model.pt): an .npz or "
                        ".parquet holding `labels` and one array per model input, named as the input.")] = None,

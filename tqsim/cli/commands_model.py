@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tqsim.cli.common import (app, ClusterOpt, Debug, Home, Json, Seed, System, Thresholds, Workers, WorkloadOpt,
+from tqsim.cli.common import (app, ClusterOpt, Debug, Home, Json, LogSetup, Seed, System, Thresholds, Workers, WorkloadOpt,
                               console, emit_json, fmt_seconds, shared_levels, split_list, steps)
 from tqsim.errors import UserError
 from tqsim.units import fmt_iv, fmt_pct
@@ -131,9 +131,7 @@ def validate(
     serving_log: Annotated[Optional[list[Path]], typer.Option(
         "--serving-log", help="Score what-if forecasts against these request logs (runs the serving fit did not "
                               "see; one file per run); needs --setup.")] = None,
-    setup: Annotated[Optional[str], typer.Option(
-        "--setup", help="With --serving-log: the logs' set-up, e.g. 'replicas=2,threads=1,max_batch=8,max_wait=2ms,"
-                        "stack=litserve'.")] = None,
+    setup: LogSetup = None,
     threshold: Annotated[str, typer.Option("--threshold", "-t", help="With --serving-log: the deadline.")] = "20ms",
     allow_fitted: Annotated[bool, typer.Option(
         "--allow-fitted", help="With --serving-log: also score runs the fit used (its own residuals).")] = False,

@@ -41,6 +41,10 @@ Home = Annotated[Optional[Path], typer.Option("--home", help="Workspace folder (
 System = Annotated[Optional[str], typer.Option("--system", help="System name (default: host name when measuring, "
                                                                  "the only system in the workspace otherwise).")]
 WorkloadOpt = Annotated[Optional[str], typer.Option("--workload", help="Workload name, model file (.onnx, .pt, .toml), or path/file.py:factory.")]
+LogSetup = Annotated[Optional[str], typer.Option(
+    "--setup", help="With --serving-log: the set-up the logs were served with, e.g. "
+                    "'replicas=2,threads=1,max_batch=8,max_wait=2ms,stack=litserve' (capacity=R: the throughput "
+                    "it sustained, where measured).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
