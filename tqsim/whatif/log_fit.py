@@ -138,15 +138,18 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     best, timer = None, "oldest"
     # the stack's batching rule is chosen too: whichever timer replays the logs better (a tie keeps "oldest")
     timers = ("oldest", "cycle") if setup.max_wait_s > 0 else ("oldest",)
-    for kind in timers:
-        for step, first in ((s, st) for st in starts for s in (np.log(3.0), -np.log(3.0))):
+    def descend(x0: np.ndarray, step: float, kind: str):
+        simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps: the terms trade off
+        return minimize(loss, x0, args=(kind,), method="Nelder-Mead", options={
+            "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * len(names), "initial_simplex": simplex})
+
+    for kind in timers:  # each batching rule from every start, both directions (one descent finds the other's
+        for first in starts:  # basin too rarely: the terms that fit one timer do not fit the other)
             x0 = np.log([first[n] / (1 - first[n]) if n == "pause_prob" else first[n] for n in names])
-            simplex = np.vstack([x0, x0 + step * np.eye(len(names))])  # factor-3 steps both ways: terms trade off
-            res = minimize(loss, x0, args=(kind,), method="Nelder-Mead", options={
-                "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * len(names),
-                "initial_simplex": simplex})
-            if best is None or res.fun < best.fun - 1e-3:
-                best, timer = res, kind
+            for step in (np.log(3.0), -np.log(3.0)):
+                res = descend(x0, step, kind)
+                if best is None or res.fun < best.fun - 1e-3:
+                    best, timer = res, kind
     v = unpack(best.x, timer)
     if len(timers) > 1:
         notes.append(f"batch timer: {timer} (max_wait runs "
