@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tqsim.cli.common import console, fmt_seconds
 
 
@@ -21,7 +23,7 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
                   title="each run against its replay (the fit's own residuals)")
     for r in fit.runs:
         o, s = r["observed_s"], r["replayed_s"]
-        table.add_row(r["source"], f"{r['rate_rps']:.0f}",
+        table.add_row(Path(r["source"]).name if "://" not in r["source"] else r["source"], f"{r['rate_rps']:.0f}",
                       *[f"{fmt_seconds(o[k])} / {fmt_seconds(s[k])}" for k in ("p50", "p90", "p99")])
     out.print(table)
     out.print(f"serving overheads stored in {path}")
@@ -53,7 +55,7 @@ def render_validation(res) -> None:
                          f"{fmt_seconds(res.threshold_s)}"))
     for r in res.runs:
         o, f, i = r["observed"], r["forecast"], r["inside"]
-        table.add_row(r["source"], f"{r['rate_rps']:.0f}", _cell(o["p50"], f["p50"], i["p50"], True),
+        table.add_row(Path(r["source"]).name, f"{r['rate_rps']:.0f}", _cell(o["p50"], f["p50"], i["p50"], True),
                       _cell(o["p99"], f["p99"], i["p99"], True), _cell(o["utilisation"], f["utilisation"], None, False),
                       _cell(o["miss_rate"], f["miss_rate"], i["miss_rate"], False),
                       _cell(o["tail_quality"], f["tail_quality"], i["tail_quality"], False))

@@ -31,9 +31,9 @@ def stack_config(setup: Any, stack: str, workload: str = "digits-cnn", port: int
     wait_ms = f"{setup.max_wait_s * 1e3:g}ms"
     command = (f"tqsim serve --stack {stack} --workload {workload} --max-batch {setup.max_batch} --max-wait {wait_ms} "
                f"--replicas {setup.replicas} --threads {setup.threads} --port {port}")
-    notes = ["LitServe's batch_timeout counts from when a worker starts collecting a batch, tqsim's max-wait from "
-             "the oldest request's arrival: calibrate the stack itself (tqsim calibrate --serving target=...) "
-             "before trusting the plan's tail."]
+    notes = ["LitServe's batch_timeout counts from when a worker starts collecting a batch, not from the oldest "
+             "request's arrival: the plan simulates that only with the stack's own serving calibration (`tqsim "
+             "calibrate --serving 'target=...,stack=litserve'`, whose fit then reports `batch timer: cycle`)."]
     if setup.precision != "fp32":
         notes.append(f"LitServe has no precision setting: cast the model to {setup.precision} in LitAPI.setup "
                      "(tqsim serve serves fp32).")

@@ -320,6 +320,11 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     if capped:
         notes.append(f"{capped} posterior-predictive batch times above 100× their draw's median were capped; "
                      "check the fit (`tqsim fit` diagnostics) before trusting tails.")
+    fe = max((getattr(svc, "frontend_s", 0.0) for svc in shared["services"].values()), default=0.0)
+    if fe > 0:  # the replicas' utilisation does not show a front end that saturates first
+        notes.append("the stack's serial front end (fitted from its request logs) is busy " + ", ".join(
+            f"{min(rate * fe, 1.0):.0%} at {rate:g}/s" for rate in rate_list if rate) + f" ({fe * 1e3:.2g} ms a "
+            f"request): it saturates at {1 / fe:.0f} req/s whatever the replicas.")
     sat = sorted({(r["rate_rps"], r["replicas"]) for r in results if r["saturated"]})
     if sat:
         notes.append("saturated (replicas ≥ 97% busy, the queue grows without bound; latencies grow with the "
