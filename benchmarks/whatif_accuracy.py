@@ -46,7 +46,6 @@ SETUPS = [  # (label, replicas, threads, max_batch, max_wait_s)
 ]
 LOADS = (0.3, 0.5, 0.7, 0.85, 1.0, 1.25)  # fractions of the predicted saturation rate (replicas 95% busy)
 LOG_LOADS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.3)  # --protocol logs: fractions of the ramp's throughput
-FIT_LOADS = (0.2, 0.5)
 LOG_SETUPS = {"tqsim": (1, 1, 8, 0.5e-3), "litserve": (1, 1, 8, 2e-3)}  # replicas, threads, max_batch, max_wait
 
 
@@ -65,6 +64,7 @@ def main() -> None:
     ap.add_argument("--protocol", choices=["serving", "logs"], default="serving",
                     help="serving: tqsim's white-box serving calibration; logs: request logs of each --stacks")
     ap.add_argument("--stacks", default="tqsim,litserve")
+    ap.add_argument("--fit-loads", default="0.2,0.5", help="--protocol logs: the loads whose logs are fitted")
     ap.add_argument("--rescore", action="store_true",
                     help="with --protocol logs: refit and rescore the logs of an earlier run (its --out JSON), "
                          "measuring nothing")
@@ -281,7 +281,7 @@ def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
 
 
 def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, measured: float) -> dict:
-    """Fit the runs at ``FIT_LOADS`` (with the ramp's capacity), validate on the others, against the targets."""
+    """Fit the runs at ``--fit-loads`` (with the ramp's capacity), validate on the others, against the targets."""
     from tqsim.serving_calibration import calibrate_from_logs
     from tqsim.serving_validation import validate_logs
     from tqsim.whatif.inputs import WorkspaceInputs
@@ -289,8 +289,9 @@ def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, mea
 
     reps, th, mb, mw = setup
     all_runs = [dict(r) for r in runs]
-    train = [r["path"] for r in runs if r["load"] in FIT_LOADS]
-    test = [r for r in runs if r["load"] not in FIT_LOADS]
+    fit_loads = [float(x) for x in args.fit_loads.split(",")]
+    train = [r["path"] for r in runs if r["load"] in fit_loads]
+    test = [r for r in runs if r["load"] not in fit_loads]
     calibrate_from_logs(train, f"{text},capacity={best:.0f}", home=args.home, workload=args.workload)
     val = validate_logs([r["path"] for r in test], text, home=args.home, workload=args.workload,
                         threshold_s=parse_duration_s(args.threshold)).as_dict()
