@@ -133,6 +133,14 @@ def test_serving_log_calibration_and_validation_end_to_end(tmp_path, capsys, mon
     assert any("mystack:r1-th1" in n for n in json.loads(out)["notes"])
     code, out, err = tqsim("whatif", "--rate", "100", "-t", "20ms", "--stack", "other")
     assert code == 2 and "mystack" in err
+    # the Python API answers the same
+    from tqsim import Workspace
+
+    ws = Workspace(tmp_path)
+    val = ws.validate_serving_logs([paths[2]], setup)
+    assert val.as_dict()["runs"][0]["forecast"]["p99"] == res["runs"][0]["forecast"]["p99"]
+    sweep = ws.whatif(0.3 * cap, thresholds="20ms", max_batch=8, max_wait="0.5ms", stack="mystack")
+    assert any("mystack:r1-th1" in n for n in sweep.notes)
 
 
 def test_serving_log_bad_input_exits_2(tmp_path, capsys, monkeypatch):

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from tqsim.adaptive import AdaptiveResult
     from tqsim.models.design import Suggestion
     from tqsim.models.store import FittedModel
+    from tqsim.serving_validation import Validation as ServingValidation
     from tqsim.validate import Validation
     from tqsim.whatif.inputs import Sweep
+    from tqsim.whatif.log_fit import LogFit
     from tqsim.whatif.objective import Objective
     from tqsim.whatif.planner import Plan
     from tqsim.workloads.base import Workload
@@ -252,7 +254,7 @@ class Workspace:
                backend: str | None = None, device: str | None = None, trace: str | os.PathLike | None = None,
                draws: int = 40, windows: int = 100, tail_q: float = 0.01, overheads: bool = True,
                service: str = "empirical", seed: int = 0, cluster: str | None = None,
-               workers: int | None = None) -> "Sweep":
+               workers: int | None = None, stack: str = "tqsim") -> "Sweep":
         """Simulate serving under load (``rates`` in requests/s, or ``trace``: a file of arrival times), as
         ``tqsim whatif``: end-to-end latency, deadline misses and tail quality with 90% intervals, one result per
         (rate, replicas, threshold). ``service="forecast"`` takes forward times from the fit instead of the
@@ -269,14 +271,14 @@ class Workspace:
                                 thresholds_s=[parse_duration(t, "threshold") for t in _listed(thresholds)],
                                 precision=precision, backend=backend, device=device,
                                 trace=Path(trace) if trace is not None else None, draws=draws, windows=windows,
-                                tail_q=tail_q, overheads=overheads, service=service, seed=seed, pool=on)
+                                tail_q=tail_q, overheads=overheads, service=service, seed=seed, pool=on, stack=stack)
 
     def plan(self, objective: "str | Objective", rate: float, cores: int, *, workload: "str | Workload | None" = None,
              confidence: float = 0.9, max_batch: Sequence[int] | None = None,
              max_wait: Sequence[str | float] | None = None, precisions: Sequence[str] | None = None,
              backends: Sequence[str] | None = None, devices: Sequence[str] | None = None, cost: str = "cores",
              draws: int = 30, overheads: bool = True, service: str = "empirical", seed: int = 0,
-             cluster: str | None = None, workers: int | None = None) -> "Plan":
+             cluster: str | None = None, workers: int | None = None, stack: str = "tqsim") -> "Plan":
         """The cheapest serving set-up (fewest cores ≤ ``cores``, or GPUs then cores with ``cost="gpus"``) meeting
         ``objective`` (e.g. ``"tail_quality>=0.95@20ms"``, ``"p99<=15ms"``) at ``rate`` requests/s with probability
         ≥ ``confidence``, as ``tqsim plan``; ``cluster``/``workers`` as in :meth:`whatif`."""
@@ -293,8 +295,30 @@ class Workspace:
                                        max_waits_s=[parse_duration(w, "max_wait") for w in _listed(max_wait)] or None,
                                        precisions=_listed(precisions) or None, backends=_listed(backends) or None,
                                        devices=_listed(devices) or None, cost=cost, draws=draws, overheads=overheads,
-                                       service=service, seed=seed, pool=on)
+                                       service=service, seed=seed, pool=on, stack=stack)
 
+
+    def import_serving_logs(self, paths: Sequence[str | os.PathLike], setup: str, *,
+                            workload: "str | Workload | None" = None, seed: int = 0) -> "LogFit":
+        """``tqsim calibrate --serving-log``: fit a serving stack's overheads from its request logs (one file per
+        run) served with ``setup`` (``'replicas=R,threads=T,max_batch=B,max_wait=W[,stack=S,capacity=C]'``) and
+        store them, so that ``whatif(stack=S)`` and ``plan(stack=S)`` use them."""
+        from tqsim.serving_calibration import calibrate_from_logs
+
+        return calibrate_from_logs(list(paths), setup, home=self.home, system=self.system, workload=_name(workload),
+                                   seed=seed)[1]
+
+    def validate_serving_logs(self, paths: Sequence[str | os.PathLike], setup: str, *,
+                              workload: "str | Workload | None" = None, threshold: str | float = "20ms",
+                              draws: int = 40, seed: int = 0) -> "ServingValidation":
+        """``tqsim validate --serving-log``: the what-if forecast of each logged run (never fitted) against what it
+        measured, with the 90 % intervals and their coverage."""
+        from tqsim.serving_validation import validate_logs
+        from tqsim.units import parse_duration
+
+        return validate_logs([str(p) for p in paths], setup, home=self.home, system=self.system,
+                             workload=_name(workload), threshold_s=parse_duration(threshold, "threshold"),
+                             draws=draws, seed=seed)
 
 def _listed(value) -> list:
     """A scalar or a sequence as a list (``None``: empty), so ``thresholds="2ms"`` and ``["2ms", "p99"]`` both work."""
