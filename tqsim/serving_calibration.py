@@ -164,25 +164,17 @@ def calibrate_serving(workload_spec: str, home=None, system: str | None = None, 
     return save_setup(folder, replicas, threads, entry, workload=name, system=system)
 
 
-def _forward_for(home, system, workload, setup: dict):
-    """The workspace folder, system, workload name and calibrated forward-time model of a log's set-up."""
-    from tqsim.data.workspace import Workspace
-    from tqsim.whatif.service import EmpiricalService
-
-    ws = Workspace.at(home)
-    system = ws.resolve_system(system)
-    name = ws.resolve_workload(system, workload)
-    folder = ws.calibration_dir(system, name)
-    forward = EmpiricalService.from_calibration_dir(folder, setup["threads"], setup["precision"], setup["backend"],
-                                                    setup["device"])
-    return folder, system, name, forward
-
-
 def _simulated_setup(setup: dict):
+    """The simulator's :class:`~tqsim.whatif.simulator.ServingSetup` of a parsed ``--setup`` (its variant too)."""
     from tqsim.whatif.simulator import ServingSetup
 
     return ServingSetup(setup["replicas"], setup["threads"], setup["max_batch"], setup["max_wait_s"],
-                        setup["precision"])
+                        setup["precision"], setup["backend"], setup["device"])
+
+
+def _forward(src, sim):
+    """The calibrated forward-time model of ``sim``'s threads and variant (a UserError naming the fix if none)."""
+    return src.service(sim.threads, sim.precision, 1, sim.backend, sim.device)
 
 
 def read_logs(paths: Sequence, max_error_rate: float = 0.01) -> tuple[list, list[str]]:
@@ -214,10 +206,10 @@ def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=N
     from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.whatif.log_fit import fit_log_overheads
 
-    folder, system, name, forward = _forward_for(home, system, workload, setup)
-    src = WorkspaceInputs.open(home, system, name, overheads=False)
-    scores = src.scores(setup["precision"])
-    fit = fit_log_overheads(logs, forward, _simulated_setup(setup), window=scores.size, seed=seed,
+    src = WorkspaceInputs.open(home, system, workload, overheads=False)
+    sim = _simulated_setup(setup)
+    scores = src.scores(*sim.variant)
+    fit = fit_log_overheads(logs, _forward(src, sim), sim, window=scores.size, seed=seed,
                             capacity_rps=setup.get("capacity_rps"))
     fit.notes[:0] = list(notes)
     oh = fit.overheads
@@ -230,8 +222,8 @@ def store_log_fit(logs: list, setup: dict, *, home=None, system=None, workload=N
                  rates_rps=[float(lg.rate_rps) for lg in logs], logs=list(sources), log_digests=list(digests),
                  fitted_terms=fit.parameters, replay=fit.runs, notes=fit.notes,
                  observed=[summarise(lg, 0.02, scores) for lg in logs])
-    path = save_setup(folder, setup["replicas"], setup["threads"], entry, workload=name, system=system,
-                      stack=setup["stack"])
+    path = save_setup(src.folder, setup["replicas"], setup["threads"], entry, workload=src.workload,
+                      system=src.system, stack=setup["stack"])
     return path, fit
 
 
@@ -320,11 +312,14 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     from tqsim.measure.http_driver import drive_http, probe_endpoint
     from tqsim.measure.http_payloads import request_body, resolve_protocol
     from tqsim.measure.run import progress_bar
+    from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.workloads.registry import get_workload
 
     setup = parse_http_setup(text)
-    folder, system, name_of_workload, _ = _forward_for(home, system, workload, setup)  # a missing calibration first
-    wl = get_workload(workload or name_of_workload)
+    src = WorkspaceInputs.open(home, system, workload, overheads=False)
+    _forward(src, _simulated_setup(setup))  # a missing forward calibration is refused before anything runs
+    folder = src.folder
+    wl = get_workload(workload or src.workload)
     proto = resolve_protocol(setup["protocol"], urllib.parse.urlsplit(setup["target"]).path)
     probe_endpoint(setup["target"], body=request_body(wl, 0, proto))  # an unreachable target fails here, in 5 s
     seed = seed or 0
@@ -351,7 +346,7 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     with tempfile.TemporaryDirectory(dir=folder) as tmp:  # the logs are kept only once the fit is stored
         for lg, n in zip(logs, names):
             write_request_log(lg, Path(tmp) / n)
-        path, fit = store_log_fit(logs, setup, home=home, system=system, workload=name_of_workload, sources=[
+        path, fit = store_log_fit(logs, setup, home=home, system=src.system, workload=src.workload, sources=[
             str(keep / n) for n in names], digests=[file_digest(Path(tmp) / n) for n in names], notes=[
             f"the ramp sustained {best:.0f} req/s; runs at {', '.join(f'{r:.0f}' for r in rates)} req/s"], seed=seed)
         keep.mkdir(exist_ok=True)

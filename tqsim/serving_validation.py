@@ -83,10 +83,10 @@ def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, w
     if used and not allow_fitted:
         raise UserError(f"{', '.join(used)}: used to fit the serving calibration, so scoring it says nothing about "
                         "the forecast; validate on other runs (or pass --allow-fitted to see the fit's own residuals).")
-    scores = src.scores(setup["precision"])
-    svc = src.service(setup["threads"], setup["precision"], setup["replicas"])
-    notes += src.notes
     sim_setup = _simulated_setup(setup)
+    scores = src.scores(*sim_setup.variant)
+    svc = src.service(sim_setup.threads, sim_setup.precision, sim_setup.replicas, sim_setup.backend, sim_setup.device)
+    notes += src.notes
     runs = []
     for i, log in enumerate(logs):
         obs = summarise(log, threshold_s, scores, tail_q)
