@@ -270,7 +270,7 @@ def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
                 log = drive(frac * best, args.duration, 100 * j + i)
                 path = folder / f"load{frac:.2f}-{j}.csv"
                 write_request_log(log, path)
-                done = float(log.ok.sum() / max(float(log.completion_s.max()), 1e-9))
+                done = log.throughput_rps
                 runs.append({"load": frac, "repeat": j, "path": str(path), "offered_rps": float(log.rate_rps),
                              "throughput_rps": done})
                 print(f"{stack} load {frac:.2f} #{j}: offered {log.rate_rps:.0f}/s, done {done:.0f}/s, p99 "

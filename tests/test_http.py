@@ -199,9 +199,7 @@ def test_calibrate_against_an_http_target_end_to_end(endpoint, tmp_path, capsys,
 def _short_ramp(sc, drive):
     """A ramp of two short steps: enough to exercise it in a test."""
     logs = [drive(r, sc.RAMP_S) for r in (100.0, 200.0)]
-    from tqsim.whatif.log_fit import throughput
-
-    return max(throughput(lg) for lg in logs), logs
+    return max(lg.throughput_rps for lg in logs), logs
 
 
 def test_stack_config_maps_the_plan_knobs():

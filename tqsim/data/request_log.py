@@ -91,6 +91,16 @@ class RequestLog:
         return (self.n - 1) / self.duration_s if self.duration_s > 0 else math.nan
 
     @property
+    def span_s(self) -> float:
+        """First arrival to last completion: how long the stack was serving this run."""
+        return max(float(np.nanmax(self.completion_s)), 1e-9) if self.n else 1e-9
+
+    @property
+    def throughput_rps(self) -> float:
+        """Answered requests per second of the serving span (an overloaded run's capacity)."""
+        return float(self.ok.sum() / self.span_s)
+
+    @property
     def error_rate(self) -> float:
         return float(1.0 - self.ok.mean()) if self.n else 0.0
 
@@ -103,11 +113,16 @@ class RequestLog:
             return bool(v.size and (v > 0).all())
         return bool(v.size and (v >= 0).all())
 
+    def batches(self, *columns: str) -> tuple[np.ndarray, ...]:
+        """Per batch the log names by id (answered requests only): its size, then each of ``columns`` as its
+        first request has it (batch-level values such as ``forward_s``, ``replica``)."""
+        _, first, counts = np.unique(self.batch_id[self.ok], return_index=True, return_counts=True)
+        return (counts, *(getattr(self, c)[self.ok][first] for c in columns))
+
     def batch_sizes(self) -> np.ndarray:
         """One size per batch, when the log says which requests were batched together (else empty)."""
         if self.has("batch_id"):
-            _, counts = np.unique(self.batch_id[self.ok], return_counts=True)
-            return counts
+            return self.batches()[0]
         if self.has("batch_size"):
             return _sizes_from_per_request(self.batch_size[self.ok])
         return np.array([], np.int64)
@@ -495,15 +510,13 @@ def summarise(log: RequestLog, threshold_s: float, scores: np.ndarray, tail_q: f
            "latency_s": {k: float(np.percentile(answered, p)) for k, p in (("p50", 50), ("p99", 99), ("p99.9", 99.9))},
            "miss_rate": float((lat > threshold_s).mean()), "threshold_s": float(threshold_s),
            "utilisation": None, "mean_batch_size": None, "tail_quality": None, "mean_quality": None, "windows": 0,
-           "throughput_rps": float(np.isfinite(lat).sum() / max(float(np.nanmax(log.completion_s)), 1e-9))}
+           "throughput_rps": log.throughput_rps}
     sizes = log.batch_sizes()
     if sizes.size:
         out["mean_batch_size"] = float(sizes.mean())
     if log.has("forward_s") and log.has("batch_id") and log.has("replica"):
-        ids, first = np.unique(log.batch_id[log.ok], return_index=True)
-        fwd, rep = log.forward_s[log.ok][first], log.replica[log.ok][first]
-        span = max(float(np.nanmax(log.completion_s)), 1e-9)
-        out["utilisation"] = float(np.mean([fwd[rep == r].sum() / span for r in np.unique(rep)]))
+        _, fwd, rep = log.batches("forward_s", "replica")
+        out["utilisation"] = float(np.mean([fwd[rep == r].sum() / log.span_s for r in np.unique(rep)]))
     score = request_scores(log, scores)
     window = scores.size
     if score is not None and log.n >= window:

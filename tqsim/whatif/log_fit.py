@@ -53,13 +53,6 @@ def _log_quantiles(latency: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.quantile(latency, QUANTILES), 1e-7))
 
 
-def _batches(log: RequestLog) -> tuple[np.ndarray, np.ndarray]:
-    """(size, forward seconds) of every batch the log names, from its batch ids (answered requests only)."""
-    ok = _answered(log)
-    ids, first, counts = np.unique(log.batch_id[ok], return_index=True, return_counts=True)
-    return counts, log.forward_s[ok][first]
-
-
 def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: ServingSetup, *,
                       window: int | None = None, draws: int = 4, seed: int = 0,
                       capacity_rps: float | None = None) -> LogFit:
@@ -78,7 +71,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
         raise UserError("no request logs to fit; give --serving-log FILE (one file per run).")
     # An overloaded run (:func:`overloaded`) measured the stack's capacity, not its latency at a load: its
     # latencies grow with its length. It enters the fit through that capacity only.
-    capacity = max((throughput(lg) for lg in logs if overloaded(lg)), default=capacity_rps)
+    capacity = max((lg.throughput_rps for lg in logs if overloaded(lg)), default=capacity_rps)
     logs = [lg for lg in logs if not overloaded(lg)]
     if not logs:
         raise UserError("every log is of an overloaded run (it completed less than was offered); give runs at "
@@ -88,7 +81,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     base: ServiceModel = forward
     known: dict = {}
     if with_forward:  # the log gives in-server forward times: level, spread and stalls are read, not fitted
-        k, fwd = map(np.concatenate, zip(*(_batches(lg) for lg in logs)))
+        k, fwd = map(np.concatenate, zip(*(lg.batches("forward_s") for lg in logs)))
         served = served_forward(k, fwd, forward)
         known = dict(shape=served.shape, stall_prob=float(served.stalled.mean()),
                      stall_shape=np.sort(served.rel[served.stalled]).tolist())
@@ -181,15 +174,10 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     return LogFit(oh, runs, notes, names, float(best.fun))
 
 
-def throughput(log: RequestLog) -> float:
-    """Answered requests per second from the first arrival to the last completion."""
-    return float(log.ok.sum() / max(float(np.nanmax(log.completion_s)), 1e-9))
-
-
 def overloaded(log: RequestLog) -> bool:
     """The run offered more than the stack served: it completed less than ``OVERLOADED`` of the offered rate, or
     its queue grew (the last quarter's median latency is more than ``GROWING`` times the first quarter's)."""
-    if throughput(log) < OVERLOADED * float(log.rate_rps):
+    if log.throughput_rps < OVERLOADED * float(log.rate_rps):
         return True
     lat = log.latency_s[_answered(log)]
     quarter = max(lat.size // 4, 1)
