@@ -18,7 +18,7 @@ import numpy as np
 
 from tqsim.data.request_log import RequestLog
 from tqsim.errors import UserError
-from tqsim.whatif.overheads import ServingOverheads, served_forward
+from tqsim.whatif.overheads import ServingOverheads, grid_draws, served_forward
 from tqsim.whatif.service import ServiceModel, WithOverheads
 from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 
@@ -232,32 +232,22 @@ def tail_dispersion(replays: list, v: dict, setup: ServingSetup, logs: Sequence[
     """
     groups = _rate_groups(logs)
     repeated = any(len(g) > 1 for g in groups)
+    # each replay's segments: (key, requests); a segment's error is summed over the run's draws
+    segments = [[(r.run, slice(None))] if repeated else
+                [((r.run, j), sel) for j, sel in enumerate(_chunks(r.arrival_s[r.ok], 200))] for r in replays]
     per_segment: dict = {}
-    for m in _MULTIPLIERS:
-        for r in replays:
+    for i, m in enumerate(_MULTIPLIERS):
+        for r, segs in zip(replays, segments):
             lat = r.latency(v, setup, m)
-            if repeated:
-                segs = [(r.run, np.ones(lat.size, bool))]
-            else:
-                t = r.arrival_s[r.ok]
-                chunk = np.floor(t / CHUNK_S).astype(int)
-                segs = [((r.run, c), chunk == c) for c in np.unique(chunk) if (chunk == c).sum() >= 200]
             for key, sel in segs:
                 obs = np.log(np.quantile(r.log.latency_s[r.ok][sel], TAIL_QUANTILES))
                 err = float(np.sum((np.log(np.quantile(lat[sel], TAIL_QUANTILES)) - obs) ** 2))
-                per_segment.setdefault(key, np.zeros(_MULTIPLIERS.size))[np.flatnonzero(_MULTIPLIERS == m)[0]] += err
-    best = {k: float(_MULTIPLIERS[np.argmin(e)]) for k, e in per_segment.items()}
+                per_segment.setdefault(key, np.zeros(_MULTIPLIERS.size))[i] += err
     by_group: dict = {}
-    for key, m in best.items():
-        run = key if repeated else key[0]
-        g = next(j for j, grp in enumerate(groups) if run in grp) if repeated else run
-        by_group.setdefault(g, []).append(m)
-    sq, dof = 0.0, 0
-    for ms in by_group.values():
-        if len(ms) > 1:
-            rel = np.array(ms) / np.mean(ms)
-            sq += float(np.sum((rel - 1.0) ** 2))
-            dof += len(ms) - 1
+    for key, e in per_segment.items():
+        g = next(j for j, grp in enumerate(groups) if key in grp) if repeated else key[0]
+        by_group.setdefault(g, []).append(float(_MULTIPLIERS[np.argmin(e)]))
+    sq, dof = _pooled(np.array(ms) / np.mean(ms) for ms in by_group.values())  # relative to the group's mean
     if not dof:
         return [], "the tail's run-to-run spread was not measured (too few runs or chunks)."
     phi = sq / dof
@@ -266,15 +256,23 @@ def tail_dispersion(replays: list, v: dict, setup: ServingSetup, logs: Sequence[
     return draws, f"the tail's run-to-run spread φ = {phi:.2f} measured from {dof + len(by_group)} {where}."
 
 
+def _chunks(arrival_s: np.ndarray, least: int) -> list[np.ndarray]:
+    """Masks of a run's ``CHUNK_S`` chunks (by arrival time) that hold at least ``least`` requests."""
+    chunk = np.floor(arrival_s / CHUNK_S).astype(int)
+    return [chunk == c for c in np.unique(chunk) if (chunk == c).sum() >= least]
+
+
+def _pooled(groups) -> tuple[float, int]:
+    """Squared deviations from each group's own mean, summed over the groups of two or more, and their dof."""
+    groups = [np.asarray(g, float) for g in groups if len(g) > 1]
+    return sum(float(np.sum((g - g.mean()) ** 2)) for g in groups), sum(g.size - 1 for g in groups)
+
+
 def _phi_draws(phi_hat: float, dof: int, n_draws: int, seed: int) -> list[float]:
     """Stratified draws of φ given a sample variance ``phi_hat`` on ``dof`` degrees of freedom (dof·φ̂/φ ~ χ²_dof)
     and an Exponential(1) prior."""
     grid = np.geomspace(1e-3, 20.0, 800)
-    logpost = -0.5 * dof * np.log(grid) - 0.5 * dof * phi_hat / grid - grid
-    w = np.exp(logpost - logpost.max()) * np.gradient(grid)
-    cdf = np.cumsum(w) / w.sum()
-    u = (np.arange(n_draws) + np.random.default_rng(seed).random(n_draws)) / n_draws
-    return np.round(np.interp(u, cdf, grid), 5).tolist()
+    return grid_draws(grid, -0.5 * dof * np.log(grid) - 0.5 * dof * phi_hat / grid - grid, n_draws, seed)
 
 
 def _rate_groups(logs: Sequence[RequestLog]) -> list[list[int]]:
@@ -304,22 +302,18 @@ def run_level_sd(logs: Sequence[RequestLog]) -> tuple[float | None, int, str]:
     ``CHUNK_S`` chunks and their levels' spread stands in: minute-to-minute drift is then *under*-stated,
     and the note says so.
     """
-    groups = {g[0]: [float(np.log(np.median(logs[i].latency_s[_answered(logs[i])]))) for i in g]
-              for g in _rate_groups(logs)}
-    sq = sum(float(np.sum((np.array(v) - np.mean(v)) ** 2)) for v in groups.values() if len(v) > 1)
-    dof = sum(len(v) - 1 for v in groups.values() if len(v) > 1)
+    groups = [[float(np.log(np.median(logs[i].latency_s[_answered(logs[i])]))) for i in g]
+              for g in _rate_groups(logs)]
+    sq, dof = _pooled(groups)
     if dof:
         return float(np.sqrt(sq / dof)), dof, f"run-to-run level measured by {dof + len(groups)} runs at " \
                                                f"{len(groups)} rate(s) (sd {np.sqrt(sq / dof):.3f})."
-    sq, dof = 0.0, 0
+    levels = []
     for lg in logs:
         ok = _answered(lg)
-        chunk = np.floor(lg.arrival_s[ok] / CHUNK_S).astype(int)
         lat = np.log(lg.latency_s[ok])
-        levels = np.array([np.median(lat[chunk == c]) for c in np.unique(chunk) if (chunk == c).sum() >= 20])
-        if levels.size >= 2:
-            sq += float(np.sum((levels - levels.mean()) ** 2))
-            dof += levels.size - 1
+        levels.append([np.median(lat[sel]) for sel in _chunks(lg.arrival_s[ok], 20)])
+    sq, dof = _pooled(levels)
     if not dof:
         return None, 0, "no run-to-run level measured (runs too short to cut into chunks)."
     sd = float(np.sqrt(sq / dof))

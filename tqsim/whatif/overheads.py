@@ -188,12 +188,15 @@ def stall_dispersion_draws(runs: Sequence[ServingRun], stalled: np.ndarray, n_dr
         alpha = expo[None, :] / phi[:, None]  # [grid, run]
         loglik += (gammaln(alpha.sum(1)) - gammaln(counts.sum() + alpha.sum(1))
                    + np.sum(gammaln(counts[None, :] + alpha) - gammaln(alpha), axis=1))
-    logpost = loglik - phi  # Exponential(1) prior on φ
-    width = np.gradient(phi)
-    w = np.exp(logpost - logpost.max()) * width
+    return grid_draws(phi, loglik - phi, n_draws, seed)  # Exponential(1) prior on φ
+
+
+def grid_draws(grid: np.ndarray, logpost: np.ndarray, n_draws: int, seed: int = 0) -> list[float]:
+    """Stratified draws from a posterior known on a grid (log density ``logpost`` at ``grid``), by its CDF."""
+    w = np.exp(logpost - logpost.max()) * np.gradient(grid)
     cdf = np.cumsum(w) / w.sum()
-    u = (np.arange(n_draws) + np.random.default_rng(seed).random(n_draws)) / n_draws  # stratified
-    return np.round(np.interp(u, cdf, phi), 5).tolist()
+    u = (np.arange(n_draws) + np.random.default_rng(seed).random(n_draws)) / n_draws
+    return np.round(np.interp(u, cdf, grid), 5).tolist()
 
 
 def run_log_sd(runs: Sequence[ServingRun], g: float) -> tuple[float | None, int]:
