@@ -31,19 +31,13 @@ def parse_serving_setup(text: str) -> tuple:
     """``'replicas=1,threads=1,max_batch=8,max_wait=0.5ms'`` → (ServingSetup, duration_s, repeats); any
     other input raises a UserError that names the accepted keys (fuzzed in tests/test_fuzz.py)."""
     from tqsim.factors import parse_level
-    from tqsim.units import parse_duration
+    from tqsim.units import parse_duration, parse_key_values
     from tqsim.whatif.simulator import ServingSetup
 
     values: dict = {}
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in SERVING_KEYS:
-            raise UserError(f"--serving '{part}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
-        if key in values:
-            raise UserError(f"--serving: {key} is given twice; give each key once.")
+    for key, value in parse_key_values(text, SERVING_KEYS, "--serving").items():
         try:
-            values[key] = SERVING_KEYS[key](value.strip())
+            values[key] = SERVING_KEYS[key](value)
         except ValueError:
             raise UserError(f"--serving {key}={value}: expected a whole number.") from None
     extra = [k for k in ("target", "stack", "protocol") if k in values]
@@ -245,14 +239,9 @@ def parse_http_setup(text: str) -> dict:
     protocol=json,duration=8s,repeats=2]'`` → a set-up dict (as :func:`~tqsim.data.request_log.parse_log_setup`)
     plus ``target``, ``protocol``, ``duration_s`` and ``repeats``; the server's knobs are required."""
     from tqsim.data.request_log import parse_log_setup
-    from tqsim.units import parse_duration
+    from tqsim.units import parse_duration, parse_key_values
 
-    values = dict(p.strip().split("=", 1) for p in str(text).split(",") if "=" in p)
-    bad = [p.strip() for p in str(text).split(",") if p.strip() and "=" not in p]
-    unknown = [k for k in values if k.strip().replace("-", "_") not in SERVING_KEYS] + bad
-    if unknown:
-        raise UserError(f"--serving '{unknown[0]}': expected KEY=VALUE with KEY in {', '.join(SERVING_KEYS)}.")
-    values = {k.strip().replace("-", "_"): v.strip() for k, v in values.items()}
+    values = parse_key_values(text, SERVING_KEYS, "--serving")
     missing = [k for k in HTTP_KNOBS if k not in values]
     if missing:
         raise UserError(f"--serving target=...: give the server's {', '.join(missing)} too (tqsim cannot see them), "

@@ -41,6 +41,22 @@ def parse_duration(text: str | float, what: str = "duration") -> float:
     return value
 
 
+def parse_key_values(text: str, keys, option: str, example: str = "") -> dict[str, str]:
+    """``'a=1, b-c=2'`` → ``{"a": "1", "b_c": "2"}`` for an option's set-up string (``--serving``, ``--setup``):
+    every key one of ``keys`` and given once, else a UserError naming the part and the accepted keys."""
+    values: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in keys:
+            raise UserError(f"{option} '{part}': expected KEY=VALUE with KEY in {', '.join(keys)}"
+                            + (f"; e.g. {example}." if example else "."))
+        if key in values:
+            raise UserError(f"{option}: {key} is given twice; give each key once.")
+        values[key] = value.strip()
+    return values
+
+
 def fmt_pct(x: float | None, symbol: bool = True) -> str:
     """A fraction as ``12.3%`` (``12.3`` under a column already headed %); ``–`` when there is no finite value."""
     return "–" if x is None or not math.isfinite(x) else f"{100 * x:.1f}{'%' if symbol else ''}"

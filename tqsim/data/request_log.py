@@ -427,19 +427,9 @@ def parse_log_setup(text: str) -> dict:
     ``device`` and ``stack``. The four knobs are required: guessed ones would bias the fit without a word.
     Any other input raises a UserError naming the key (fuzzed in tests/test_fuzz.py)."""
     from tqsim.factors import parse_level
-    from tqsim.units import parse_duration
+    from tqsim.units import parse_duration, parse_key_values
 
-    keys = SETUP_KNOBS + tuple(SETUP_DEFAULTS) + ("capacity",)
-    given: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in str(text).split(","))):
-        key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in keys:
-            raise UserError(f"--setup '{part}': expected KEY=VALUE with KEY in {', '.join(keys)}; "
-                            f"e.g. {SETUP_EXAMPLE}.")
-        if key in given:
-            raise UserError(f"--setup: {key} is given twice; give each key once.")
-        given[key] = value.strip()
+    given = parse_key_values(text, SETUP_KNOBS + tuple(SETUP_DEFAULTS) + ("capacity",), "--setup", SETUP_EXAMPLE)
     missing = [k for k in SETUP_KNOBS if k not in given]
     if missing:
         raise UserError(f"--setup lacks {', '.join(missing)}: give the four knobs the log was served with, "
