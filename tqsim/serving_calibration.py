@@ -180,7 +180,7 @@ def read_logs(paths: Sequence, max_error_rate: float = 0.01) -> tuple[list, list
         log, more = read_request_log(p)
         check_errors(log, max_error_rate)
         logs.append(log)
-        notes += [f"{p}: {m}" for m in more]
+        notes += more  # each already names its file
     return logs, notes
 
 
@@ -295,11 +295,9 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     """
     import shutil
     import tempfile
-    import urllib.parse
 
     from tqsim.data.request_log import check_errors, write_request_log
-    from tqsim.measure.http_driver import drive_http, probe_endpoint
-    from tqsim.measure.http_payloads import request_body, resolve_protocol
+    from tqsim.measure.http_driver import drive_http
     from tqsim.measure.run import progress_bar
     from tqsim.whatif.inputs import WorkspaceInputs
     from tqsim.workloads.registry import get_workload
@@ -309,11 +307,9 @@ def calibrate_http(text: str, *, home=None, system: str | None = None, workload:
     _forward(src, _simulated_setup(setup))  # a missing forward calibration is refused before anything runs
     folder = src.folder
     wl = get_workload(workload or src.workload)
-    proto = resolve_protocol(setup["protocol"], urllib.parse.urlsplit(setup["target"]).path)
-    probe_endpoint(setup["target"], body=request_body(wl, 0, proto))  # an unreachable target fails here, in 5 s
     seed = seed or 0
 
-    def drive(rate: float, duration: float, k: int = 0):
+    def drive(rate: float, duration: float, k: int = 0):  # each run probes the target first: 5 s if unreachable
         log = drive_http(setup["target"], wl, round(rate, 1), duration, seed=seed + k, protocol=setup["protocol"])
         check_errors(log)
         return log

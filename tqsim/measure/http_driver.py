@@ -208,19 +208,20 @@ class _Client:
             self.first_error = what
 
     async def _connection(self):
+        """An idle connection (reused: True), else a new one."""
         if self.idle:
             return (*self.idle.pop(), True)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.target.host, self.target.port),
-                                                self.timeout_s)
-        return reader, writer, False
+        return (*await self._connect(), False)
+
+    async def _connect(self):
+        return await asyncio.wait_for(asyncio.open_connection(self.target.host, self.target.port), self.timeout_s)
 
     async def _open_pool(self, rate_rps: float) -> None:
         """Connect before the first arrival, enough for the requests a few tens of ms hold in flight."""
         self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
         for _ in range(int(min(32, 2 + rate_rps * 0.02))):
             try:
-                self.idle.append(await asyncio.wait_for(
-                    asyncio.open_connection(self.target.host, self.target.port), self.timeout_s))
+                self.idle.append(await self._connect())
             except (OSError, asyncio.TimeoutError):
                 break
 
