@@ -70,7 +70,7 @@ def test_effects_have_the_right_sign_and_cover_the_laws(explained, truth):
             assert _inside(iv, truth[other][q] / truth[b][q] - 1), (eff.label, q, iv, truth[other][q] / truth[b][q])
         # TQ: the law's expected TQ of a 20-pass run; explain's runs are longer (50 passes), so allow 2 pp
         assert _inside(eff.tq, truth[other]["tail_q"][0] - truth[b]["tail_q"][0], slack=0.02)
-    assert batch.tq.hi < -0.5
+    assert batch.tq.median < -0.8      # the deadline at batch 4's p99 loses almost all of batch 16's passes
     assert explained.threshold == "p99" and explained.threshold_s == pytest.approx(explained.base_latency["p99"].median)
 
 

@@ -10,7 +10,7 @@ from tqsim.data.io import load_campaign
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models import fit_campaign, load, make_spec, save
-from tqsim.models.summaries import U_FIRST, U_PASS, U_WITHIN, block_names, summarise
+from tqsim.models.summaries import STALL_X, U_FIRST, U_PASS, U_STALL, U_WITHIN, block_names, summarise
 from tqsim.testing import Law, example_fit, grid, simulate_campaign, write_campaign
 
 
@@ -35,7 +35,36 @@ def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_the
     # the first batch pays an added cost: its offsets sit above the within-pass median
     assert s.shape[names.index("first:0.5"), c1] > 0.3
     assert (s.shape_se[np.isfinite(s.shape)] > 0).all() and (s.level_se > 0).all()
-    assert len(U_WITHIN) + len(U_PASS) + len(U_FIRST) + 2 == len(names)     # + first, size slope, slow share
+    # + size slope, slow share, stall share
+    assert len(U_WITHIN) + len(U_PASS) + len(U_FIRST) + 3 + len(U_STALL) == len(names)
+
+
+def test_stalls_are_a_share_and_a_size_and_the_body_excludes_them():
+    """A body N(0, 0.05) with 1.3 % of calls at ~3× their pass level: the unconditional 0.99 quantile of such a
+    configuration sits on the stalls or in the gap depending on a share that barely moves; the summaries read
+    the share (logit) and the stalls' offsets apart from the body, and the forecast's mixture puts them back."""
+    from tqsim.forecast import call_offsets
+    from tqsim.models.summaries import _body_quantiles, _blocks, _stall_summaries
+
+    rng = np.random.default_rng(0)
+    resid = rng.normal(0, 0.05, (100, 500))
+    hit = rng.random(resid.shape) < 0.013
+    resid[hit] = math.log(3) + rng.normal(0, 0.05, hit.sum())
+    boot = _blocks(100, rng, 60)
+    q, se = _body_quantiles(resid, boot)
+    assert q[U_WITHIN.index(0.99)] == pytest.approx(0.05 * 2.326, abs=0.01)    # the body alone, not the stalls
+    v, v_se = _stall_summaries(resid, boot)
+    assert 1 / (1 + math.exp(-v[0])) == pytest.approx(hit.mean(), rel=0.02) and 0 < v_se[0] < 0.1
+    assert v[1 + U_STALL.index(0.5)] == pytest.approx(math.log(3), abs=0.02)
+    # no stall in 2,000 calls: still a measurement (share below ~1/2000), with a wide se
+    none, none_se = _stall_summaries(rng.normal(0, 0.05, (20, 100)), _blocks(20, rng, 60))
+    assert none[0] < math.log(1 / 2000) + 1 and none_se[0] > 1 and np.isnan(none[1:]).all()
+    # the forecast's mixture: the share of calls beyond STALL_X and the body's quantile come back
+    shapes = {f"within:{u:g}": np.full(4, x) for u, x in zip(U_WITHIN, q)}
+    shapes.update({"stall:share": np.full(4, v[0])}, **{f"stall:{u:g}": np.full(4, x) for u, x in zip(U_STALL, v[1:])})
+    out = call_offsets(shapes, rng.random((4, 50_000)))
+    assert (out > STALL_X).mean() == pytest.approx(hit.mean(), abs=0.002)
+    assert np.quantile(out[out <= STALL_X], 0.99) == pytest.approx(0.05 * 2.326, abs=0.01)
 
 
 def test_level_summary_matches_the_law(campaign):

@@ -23,8 +23,8 @@ import numpy as np
 
 from tqsim.errors import UserError
 from tqsim.factors import FACTORS, Config, parse_level
-from tqsim.forecast import (Interval, _qf, check_run_options, fit_warnings, partial_batch_shift, quantile_draws,
-                            scoring_of_config, simulate_latency, within_pass_u)
+from tqsim.forecast import (Interval, _qf, call_offsets, check_run_options, fit_warnings, partial_batch_shift,
+                            quantile_draws, scoring_of_config, simulate_latency, within_pass_u)
 from tqsim.models.store import FittedModel
 from tqsim.quality import INTERVAL, parse_threshold, quality_at_deadline, tail_quality
 
@@ -370,7 +370,7 @@ def variance_components(fm: FittedModel, cond, config: Config, shapes: dict[str,
         out["pass"] = v_pass
     # within a pass: the body and the slow calls (law of total variance over the two groups)
     u = within_pass_u(shapes.get("slow:sd"), D, VAR_PASSES, VAR_CALLS, rng).reshape(D, -1)
-    w = quantile_draws(*_qf(shapes, "within", fixed={0.5: 0.0}), u)
+    w = call_offsets(shapes, u)
     m_w, ((p_b, m_b, v_b), (p_s, m_s, v_s)) = _split(w, [u < SLOW_U, u >= SLOW_U])
     v_w = p_b * v_b + p_s * v_s + p_b * (m_b - m_w) ** 2 + p_s * (m_s - m_w) ** 2
     body, slow = p_b * v_b, v_w - p_b * v_b

@@ -174,7 +174,8 @@ def quantile_draws(knots_u: np.ndarray, values: np.ndarray, u: np.ndarray) -> np
 
 def _qf(shapes: dict[str, np.ndarray], kind: str, fixed: dict[float, float] | None = None):
     """The knots and per-draw values of one quantile function (``within``, ``pass``, ``first``)."""
-    pts = {float(name.split(":")[1]): v for name, v in shapes.items() if name.startswith(kind + ":")}
+    pts = {float(name.split(":")[1]): v for name, v in shapes.items()
+           if name.startswith(kind + ":") and name.split(":")[1][:1].isdigit()}
     D = next(iter(shapes.values())).shape[0] if shapes else 1
     for u, v in (fixed or {}).items():
         pts.setdefault(u, np.full(D, v))
@@ -182,6 +183,28 @@ def _qf(shapes: dict[str, np.ndarray], kind: str, fixed: dict[float, float] | No
         return None
     u = np.array(sorted(pts))
     return u, np.stack([pts[k] for k in u], axis=1)
+
+
+def call_offsets(shapes: dict[str, np.ndarray], u: np.ndarray) -> np.ndarray:
+    """Each call's log latency around its pass level at probability levels ``u[D, ...]``: the body's quantile
+    function below ``1 − π`` and the stalls' above it, ``π`` the configuration's stall share (a mixture split
+    at ``STALL_X``; models fitted before stalls were summarised have none and use the within quantiles)."""
+    from tqsim.models.summaries import STALL_X
+
+    body = _qf(shapes, "within", fixed={0.5: 0.0})
+    if "stall:share" not in shapes:
+        return quantile_draws(*body, u)
+    D = u.shape[0]
+    pi = (1.0 / (1.0 + np.exp(-np.asarray(shapes["stall:share"], float)))).reshape((D,) + (1,) * (u.ndim - 1))
+    cut = 1.0 - pi
+    is_stall = u > cut
+    out = np.minimum(quantile_draws(*body, np.where(is_stall, 0.5, u / cut)), STALL_X)
+    stall = _qf(shapes, "stall")
+    if stall is None:
+        far = np.full(u.shape, STALL_X)
+    else:
+        far = np.maximum(quantile_draws(*stall, np.where(is_stall, (u - cut) / pi, 0.5)), STALL_X)
+    return np.where(is_stall, far, out)
 
 
 def within_pass_u(slow_sd: np.ndarray | None, D: int, n_passes: int, nb: int,
@@ -249,8 +272,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     level = mu[:, None] + offset + dev                                                    # [D, P]
     # every batch around its pass level; a pass's share of slow calls (above the within 0.9 quantile)
     # varies between passes as the configuration's did (logit-normal, mean 0.1), not binomially
-    within = _qf(shapes, "within", fixed={0.5: 0.0})
-    log_t = level[:, :, None] + quantile_draws(*within, within_pass_u(shapes.get("slow:sd"), D, n_passes, nb, rng))
+    log_t = level[:, :, None] + call_offsets(shapes, within_pass_u(shapes.get("slow:sd"), D, n_passes, nb, rng))
     if "size:slope" in shapes and fm.instance_size is not None and fm.spec.size_sd > 0 and n == fm.n_instances:
         z = batch_size_covariate(fm.instance_size, batch, fm.spec.size_mean, fm.spec.size_sd)
         lb = level_batches(counts, bs)

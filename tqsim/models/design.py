@@ -27,6 +27,7 @@ from tqsim.models.summaries import MIN_BEYOND_PASS, MIN_BEYOND_WITHIN
 
 DESIGN_DRAWS = 50
 FD_DRAWS, FD_PASSES = 40, 20   # the runs that weigh each quantile's part in p99
+CALL_KINDS = ("within", "stall")   # summaries read from calls (level batches), not from passes
 STEP = 0.05   # log units: the finite difference that weighs a quantile's part in log p99
 
 
@@ -151,8 +152,9 @@ class Design:
             _, shp_cov = cond.shape_moments(self.targets, beyond=False)
             for name in tracked_blocks(cond.blocks):
                 b, row = cond.blocks.index(name), summ.blocks.index(name)
-                self.terms.append(dict(name=name, cov=shp_cov[:, b].copy(), kind=name.split(":")[0],
-                                       u=float(name.split(":")[1]),
+                kind, knot = name.split(":")
+                self.terms.append(dict(name=name, cov=shp_cov[:, b].copy(), kind=kind,
+                                       u=float(knot) if knot[:1].isdigit() else 0.5,
                                        unit_sd=_shape_unit_sd(summ, row, name, self.n_instances),
                                        rates={e: float(v[b]) for e, v in cond.shape_extrapolation_sd.items()}))
         self.inflation = cond.loo_inflation()
@@ -160,15 +162,16 @@ class Design:
             # a GP that misses its held-out configurations by more than it says is trusted less
             t["cov"] = t["cov"] * self.inflation.get(t["name"], 1.0)
             # log p99 per unit of the term, per target (1: the term adds to log p99 as it is)
+            # (without weights: 0 for the stalls, whose part in p99 is all or nothing as p99 lies on them or not)
             t["w2"] = np.asarray(weights[t["name"]], float) ** 2 if weights and t["name"] in weights \
-                else np.ones(len(self.targets))
+                else np.full(len(self.targets), 0.0 if t["name"].startswith("stall:") else 1.0)
         self.range = [math.log(b) for b in fm.spec.batch_range]
         self._seconds = np.exp(np.median(lev_mean, axis=0))  # a level batch's median latency
 
     # ---- pieces ------------------------------------------------------------------------------
     def _calls(self, i: int, passes: float, kind: str) -> float:
         """Values a summary of target ``i`` is computed from, after ``passes`` passes."""
-        if kind != "within":
+        if kind not in CALL_KINDS:
             return passes
         return passes * level_batch_count(self.n_instances, self.targets[i].batch_size)
 
@@ -178,7 +181,7 @@ class Design:
             return math.inf
         n = self._calls(i, passes, term["kind"])
         if term["kind"] != "level":
-            need = (MIN_BEYOND_WITHIN if term["kind"] == "within" else MIN_BEYOND_PASS) / min(term["u"], 1 - term["u"])
+            need = (MIN_BEYOND_WITHIN if term["kind"] in CALL_KINDS else MIN_BEYOND_PASS) / min(term["u"], 1 - term["u"])
             if n < need:
                 return math.inf
         return term["unit_sd"] / math.sqrt(n)
@@ -277,7 +280,7 @@ def _shape_unit_sd(summ, row: int, name: str, n_instances: int) -> float:
     if not ok.any():
         return 0.1
     n = summ.n_passes.astype(float)
-    if name.startswith("within:"):
+    if name.split(":")[0] in CALL_KINDS:
         n = n * np.array([level_batch_count(n_instances, c.batch_size) for c in summ.configs], float)
     return float(np.median(se[ok] * np.sqrt(n[ok])))
 
@@ -351,9 +354,9 @@ def p99_forecasts(fm, targets: list[Config], *, n_draws: int = 100, n_passes: in
 
 
 def tracked_blocks(live: list[str]) -> list[str]:
-    """The summaries a run's p99 can rest on, beside the level: the upper within-pass and pass quantiles, and the
-    first batch's (which holds a large share of the instances at large batch sizes)."""
-    return [b for b in live if b.startswith("first:")
+    """The summaries a run's p99 can rest on, beside the level: the upper within-pass and pass quantiles, the
+    stalls' share and size, and the first batch's (a large share of the instances at large batch sizes)."""
+    return [b for b in live if b.startswith(("first:", "stall:"))
             or (b.split(":")[0] in ("within", "pass") and float(b.split(":")[1]) >= 0.9)]
 
 

@@ -6,7 +6,11 @@ Each configuration's per-call latencies are split the way they vary (docs/method
   after the first), summarised per session by the median over that session's passes;
 * the **pass** quantile function: the quantiles over passes of ``λ[p]`` minus its session's level;
 * the **within** quantile function: the quantiles of ``log latency − λ[p]`` over every level batch of
-  every pass (the body and the rare far stalls, each configuration's own);
+  every pass that is not a stall (the body);
+* the **stalls**: the share of level batches more than twice their pass level (``STALL_X``), on the logit
+  scale, and the quantile function of how far beyond their pass level they land: rare far stalls whose
+  rate and size are each configuration's own, pooled as a rate and a size rather than as a quantile that
+  jumps when the rate crosses its level;
 * the **first** quantile function: the same for the first batch of each pass (a position effect);
 * the **size** slope: how a batch's log latency moves with the standardised log size of its largest
   instance (variable-length inputs, padded), removed from the within residuals before their quantiles
@@ -33,6 +37,10 @@ from tqsim.factors import FACTORS, Config
 U_WITHIN = (0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
 U_PASS = (0.005, 0.01, 0.02, 0.1, 0.25, 0.75, 0.9, 0.98, 0.99, 0.995)
 U_FIRST = (0.1, 0.5, 0.9, 0.95, 0.98)
+U_STALL = (0.1, 0.5, 0.9, 0.98)
+# a call more than twice its pass level is a stall: on digits-mlp ~1 % of calls land 2.2–3.1× their pass level
+# at every batch size and thread count, with almost nothing between 1.5× and 2.2× (docs/method.md)
+STALL_X = math.log(2.0)
 # a quantile is observed when this many values are expected beyond it (calls / passes)
 MIN_BEYOND_WITHIN = 5.0
 MIN_BEYOND_PASS = 1.0
@@ -43,7 +51,8 @@ N_BOOT = 120
 def block_names() -> list[str]:
     """Names of the shape summaries, in the order of ``Summaries.shape``: ``within:0.99``, ``pass:0.1``..."""
     return ([f"within:{u:g}" for u in U_WITHIN] + [f"pass:{u:g}" for u in U_PASS]
-            + [f"first:{u:g}" for u in U_FIRST] + ["size:slope", "slow:sd"])
+            + [f"first:{u:g}" for u in U_FIRST] + ["size:slope", "slow:sd", "stall:share"]
+            + [f"stall:{u:g}" for u in U_STALL])
 
 
 @dataclasses.dataclass
@@ -103,6 +112,65 @@ def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.nda
         se = np.full(u.size, np.inf)
     ok = values.size * np.minimum(u, 1 - u) >= min_beyond
     return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
+
+
+def _sorted_at(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Linear-interpolation quantiles (numpy's default) of each sorted row of ``rows`` at that row's ``probs``."""
+    n = rows.shape[1]
+    pos = np.clip(probs, 0, 1) * (n - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = pos - lo
+    return np.take_along_axis(rows, lo, 1) * (1 - w) + np.take_along_axis(rows, hi, 1) * w
+
+
+def _body_quantiles(resid: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles at ``U_WITHIN`` of the calls that are not stalls (``resid ≤ STALL_X``) and their se by
+    resampling passes: the body's ``u`` is the whole sample's ``u·(1 − stall share)``."""
+    u = np.asarray(U_WITHIN)
+    flat = np.sort(resid.ravel())[None, :]
+    share = (flat > STALL_X).mean(axis=1, keepdims=True)
+    q = _sorted_at(flat, u[None, :] * (1 - share))[0]
+    if boot.shape[0] > 1:
+        reps = np.sort(resid[boot].reshape(boot.shape[0], -1), axis=1)
+        r_share = (reps > STALL_X).mean(axis=1, keepdims=True)
+        se = np.maximum(np.std(_sorted_at(reps, u[None, :] * (1 - r_share)), axis=0, ddof=1), SE_FLOOR)
+    else:
+        se = np.full(u.size, np.inf)
+    n_body = resid.size * (1 - float(share[0, 0]))
+    ok = n_body * np.minimum(u, 1 - u) >= MIN_BEYOND_WITHIN
+    return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
+
+
+def _stall_summaries(resid: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``stall:share`` (the empirical logit of the share of calls beyond ``STALL_X``; never unobserved: no stall
+    in n calls is a measurement too, with the logit's own se of about 1.4) and the ``U_STALL`` quantiles of the
+    stalls' offsets (observed when one stall is expected beyond them), each with its se by resampling passes."""
+    n = resid.size
+    k = int((resid > STALL_X).sum())
+
+    def logit(kk, nn):
+        return math.log((kk + 0.5) / (nn - kk + 0.5))
+
+    values = np.full(1 + len(U_STALL), np.nan)
+    ses = np.full_like(values, np.nan)
+    values[0] = logit(k, n)
+    se = math.sqrt(1 / (k + 0.5) + 1 / (n - k + 0.5))
+    per_pass = (resid > STALL_X).sum(axis=1)
+    if boot.shape[0] > 1:
+        kk = per_pass[boot].sum(axis=1)
+        se = max(se, float(np.std([logit(int(x), n) for x in kk], ddof=1)))
+    ses[0] = max(se, SE_FLOOR)
+    u = np.asarray(U_STALL)
+    ok = k * np.minimum(u, 1 - u) >= MIN_BEYOND_PASS
+    if ok.any():
+        stalls = [row[row > STALL_X] for row in resid]
+        values[1:] = np.where(ok, np.quantile(np.concatenate(stalls), u), np.nan)
+        reps = [np.quantile(np.concatenate([stalls[i] for i in row]), u) for row in boot
+                if per_pass[row].sum() > 0]
+        sd = np.std(reps, axis=0, ddof=1) if len(reps) > 1 else np.full(u.size, np.inf)
+        ses[1:] = np.where(ok, np.maximum(sd, SE_FLOOR), np.nan)
+    return values, ses
 
 
 def level_deviations(lam: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -203,7 +271,7 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
         slope, slope_se = _size_slope(resid, zb[lb], boot)
         if has_size and size_sd > 0:
             resid = resid - slope * (zb[lb] - np.median(zb[lb]))[None, :]
-        q, se = _quantiles(resid, U_WITHIN, MIN_BEYOND_WITHIN, boot)
+        q, se = _body_quantiles(resid, boot)
         shape[k:k + len(U_WITHIN), c], shape_se[k:k + len(U_WITHIN), c] = q, se
         k += len(U_WITHIN)
         if P > 1:
@@ -220,6 +288,9 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
         k += 1
         if P > 2 and resid.shape[1] > 1:
             shape[k, c], shape_se[k, c] = slow_share_sd(resid, boot)
+        k += 1
+        q, se = _stall_summaries(resid, boot)
+        shape[k:k + 1 + len(U_STALL), c], shape_se[k:k + 1 + len(U_STALL), c] = q, se
     return Summaries(configs=configs, sessions=session_ids, level=np.array(lv), level_se=np.array(lv_se),
                      level_cfg=np.array(lv_cfg, np.int64), level_session=np.array(lv_ses, np.int64),
                      level_passes=np.array(lv_n, np.int64), shape=shape, shape_se=shape_se, n_batches_total=total,
