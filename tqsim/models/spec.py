@@ -62,7 +62,9 @@ class ModelSpec:
             "  μ_c ~ trend b0 + b·x + GP,   measured: the median pass level of (c, s) = μ_c + d_s + N(0, se²)",
             "  d_s ~ ZeroSumNormal(σ_session); a run in another session adds N(0, σ_session²·(1 + 1/S)),"
             f" S = {self.n_sessions}",
-            "  Pass_c, Within_c, First_c: quantile functions; each quantile q_c(u) (and the size slope γ_c) ~ "
+            "  Pass_c, Within_c, First_c: quantile functions; Within_c = the body's below 1 − π_c, the stalls' "
+            "(calls beyond 2× their pass level) above, π_c the stall share",
+            "  each quantile q_c(u), logit π_c and the size slope γ_c ~ "
             "trend b0 + b·x + GP, measured with its bootstrap se; every trend's b0, b integrated out",
             f"  GP: τ²·((1 − {self.nugget:g})·exp(−ΔL²/2·{self.corr_length_L:.2g}² − ΔT²/2·{self.corr_length_T:.2g}²)"
             f"·[same categorical levels] + {self.nugget:g}·[same config])",
