@@ -174,8 +174,9 @@ def quantile_draws(knots_u: np.ndarray, values: np.ndarray, u: np.ndarray) -> np
 
 def _qf(shapes: dict[str, np.ndarray], kind: str, fixed: dict[float, float] | None = None):
     """The knots and per-draw values of one quantile function (``within``, ``pass``, ``first``)."""
-    pts = {float(name.split(":")[1]): v for name, v in shapes.items()
-           if name.startswith(kind + ":") and name.split(":")[1][:1].isdigit()}
+    from tqsim.models.summaries import knot
+
+    pts = {knot(name): v for name, v in shapes.items() if name.startswith(kind + ":") and knot(name) is not None}
     D = next(iter(shapes.values())).shape[0] if shapes else 1
     for u, v in (fixed or {}).items():
         pts.setdefault(u, np.full(D, v))

@@ -23,7 +23,7 @@ from tqsim.errors import UserError
 from tqsim.factors import FACTORS, Config, parse_level
 from tqsim.models.pymc_backend import noise_sd
 from tqsim.models.spec import CATEGORICAL
-from tqsim.models.summaries import MIN_BEYOND_PASS, MIN_BEYOND_WITHIN
+from tqsim.models.summaries import MIN_BEYOND_PASS, MIN_BEYOND_WITHIN, knot
 
 DESIGN_DRAWS = 50
 FD_DRAWS, FD_PASSES = 40, 20   # the runs that weigh each quantile's part in p99
@@ -152,9 +152,9 @@ class Design:
             _, shp_cov = cond.shape_moments(self.targets, beyond=False)
             for name in tracked_blocks(cond.blocks):
                 b, row = cond.blocks.index(name), summ.blocks.index(name)
-                kind, knot = name.split(":")
-                self.terms.append(dict(name=name, cov=shp_cov[:, b].copy(), kind=kind,
-                                       u=float(knot) if knot[:1].isdigit() else 0.5,
+                u = knot(name)
+                self.terms.append(dict(name=name, cov=shp_cov[:, b].copy(), kind=name.split(":")[0],
+                                       u=0.5 if u is None else u,
                                        unit_sd=_shape_unit_sd(summ, row, name, self.n_instances),
                                        rates={e: float(v[b]) for e, v in cond.shape_extrapolation_sd.items()}))
         self.inflation = cond.loo_inflation()
@@ -357,7 +357,7 @@ def tracked_blocks(live: list[str]) -> list[str]:
     """The summaries a run's p99 can rest on, beside the level: the upper within-pass and pass quantiles, the
     stalls' share and size, and the first batch's (a large share of the instances at large batch sizes)."""
     return [b for b in live if b.startswith(("first:", "stall:"))
-            or (b.split(":")[0] in ("within", "pass") and float(b.split(":")[1]) >= 0.9)]
+            or (b.split(":")[0] in ("within", "pass") and knot(b) >= 0.9)]
 
 
 # --------------------------------------------------------------------------------------------------

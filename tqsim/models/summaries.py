@@ -55,6 +55,13 @@ def block_names() -> list[str]:
             + [f"stall:{u:g}" for u in U_STALL])
 
 
+def knot(name: str) -> float | None:
+    """The probability level in a quantile summary's name (``within:0.99`` → 0.99); None for the others
+    (``stall:share``, ``size:slope``, ``slow:sd``)."""
+    suffix = name.split(":")[1]
+    return float(suffix) if suffix[:1].isdigit() else None
+
+
 @dataclasses.dataclass
 class Summaries:
     """Everything the fit sees, per configuration (``configs``) and, for levels, per session."""
