@@ -63,8 +63,9 @@ def test_design_prefers_what_it_does_not_know():
     targets = parse_target("batch_size=1..256,threads=1,2", n_instances=fm.n_instances)
     d = Design(fm, targets)
     g = {t.id: d.gain(i, 10) for i, t in enumerate(targets)}
-    # (batch 1's body is known to its 0.99 quantile; above, up to the stalls' cut, a few calls a pass are left)
-    assert g["bs256-th1-fp32-torch-cpu"] > 2 * g["bs1-th1-fp32-torch-cpu"]
+    # (batch 1's body is known to its 0.99 quantile; above it, its own tail continued with a wide se, which
+    # more passes turn into measurements)
+    assert g["bs256-th1-fp32-torch-cpu"] > g["bs1-th1-fp32-torch-cpu"]
     assert g["bs128-th1-fp32-torch-cpu"] > g["bs64-th2-fp32-torch-cpu"]
     before = d.integrated_variance()
     i = [t.id for t in targets].index("bs256-th1-fp32-torch-cpu")

@@ -271,14 +271,16 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
     dev = quantile_draws(*pass_qf, rng.random((D, n_passes))) if pass_qf else np.zeros((D, n_passes))
     level = mu[:, None] + offset + dev                                                    # [D, P]
-    # every batch around its pass level; a pass's share of slow calls (above the within 0.9 quantile)
-    # varies between passes as the configuration's did (logit-normal, mean 0.1), not binomially
-    log_t = level[:, :, None] + call_offsets(shapes, within_pass_u(shapes.get("slow:sd"), D, n_passes, nb, rng))
+    lb = level_batches(counts, bs)
+    if lb.size > 1:
+        # every batch around its pass level; a pass's share of slow calls (above the within 0.9 quantile)
+        # varies between passes as the configuration's did (logit-normal, mean 0.1), not binomially
+        log_t = level[:, :, None] + call_offsets(shapes, within_pass_u(shapes.get("slow:sd"), D, n_passes, nb, rng))
+    else:   # one level batch a pass: it is the pass level, whose quantile function holds all its spread
+        log_t = np.broadcast_to(level[:, :, None], (D, n_passes, nb)).copy()
     if "size:slope" in shapes and fm.instance_size is not None and fm.spec.size_sd > 0 and n == fm.n_instances:
         z = batch_size_covariate(fm.instance_size, batch, fm.spec.size_mean, fm.spec.size_sd)
-        lb = level_batches(counts, bs)
         log_t += shapes["size:slope"][:, None, None] * (z - np.median(z[lb]))[None, None, :]
-    lb = level_batches(counts, bs)
     first = _qf(shapes, "first")
     if first is not None and lb.size and lb[0] > 0:
         log_t[:, :, 0] = level + quantile_draws(*first, rng.random((D, n_passes)))

@@ -150,12 +150,17 @@ def sample(model, start: dict[str, Any], *, sampler: str, draws: int, tune: int,
         if sampler == "nutpie":
             import nutpie
 
-            log(f"compiling the model for nutpie ({_nutpie_backend().get('backend', 'numba')})")
+            backend = _nutpie_backend()
+            log(f"compiling the model for nutpie ({backend.get('backend', 'numba')})")
             names = {v.name for v in model.free_RVs}
             compiled = nutpie.compile_pymc_model(model, initial_points={k: v for k, v in start.items() if k in names},
-                                                 jitter_rvs=set(), **_nutpie_backend())
+                                                 jitter_rvs=set(), **backend)
             log(f"sampling {chains} chains × ({tune} tuning + {draws} draws)")
-            idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=min(chains, 2), seed=seed,
+            # JAX-compiled logp called from two sampler threads at once can deadlock: on a real 18-configuration
+            # campaign every sampler thread waited in jax's Array._value forever, at 1 % CPU, on every try;
+            # one thread at a time never did (docs/method.md, "Sampling")
+            cores = 1 if backend.get("backend") == "jax" else min(chains, 2)
+            idata = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                                   progress_bar=progress, save_warmup=False, target_accept=0.9,
                                   low_rank_modified_mass_matrix=True, maxdepth=MAX_TREE_DEPTH)
         elif sampler == "nuts":
