@@ -47,8 +47,7 @@ def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_the
 def test_own_tail_continues_an_exponential_tail_exactly_and_never_turns_back():
     """A Laplace(0, b) quantile function is b·pscale(u): from its observed middle the continuation is exact, and
     the se grows with the distance extrapolated. A flat end continues flat."""
-    from tqsim.forecast import pscale
-    from tqsim.models.summaries import own_tail
+    from tqsim.models.summaries import own_tail, pscale
 
     u = np.array(U_WITHIN)
     truth = 0.07 * pscale(u)

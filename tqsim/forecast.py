@@ -22,6 +22,7 @@ import numpy as np
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.fit import REFIT, shortfall
+from tqsim.models.summaries import pscale
 from tqsim.data.schema import batch_layout, call_latency
 from tqsim.models.store import FittedModel, quality_level_id
 from tqsim.quality import (INTERVAL, Threshold, no_deadline_quality, parse_thresholds, quality_at_deadline,
@@ -145,13 +146,6 @@ class Forecast:
                          "description": "tqsim forecast: posterior-predictive simulated runs of one configuration; "
                                         "stat lo/hi bound the central interval given by the interval attribute"})
         return ds
-
-
-def pscale(u: np.ndarray) -> np.ndarray:
-    """The probability scale quantile functions are linear on between knots: log(2u) below the
-    median, −log(2(1−u)) above, so that a straight line beyond the last knot is an exponential tail."""
-    u = np.clip(np.asarray(u, float), 1e-12, 1 - 1e-12)
-    return np.where(u < 0.5, np.log(2 * u), -np.log(2 * (1 - u)))
 
 
 def quantile_draws(knots_u: np.ndarray, values: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -121,15 +121,20 @@ def _quantiles(values: np.ndarray, u: tuple, min_beyond: float, boot_idx: np.nda
     return np.where(ok, q, np.nan), np.where(ok, se, np.nan)
 
 
+def pscale(u: np.ndarray) -> np.ndarray:
+    """The probability scale quantile functions are linear on between knots: log(2u) below the
+    median, −log(2(1−u)) above, so that a straight line beyond the last knot is an exponential tail."""
+    u = np.clip(np.asarray(u, float), 1e-12, 1 - 1e-12)
+    return np.where(u < 0.5, np.log(2 * u), -np.log(2 * (1 - u)))
+
+
 def own_tail(u: tuple, q: np.ndarray, se: np.ndarray, cap: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Quantiles a configuration's data cannot show (too few values beyond them) continued along its own tail:
-    linearly on :func:`tqsim.forecast.pscale` (an exponential tail) from its two outermost observed knots on
+    linearly on :func:`pscale` (an exponential tail) from its two outermost observed knots on
     that side, never turning back, with an se that adds the whole extrapolated distance. Left unobserved, the
     GP fills them from the trend of configurations whose data reach them: the small batch sizes, whose tails
     are long (digits-cnn batch 128, tight to +7 % at 0.95, got +30 % at 0.99 from batch 1–32 and a p99 10 % high).
     ``cap`` bounds the continuation above (the body's tail ends where the stalls begin)."""
-    from tqsim.forecast import pscale
-
     q, se = q.copy(), se.copy()
     z = pscale(np.asarray(u, float))
     obs = np.flatnonzero(np.isfinite(q))
