@@ -103,14 +103,21 @@ def tail_at(lat: np.ndarray, ds_target, t: np.ndarray) -> np.ndarray:
 
 
 # ---- baselines -------------------------------------------------------------------------------------
+def bracket(sizes: np.ndarray, bs: int) -> tuple[int, float]:
+    """The log-linear baseline's pair ``sizes[j - 1], sizes[j]`` around ``bs`` (the last two beyond either end,
+    ``sizes`` sorted) and the weight of ``sizes[j]``, linear in log batch size."""
+    x = np.log(sizes)
+    j = int(np.clip(np.searchsorted(x, math.log(bs)), 1, len(x) - 1))
+    return j, float((math.log(bs) - x[j - 1]) / (x[j] - x[j - 1]))
+
+
 def baseline(train: dict, target, scale: float = 1.0) -> dict:
     """Nearest and log-linear forecasts of ``target``'s p50/p99 and TQ at its own T90/T99."""
     bs, th = key(target)
     sizes = np.array(sorted(b for b, t in train if t == th))
     x = np.log(sizes)
-    j = int(np.clip(np.searchsorted(x, math.log(bs)), 1, len(x) - 1))
+    j, w = bracket(sizes, bs)
     lo, hi = train[(int(sizes[j - 1]), th)], train[(int(sizes[j]), th)]
-    w = (math.log(bs) - x[j - 1]) / (x[j] - x[j - 1])
     near = train[(int(sizes[np.argmin(np.abs(x - math.log(bs)))]), th)]
     t = taus(target)
     out = {"nearest": {}, "loglinear": {}}

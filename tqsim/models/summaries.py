@@ -331,7 +331,7 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
         if has_size and size_sd > 0 and np.ptp(zb[lb]) > 0:
             shape[k, c], shape_se[k, c] = slope, slope_se
         k += 1
-        if P > 2 and resid.shape[1] > 1:
+        if P > 2 and within_pass:
             shape[k, c], shape_se[k, c] = slow_share_sd(resid, boot)
         k += 1
         if within_pass:
