@@ -26,14 +26,15 @@ def test_summaries_read_levels_per_session_and_quantiles_only_where_data_pin_the
     assert len(s.configs) == 6 and s.sessions.size == 2
     assert s.level.size == 12 and set(s.level_passes) == {3}       # (config, session) cells of 3 passes
     names = block_names()
-    # batch 1: 539 level batches × 6 passes = 3234 calls: the 0.999 quantile (3.2 beyond) is not pinned by the
-    # data, so it is the configuration's own tail continued from 0.99 and 0.995, with a wider se
+    # batch 1: 539 level batches × 6 passes = 3234 calls: the 0.999 quantile (3.2 beyond) is observed, the 0.9995
+    # (1.6 beyond) is not pinned by the data, so it is the configuration's own tail continued from 0.998 and
+    # 0.999, with a wider se
     c1 = [i for i, c in enumerate(s.configs) if c.batch_size == 1][0]
     row = {u: names.index(f"within:{u:g}") for u in (0.998, 0.999, 0.9995)}
     q = {u: s.shape[r, c1] for u, r in row.items()}
     se = {u: s.shape_se[r, c1] for u, r in row.items()}
     assert q[0.998] <= q[0.999] <= q[0.9995] <= STALL_X       # the body ends where the stalls begin
-    assert se[0.9995] >= se[0.999] > se[0.998]
+    assert se[0.9995] > max(se[0.999], se[0.998])
     # 6 passes: the pass quantile at 0.25 is observed (1.5 passes beyond), 0.1 (0.6) is continued below it
     p10, p25 = names.index("pass:0.1"), names.index("pass:0.25")
     assert s.shape[p10, c1] <= s.shape[p25, c1] and s.shape_se[p10, c1] > s.shape_se[p25, c1]

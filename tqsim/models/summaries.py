@@ -36,13 +36,14 @@ from tqsim.factors import FACTORS, Config
 # probability levels of the three quantile functions
 U_WITHIN = (0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995)
 U_PASS = (0.005, 0.01, 0.02, 0.1, 0.25, 0.75, 0.9, 0.98, 0.99, 0.995)
-U_FIRST = (0.1, 0.5, 0.9, 0.95, 0.98)
+U_FIRST = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98)
 U_STALL = (0.1, 0.5, 0.9, 0.98)
 # a call more than twice its pass level is a stall: on digits-mlp ~1 % of calls land 2.2–3.1× their pass level
 # at every batch size and thread count, with almost nothing between 1.5× and 2.2× (docs/method.md)
 STALL_X = math.log(2.0)
-# a quantile is observed when this many values are expected beyond it (calls / passes)
-MIN_BEYOND_WITHIN = 5.0
+# a quantile is observed when this many values are expected beyond it (calls / passes); three calls, so that the
+# quartiles of a short calibration's large batch sizes are its own (docs/method.md, "Summaries")
+MIN_BEYOND_WITHIN = 3.0
 MIN_BEYOND_PASS = 1.0
 SE_FLOOR = 0.002          # log units: below this a bootstrap se only says the bootstrap ran out of values
 N_BOOT = 120
