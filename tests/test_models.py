@@ -94,6 +94,32 @@ def test_stalls_are_a_share_and_a_size_and_the_body_excludes_them():
     assert np.quantile(out[out <= STALL_X], 0.99) == pytest.approx(0.05 * 2.326, abs=0.01)
 
 
+def test_stall_quantiles_of_a_few_stalls_in_one_pass_get_the_se_of_a_sample_quantile():
+    """Two stalls, both in one pass, look exactly known to a bootstrap over passes; their median gets at least
+    the se of a median of two draws from the campaign's stall spread, while many stalls keep their bootstrap se."""
+    from tqsim.models.summaries import _blocks, _stall_summaries, stall_quantile_se
+
+    rng = np.random.default_rng(1)
+    few = rng.normal(0, 0.03, (10, 50))
+    few[3, :2] = [math.log(2.3), math.log(2.4)]
+    many = rng.normal(0, 0.03, (100, 50))
+    hit = rng.random(many.shape) < 0.02
+    many[hit] = np.log(rng.uniform(2.2, 20, hit.sum()))
+    rows = []
+    for resid in (few, many):
+        v, se = _stall_summaries(resid, _blocks(resid.shape[0], rng, 60))
+        rows.append(se[1:])
+    se = np.stack(rows, axis=1)                                             # [U_STALL, config]
+    mid = U_STALL.index(0.5)
+    assert se[mid, 0] < 0.01                                                 # the bootstrap alone: "known"
+    stalls = {0: few[few > STALL_X], 1: many[many > STALL_X]}
+    out = stall_quantile_se(se, stalls)
+    s = np.std(np.concatenate(list(stalls.values())), ddof=1)
+    assert out[mid, 0] == pytest.approx(1.2533 * s / math.sqrt(2), rel=1e-3)   # the se of a median of 2
+    assert out[mid, 1] >= se[mid, 1] and out[mid, 1] < 0.5 * out[mid, 0]
+    assert np.isnan(out[U_STALL.index(0.98), 0])                               # unobserved stays unobserved
+
+
 def test_level_summary_matches_the_law(campaign):
     """Level differences between configurations follow the law (the session offset is shared; each level
     has the sd of 6 pass medians, 0.05/√6 = 0.02)."""
