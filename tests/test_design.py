@@ -171,10 +171,14 @@ def test_adaptive_loop_stops_on_budget_and_resumes():
     assert len(res.rounds) == 1 and len(res.rounds[0].picks) == 2
     assert res.spent == inferences(src.passes(), 540, 2)
     assert res.full_grid == len(targets) * 23 * 540 and res.as_dict()["saved_share"] > 0.2
-    # resumed with a larger budget: no new initial design, the loop goes on from what is there
-    fits = src.fits
+    # resumed with a larger budget: no new initial design, the loop goes on from what is there (one fit of what
+    # is there, then one per round: a round re-measuring a configuration is cheaper than a new one, so the extra
+    # budget may buy more than one round)
+    fits, before = src.fits, len(src.steps)
     res2 = run_adaptive(targets, src, chunk=6, until_width=0.001, budget=budget + per_step, per_round=2)
-    assert len(src.steps) == 3 and src.fits == fits + 2 and res2.spent > res.spent
+    rounds = len(src.steps) - before
+    assert rounds >= 1 and all(len(step) <= 2 for step in src.steps[before:])
+    assert src.fits == fits + 1 + rounds and res.spent < res2.spent <= budget + per_step
     assert src.finals == 2   # each run ends with the full fit
 
 
