@@ -118,6 +118,38 @@ def test_simulate_calls_one_latency_per_call_in_the_fitted_sessions(quick):
     unseen = simulate_calls(fm, cfg, n_passes=3, n_draws=10, seed=4, sessions=np.full(3, sid + 1))
     assert np.array_equal(unseen, calls)  # a session the fit never saw: a new one
 
+def test_a_new_sessions_tail_stretches_by_the_spread_measured_between_sessions(quick):
+    """A run in a new session reaches beyond its median by e^ε as far as the calibration did, ε ~ N(0, σ²) with σ
+    from the calibration's sessions: the median stays, log log(p99/p50) moves by ε exactly, and a run in a fitted
+    session (or with the stretch off) is untouched."""
+    import dataclasses
+
+    _, fm, _ = quick
+    cfg = Config(batch_size=16, threads=2)
+
+    def run(var, **kw):
+        fm.summaries = dataclasses.replace(fm.summaries, tail_session_var=var, tail_session_dof=50)
+        lat, _ = simulate_latency(fm, cfg, n_passes=20, n_draws=200, seed=3, **kw)
+        p50, p99 = np.percentile(lat.reshape(200, -1), [50, 99], axis=1)
+        return p50, np.log(np.log(p99 / p50))
+
+    saved = fm.summaries
+    zero = np.zeros(200)
+    try:
+        fresh50, fresh = run(0.3 ** 2)                                   # a new session: stretched
+        off50, off = run(0.3 ** 2, tail_drift=False)                     # the same run, not stretched
+        seen50, seen = run(0.3 ** 2, session=zero)                       # a fitted session: never stretched
+        base50, base = run(0.0, session=zero, tail_drift=False)
+        checked50, checked = run(0.3 ** 2, session=zero, tail_drift=True)   # a checked level, a new tail
+    finally:
+        fm.summaries = saved
+    assert np.allclose(seen, base) and np.allclose(seen50, base50)
+    assert np.allclose(checked50, base50, rtol=0.02) and not np.allclose(checked, base)
+    assert np.allclose(fresh50, off50, rtol=0.02)
+    moved = fresh - off
+    assert 0.24 < np.std(moved) < 0.36 and abs(np.mean(moved)) < 0.07
+
+
 def test_true_p99_inside_interval_for_unseen_config():
     _, fm, law = example_fit(passes=10)
     for cfg in (Config(8, 2), Config(32, 1)):

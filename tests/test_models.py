@@ -120,6 +120,26 @@ def test_stall_quantiles_of_a_few_stalls_in_one_pass_get_the_se_of_a_sample_quan
     assert np.isnan(out[U_STALL.index(0.98), 0])                               # unobserved stays unobserved
 
 
+@pytest.mark.parametrize("sigma", [0.0, 0.2])
+def test_the_spread_of_a_tail_between_sessions_is_recovered(sigma):
+    """Thirty configurations, three sessions each: a session stretches a configuration's log-normal tail by e^ε
+    (ε ~ N(0, σ²)); the pooled method-of-moments estimate finds σ, and 0 when the sessions agree."""
+    from tqsim.models.summaries import tail_session_variance, tail_stretch
+
+    rng = np.random.default_rng(2)
+    per = []
+    for _ in range(30):
+        sessions = np.repeat([1, 2, 3], 12)
+        eps = rng.normal(0, sigma, 3)[sessions - 1]
+        body = rng.normal(0, 0.08, (sessions.size, 300))
+        lat = 1e-3 * np.exp(np.where(body > 0, body * np.exp(eps)[:, None], body))
+        per.append(tail_stretch(lat, sessions, rng))
+    var, dof = tail_session_variance(per)
+    assert dof == 60
+    assert (math.sqrt(var) < 0.05) if sigma == 0 else (0.15 < math.sqrt(var) < 0.25)
+    assert tail_session_variance([tail_stretch(lat[:12], sessions[:12], rng)]) == (pytest.approx(math.nan, nan_ok=True), 0)
+
+
 def test_level_summary_matches_the_law(campaign):
     """Level differences between configurations follow the law (the session offset is shared; each level
     has the sd of 6 pass medians, 0.05/√6 = 0.02)."""

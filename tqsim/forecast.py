@@ -235,15 +235,19 @@ def logit_centre(s: np.ndarray, mean: float) -> np.ndarray:
 def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_draws: int = 200,
                      seed: int = 0, n_instances: int | None = None,
                      session: np.ndarray | None = None,
-                     state: tuple[np.ndarray, dict[str, np.ndarray]] | None = None) -> tuple[np.ndarray, bool]:
+                     state: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+                     tail_drift: bool | None = None) -> tuple[np.ndarray, bool]:
     """Predictive instance latencies ``[draw, pass, instance]`` (seconds) and whether ``config`` was calibrated.
 
     ``session``: ``[D]`` draws (or ``[D, n_passes]``) of the run's machine state relative to the
     calibration's average; by default a fresh session (:func:`tqsim.models.conditional.session_offset`).
     ``state``: the configuration's level ``[D]`` and shape summaries ``{name: [D]}`` already drawn (jointly
-    with other configurations' by :meth:`~tqsim.models.conditional.Conditional.joint`); by default drawn here."""
+    with other configurations' by :meth:`~tqsim.models.conditional.Conditional.joint`); by default drawn here.
+    ``tail_drift``: stretch the run's tail as a new session's may be (:func:`~tqsim.models.conditional.
+    tail_stretch_draws`); by default when ``session`` is drawn here (a check observes a session's level, not its
+    tail, so its callers say True)."""
     from tqsim.data.schema import level_batches
-    from tqsim.models.conditional import conditional, session_offset
+    from tqsim.models.conditional import conditional, session_offset, tail_stretch_draws
     from tqsim.models.summaries import batch_size_covariate
 
     rng = np.random.default_rng(seed)
@@ -256,6 +260,7 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     counts = np.bincount(batch, minlength=nb)
     calibrated = config.id in [c["id"] for c in fm.configs]
     mu = cond.level([config], noise=True, rng=rng)[:, 0] if state is None else state[0]    # [D]
+    new_tail = session is None if tail_drift is None else tail_drift
     if session is None:
         session = session_offset(fm, cond.post, rng)
     session = np.asarray(session, float)
@@ -281,6 +286,13 @@ def simulate_latency(fm: FittedModel, config: Config, *, n_passes: int = 100, n_
     last = int(counts[-1])
     if last < bs:  # a partial last batch moves along the level surface from bs to its own size
         log_t[:, :, -1] += partial_batch_shift(cond, config, last)[:, None]
+    if new_tail:
+        # every call above the run's median moves away from it by the factor e^ε (its own generator: the rest of
+        # the simulation stays as it was)
+        eps = tail_stretch_draws(fm.summaries, D, np.random.default_rng([seed, 7]))
+        med = np.median(log_t.reshape(D, -1), axis=1)[:, None, None]
+        above = log_t - med
+        log_t = np.where(above > 0, med + above * np.exp(eps)[:, None, None], log_t)
     return np.exp(log_t)[:, :, batch], calibrated
 
 
@@ -328,12 +340,14 @@ def fit_warnings(fm: FittedModel, force: bool) -> list[str]:
 
 def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float | Threshold] | None = None, *,
              n_passes: int = 100, n_draws: int = 200, tail_q: float = 0.01, seed: int = 0,
-             force: bool = False, session: np.ndarray | None = None, session_note: str | None = None) -> Forecast:
+             force: bool = False, session: np.ndarray | None = None, session_note: str | None = None,
+             tail_drift: bool | None = None) -> Forecast:
     """Forecast ``config`` from a fitted model (runs of ``n_passes`` passes, ``n_draws`` posterior draws).
 
     Thresholds: absolute seconds, or ``pXX`` = that percentile of the forecast latency (posterior
     mean). Refuses a quality-relevant level never calibrated, and a fit whose diagnostics failed
-    unless ``force``; warns outside the calibrated batch-size/thread range.
+    unless ``force``; warns outside the calibrated batch-size/thread range. ``session``, ``tail_drift``: as
+    :func:`simulate_latency`.
     """
     check_run_options(n_passes, n_draws, tail_q)
     if config.batch_size > fm.n_instances:
@@ -347,11 +361,12 @@ def forecast(fm: FittedModel, config: Config, thresholds: Sequence[str | float |
         warns.append(f"beyond the calibrated batch sizes the level's interval includes ±{100 * (math.exp(1.645 * extra) - 1):.0f} % "
                      "(90 %) of extrapolation error, measured by leaving the end batch size out of the calibration.")
     if fm.summaries.sessions.size < 2 and session is None:
-        warns.append("the calibration holds one session, so the drift between sessions is ASSUMED (a prior), "
-                     "not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
+        warns.append("the calibration holds one session, so the drift between sessions (of the level and of the "
+                     "tail) is ASSUMED (a prior), not measured; `tqsim calibrate --sessions 3 --gap 5min` measures it.")
     kw = scoring_of_config(fm, config)  # score, and prediction + label (macro-F1) where the fit saw them
     warns += fit_warnings(fm, force)
-    lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=session)
+    lat, calibrated = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=session,
+                                       tail_drift=tail_drift)
     D = lat.shape[0]
     flat = lat.reshape(D, -1)
     pct = {name: np.percentile(flat, p, axis=1) for name, p in PERCENTILES}
@@ -468,5 +483,6 @@ def predict(fm: FittedModel, settings: dict[str, object] | None = None,
         anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
         session = anchor_offsets(fm, anchors, n_draws=n_draws, seed=seed)
         note = f"conditioned on the check of {check['created_at']}: " + sentence(describe(session, fm))
+    # a check measures the session's level, not its tail: that is still a new session's
     return forecast(fm, config, thresholds, n_passes=n_passes, n_draws=n_draws, tail_q=tail_q, seed=seed,
-                    force=force, session=session, session_note=note)
+                    force=force, session=session, session_note=note, tail_drift=True)

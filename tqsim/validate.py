@@ -129,8 +129,10 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
     row["conditioned_on"] = how
     if per_session is not None:
         offsets = per_session[:, np.searchsorted(uniq, sessions)]                    # [D, passes]
+        # anchors observe a new session's level, not its tail
         fc_c = forecast(fm, config, list(t_obs.values()), n_passes=n_pass, n_draws=n_draws, tail_q=tail_q,
-                        seed=seed, force=force, session=offsets, session_note=how)
+                        seed=seed, force=force, session=offsets, session_note=how,
+                        tail_drift=how != "the fitted sessions")
         row["conditioned"] = _score(fc_c, obs, ds, t_obs, tail_q, rng, full=False)
     return row
 

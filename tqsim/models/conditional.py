@@ -227,3 +227,23 @@ def session_offset(fm, post: dict, rng: np.random.Generator) -> np.ndarray:
     S = max(int(fm.summaries.sessions.size), 1)
     sd = post["session_sd"] * math.sqrt(1 + 1 / S)
     return sd * rng.standard_normal(sd.shape)
+
+
+# a new session's tail: its stretch ε (log) ~ N(0, σ²), σ² from a scaled-inverse-χ² posterior that weighs the
+# variance measured between the calibration's sessions (Summaries.tail_session_var, its dof) against a prior σ₀
+# worth TAIL_PRIOR_DOF degrees of freedom (Gelman et al., Bayesian Data Analysis, 3rd ed., §3.3); docs/method.md,
+# "Sessions". σ₀: five two-session campaigns of 3 December measured 0.00, 0.00, 0.03, 0.16 and 0.76 (median 0.03);
+# with one session the stretch is assumed, and the forecast says so.
+TAIL_PRIOR_SD = 0.05
+TAIL_PRIOR_DOF = 2
+
+
+def tail_stretch_draws(summ, D: int, rng: np.random.Generator) -> np.ndarray:
+    """``[D]``: how much further (log factor) a run in a new session reaches beyond its median than the calibration
+    did: ``log log(p99/p50)`` moves by ε between sessions of one configuration."""
+    var, dof = float(summ.tail_session_var), int(summ.tail_session_dof)
+    if not math.isfinite(var):
+        var, dof = 0.0, 0
+    nu = TAIL_PRIOR_DOF + dof
+    s2 = (TAIL_PRIOR_DOF * TAIL_PRIOR_SD ** 2 + dof * var) / nu
+    return np.sqrt(nu * s2 / rng.chisquare(nu, D)) * rng.standard_normal(D)

@@ -129,7 +129,8 @@ def _summary_groups(summ: Summaries, spec: ModelSpec) -> dict[str, xr.Dataset]:
                         "n_passes": ("config", summ.n_passes)},
                        coords={"block": spec.blocks, "config": [c.id for c in summ.configs]},
                        attrs={"n_batches_total": int(summ.n_batches_total), "size_mean": summ.size_mean,
-                              "size_sd": summ.size_sd})
+                              "size_sd": summ.size_sd, "tail_session_var": float(summ.tail_session_var),
+                              "tail_session_dof": int(summ.tail_session_dof)})
     return {"observed_data": obs, "constant_data": const}
 
 
@@ -142,7 +143,10 @@ def _summaries_from(idata, configs: list) -> Summaries:
                      level_passes=const["level_passes"].values.astype(np.int64), shape=obs["shape"].values,
                      shape_se=const["shape_se"].values, n_batches_total=int(const.attrs["n_batches_total"]),
                      n_passes=const["n_passes"].values.astype(np.int64), size_mean=float(const.attrs["size_mean"]),
-                     size_sd=float(const.attrs["size_sd"]))
+                     size_sd=float(const.attrs["size_sd"]),
+                     # models saved before tails were compared between sessions: unmeasured
+                     tail_session_var=float(const.attrs.get("tail_session_var", float("nan"))),
+                     tail_session_dof=int(const.attrs.get("tail_session_dof", 0)))
 
 
 def _json_default(o):

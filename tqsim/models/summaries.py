@@ -80,6 +80,9 @@ class Summaries:
     n_passes: np.ndarray            # [config]
     size_mean: float = 0.0          # of log instance size, for standardising a batch's mean size
     size_sd: float = 0.0            # 0: no size covariate
+    # how much a configuration's tail moves between sessions (:func:`tail_session_variance`; NaN: one session)
+    tail_session_var: float = math.nan
+    tail_session_dof: int = 0
 
     @property
     def blocks(self) -> list[str]:
@@ -237,6 +240,44 @@ def stall_quantile_se(se: np.ndarray, stalls: dict[int, np.ndarray]) -> np.ndarr
     return se
 
 
+def tail_stretch(lat: np.ndarray, sessions: np.ndarray, rng: np.random.Generator,
+                 n_boot: int = 40) -> tuple[list[float], list[float]]:
+    """Per session of one configuration (with 3+ passes), ``log log(p99/p50)`` of its per-instance latencies
+    ``lat[pass, instance]``, and its se by a moving-block bootstrap over that session's passes: how far the tail
+    reaches beyond the median, on a scale where a stretch of the tail is a shift. Sessions whose p99 is within
+    0.1 % of their p50 say nothing of a tail and are skipped."""
+    values, ses = [], []
+    for s in np.unique(sessions):
+        x = lat[sessions == s]
+        n = x.shape[0]
+        if n < 3:
+            continue
+        p50, p99 = np.percentile(x, [50, 99])
+        r = p99 / p50
+        if not r > 1.001:
+            continue
+        reps = np.array([np.divide(*np.percentile(x[i], [99, 50])) for i in _blocks(n, rng, n_boot)])
+        reps = np.log(np.log(np.maximum(reps, 1.0005)))
+        values.append(float(np.log(np.log(r))))
+        ses.append(float(np.std(reps, ddof=1)))
+    return values, ses
+
+
+def tail_session_variance(per_config: list[tuple[list[float], list[float]]]) -> tuple[float, int]:
+    """The variance between sessions of a configuration's tail (:func:`tail_stretch`), beyond what its bootstrap
+    se explains, pooled over configurations (method of moments, floored at 0), and its degrees of freedom."""
+    excess, dof = [], 0
+    for values, ses in per_config:
+        if len(values) < 2:
+            continue
+        v = np.asarray(values)
+        excess.append((np.var(v, ddof=1) - np.mean(np.square(ses))) * (v.size - 1))
+        dof += v.size - 1
+    if not dof:
+        return math.nan, 0
+    return max(float(np.sum(excess)) / dof, 0.0), dof
+
+
 def level_deviations(lam: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, dict]:
     """Each pass's level minus its session's median level (``[pass]``), and those medians per session."""
     dev = np.empty(lam.shape, float)
@@ -297,6 +338,8 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
     lv, lv_se, lv_cfg, lv_ses, lv_n = [], [], [], [], []
     total, n_passes = 0, []
     stalls: dict[int, np.ndarray] = {}     # each configuration's stall offsets (those with within-pass spread)
+    tails = []                             # each configuration's tail per session
+    tail_rng = np.random.default_rng([seed, 1])
     for c, cfg in enumerate(configs):
         keep = np.isfinite(lat_all[c]).all(axis=1)
         batch = campaign["batch"].values[c].astype(np.int64)
@@ -328,6 +371,7 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
             lv_ses.append(int(np.searchsorted(session_ids, s)))
             lv_n.append(n)
         boot = _blocks(P, rng, n_boot) if P > 1 else np.zeros((0, P), np.int64)
+        tails.append(tail_stretch(lat_all[c][keep], sessions_all[c][keep], tail_rng))
         k = 0
         # within: each level batch around its pass level, the size effect removed
         zb = batch_size_covariate(campaign["instance_size"].values[c] if has_size else None, batch, size_mean,
@@ -364,10 +408,12 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
             stalls[c] = resid[resid > STALL_X]
     rows = [names.index(f"stall:{u:g}") for u in U_STALL]
     shape_se[rows] = stall_quantile_se(shape_se[rows], stalls)
+    tail_var, tail_dof = tail_session_variance(tails)
     return Summaries(configs=configs, sessions=session_ids, level=np.array(lv), level_se=np.array(lv_se),
                      level_cfg=np.array(lv_cfg, np.int64), level_session=np.array(lv_ses, np.int64),
                      level_passes=np.array(lv_n, np.int64), shape=shape, shape_se=shape_se, n_batches_total=total,
-                     n_passes=np.array(n_passes, np.int64), size_mean=size_mean, size_sd=size_sd)
+                     n_passes=np.array(n_passes, np.int64), size_mean=size_mean, size_sd=size_sd,
+                     tail_session_var=tail_var, tail_session_dof=tail_dof)
 
 
 SLOW_U = 0.9   # the "slow share" of a pass: its calls above the configuration's own within-pass 0.9 quantile
