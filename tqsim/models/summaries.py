@@ -220,24 +220,31 @@ def _stall_summaries(resid: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, n
 
 def stall_quantile_se(se: np.ndarray, stalls: dict[int, np.ndarray]) -> np.ndarray:
     """The stall quantiles' se ``[U_STALL, config]``, at least that of a sample quantile of the configuration's
-    ``k`` stalls, ``s·√(u(1 − u)/k)/φ(Φ⁻¹(u))``, with ``s`` the sd of every stall of the campaign (``stalls``: per
-    configuration index, its stall offsets). The bootstrap over passes cannot see it when a few stalls share one
-    pass: two stalls of one digits-cnn pass read as a median known to ±0.002, next to a neighbour's at 0.88
-    ± 0.002 and another's at 3.4, and the GP over the stall sizes then spread its unobserved configurations' median
-    stall from 0.01× to 1,500× their level."""
+    ``k`` stalls, ``s·√(u(1 − u)/k)/φ(Φ⁻¹(u))``: ``s`` the robust sd (1.4826·MAD) of its own stalls when it has
+    ``STALL_OWN_SD`` or more, else of every stall of the campaign (``stalls``: per configuration index, its stall
+    offsets). The bootstrap over passes cannot see it when a few stalls share one pass: two stalls of one
+    digits-cnn pass read as a median known to ±0.002, next to a neighbour's at 0.88 ± 0.002 and another's at 3.4,
+    and the GP over the stall sizes then spread its unobserved configurations' median stall from 0.01× to 1,500×
+    their level. Robust, because a few 100× stalls of one configuration would otherwise widen every other's."""
     from scipy.stats import norm
+
+    def robust_sd(x: np.ndarray) -> float:
+        return 1.4826 * float(np.median(np.abs(x - np.median(x))))
 
     pooled = np.concatenate(list(stalls.values())) if stalls else np.zeros(0)
     if pooled.size < 2:
         return se
-    s = float(np.std(pooled, ddof=1))
-    u = np.asarray(U_STALL)[:, None]
+    u = np.asarray(U_STALL)
     se = se.copy()
     for col, x in stalls.items():
         if x.size:
-            floor = s * np.sqrt(u[:, 0] * (1 - u[:, 0]) / x.size) / norm.pdf(norm.ppf(u[:, 0]))
+            s = robust_sd(x) if x.size >= STALL_OWN_SD else robust_sd(pooled)
+            floor = s * np.sqrt(u * (1 - u) / x.size) / norm.pdf(norm.ppf(u))
             se[:, col] = np.where(np.isfinite(se[:, col]), np.maximum(se[:, col], floor), se[:, col])
     return se
+
+
+STALL_OWN_SD = 10   # stalls a configuration needs for its own spread to set its stall quantiles' se floor
 
 
 def tail_stretch(lat: np.ndarray, sessions: np.ndarray, rng: np.random.Generator,
