@@ -114,7 +114,8 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
     # the machine state of the held-out run's sessions
     uniq = np.unique(sessions)
     per_session = session_offsets_of(fm, uniq, n_draws=n_draws)
-    how = "the fitted sessions" if per_session is not None else None
+    fitted = per_session is not None         # the fit saw these sessions: their level and their tail
+    how = "the fitted sessions" if fitted else None
     if per_session is None and anchors:
         cols = []
         for s in uniq:
@@ -131,8 +132,7 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
         offsets = per_session[:, np.searchsorted(uniq, sessions)]                    # [D, passes]
         # anchors observe a new session's level, not its tail
         fc_c = forecast(fm, config, list(t_obs.values()), n_passes=n_pass, n_draws=n_draws, tail_q=tail_q,
-                        seed=seed, force=force, session=offsets, session_note=how,
-                        tail_drift=how != "the fitted sessions")
+                        seed=seed, force=force, session=offsets, session_note=how, tail_drift=not fitted)
         row["conditioned"] = _score(fc_c, obs, ds, t_obs, tail_q, rng, full=False)
     return row
 

@@ -15,6 +15,8 @@ Each configuration's per-call latencies are split the way they vary (docs/method
 * the **size** slope: how a batch's log latency moves with the standardised log size of its largest
   instance (variable-length inputs, padded), removed from the within residuals before their quantiles
   are taken.
+* the **tail per session**: ``log log(p99/p50)`` of each session's per-instance latencies, whose spread between
+  sessions (beyond its bootstrap noise, pooled over configurations) says how far a new session's tail may move.
 
 Every summary carries a standard error from a bootstrap over passes (moving blocks of consecutive
 passes for the levels, whose machine state persists from pass to pass). Summaries a configuration's
@@ -45,6 +47,7 @@ STALL_X = math.log(2.0)
 # quartiles of a short calibration's large batch sizes are its own (docs/method.md, "Summaries")
 MIN_BEYOND_WITHIN = 3.0
 MIN_BEYOND_PASS = 1.0
+STALL_OWN_SD = 10         # stalls a configuration needs for its own spread to set its stall quantiles' se floor
 SE_FLOOR = 0.002          # log units: below this a bootstrap se only says the bootstrap ran out of values
 N_BOOT = 120
 
@@ -242,9 +245,6 @@ def stall_quantile_se(se: np.ndarray, stalls: dict[int, np.ndarray]) -> np.ndarr
             floor = s * np.sqrt(u * (1 - u) / x.size) / norm.pdf(norm.ppf(u))
             se[:, col] = np.where(np.isfinite(se[:, col]), np.maximum(se[:, col], floor), se[:, col])
     return se
-
-
-STALL_OWN_SD = 10   # stalls a configuration needs for its own spread to set its stall quantiles' se floor
 
 
 def tail_stretch(lat: np.ndarray, sessions: np.ndarray, rng: np.random.Generator,
