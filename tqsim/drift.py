@@ -18,6 +18,7 @@ import numpy as np
 from tqsim.errors import UserError
 from tqsim.factors import Config
 from tqsim.models.conditional import conditional
+from tqsim.models.summaries import robust_sd
 from tqsim.quality import INTERVAL
 
 SE_FLOOR = 0.005
@@ -29,8 +30,7 @@ def level_se(levels: np.ndarray) -> float:
     x = np.asarray(levels, float)
     if x.size < 2:
         return 0.1
-    sd = 1.4826 * float(np.median(np.abs(x - np.median(x))))
-    return max(1.2533 * sd / math.sqrt(x.size), SE_FLOOR)
+    return max(1.2533 * robust_sd(x) / math.sqrt(x.size), SE_FLOOR)
 
 
 def anchor_offsets(fm, anchors: list[tuple[Config, np.ndarray]], *, n_draws: int = 200,

@@ -221,6 +221,12 @@ def _stall_summaries(resid: np.ndarray, boot: np.ndarray) -> tuple[np.ndarray, n
     return values, ses
 
 
+def robust_sd(x: np.ndarray) -> float:
+    """1.4826·MAD: the sd of a normal sample, unmoved by a few far values."""
+    x = np.asarray(x, float)
+    return 1.4826 * float(np.median(np.abs(x - np.median(x))))
+
+
 def stall_quantile_se(se: np.ndarray, stalls: dict[int, np.ndarray]) -> np.ndarray:
     """The stall quantiles' se ``[U_STALL, config]``, at least that of a sample quantile of the configuration's
     ``k`` stalls, ``s·√(u(1 − u)/k)/φ(Φ⁻¹(u))``: ``s`` the robust sd (1.4826·MAD) of its own stalls when it has
@@ -230,9 +236,6 @@ def stall_quantile_se(se: np.ndarray, stalls: dict[int, np.ndarray]) -> np.ndarr
     and the GP over the stall sizes then spread its unobserved configurations' median stall from 0.01× to 1,500×
     their level. Robust, because a few 100× stalls of one configuration would otherwise widen every other's."""
     from scipy.stats import norm
-
-    def robust_sd(x: np.ndarray) -> float:
-        return 1.4826 * float(np.median(np.abs(x - np.median(x))))
 
     pooled = np.concatenate(list(stalls.values())) if stalls else np.zeros(0)
     if pooled.size < 2:
