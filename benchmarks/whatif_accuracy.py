@@ -254,8 +254,12 @@ def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
     text = f"replicas={reps},threads={th},max_batch={mb},max_wait={mw * 1e3:g}ms,stack={stack}-logs"
     folder = Path(args.home) / "logs" / stack
     folder.mkdir(parents=True, exist_ok=True)
-    if earlier is not None:
-        return _score_logs(args, stack, text, setup, earlier["ramp_rps"], [
+    if earlier is not None:  # the ramp's capacity is re-read from its last (overloaded) step, as the ramp reads it
+        from tqsim.data.request_log import read_request_log
+
+        last = folder / "ramp-last.csv"
+        best = read_request_log(last)[0].sustained_rps if last.exists() else earlier["ramp_rps"]
+        return _score_logs(args, stack, text, setup, best, [
             {k: r[k] for k in ("load", "repeat", "path", "offered_rps", "throughput_rps")} for r in
             earlier["all_runs"]], earlier["measured_s"])
     drive, stop = _driver(stack, args, setup)

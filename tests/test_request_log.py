@@ -309,3 +309,35 @@ def test_from_serving_run_maps_batches_back_to_requests():
     np.testing.assert_allclose(log.arrival_s, arrival - 1.0, atol=1e-12)
     np.testing.assert_allclose(log.latency_s, done - arrival, atol=1e-12)
     assert log.sample_index.tolist() == list(range(10, 17)) and log.driver == "poisson"
+
+
+def _overloaded_with_a_slow_start(rate=1000.0, capacity=800.0, seconds=3.0, dead_s=0.5) -> RequestLog:
+    """``rate`` req/s offered for ``seconds`` to a FIFO server of ``capacity``/s that answers nothing for its first
+    ``dead_s`` (connections opening, workers waking)."""
+    arr = np.arange(int(rate * seconds)) / rate
+    done = np.empty_like(arr)
+    free = dead_s
+    for i, a in enumerate(arr):
+        free = max(free, a) + 1 / capacity
+        done[i] = free
+    return RequestLog.from_arrays(arr, done, source="overloaded", driver="simulated")
+
+
+def test_an_overloaded_runs_sustained_throughput_skips_its_start():
+    """Over its whole span the run reads ~690/s of an 800/s server; from its first quarter on, 800/s."""
+    log = _overloaded_with_a_slow_start()
+    assert log.throughput_rps < 720
+    assert log.sustained_rps == pytest.approx(800, rel=0.02)
+    short = _overloaded_with_a_slow_start(seconds=0.4, dead_s=0.0)  # too short to skip anything: whole span
+    assert short.sustained_rps == short.throughput_rps
+
+
+def test_the_ramp_reports_what_the_stack_sustained_not_its_start():
+    from tqsim.serving_calibration import ramp_throughput
+
+    def drive(rate, seconds):  # under 800/s the stack keeps up; above, it is overloaded and starts slowly
+        return _overloaded_with_a_slow_start(rate, 800.0 if rate > 800 else 10 * rate, 2.0, 0.6 if rate > 800 else 0)
+
+    best, logs = ramp_throughput(drive, start_rps=100.0)
+    assert [round(lg.rate_rps, -1) for lg in logs] == [100, 200, 400, 800, 1600]
+    assert best == pytest.approx(800, rel=0.03) and logs[-1].throughput_rps < 0.9 * best

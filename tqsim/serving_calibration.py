@@ -267,7 +267,8 @@ def parse_http_setup(text: str) -> dict:
 def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 14) -> tuple[float, list]:
     """The throughput an external server sustains: offered rates doubling from ``start_rps`` (``RAMP_S`` each)
     until it is overloaded (:func:`~tqsim.whatif.log_fit.overloaded`) or its median latency trebles. Returns (the
-    best throughput reached, the ramp's logs; the last one measured the capacity when it was overloaded)."""
+    best throughput sustained (:attr:`~tqsim.data.request_log.RequestLog.sustained_rps`), the ramp's logs; the last
+    one measured the capacity when it was overloaded)."""
     from tqsim.whatif.log_fit import overloaded
 
     logs, best, light_p50, rate = [], 0.0, None, start_rps
@@ -276,7 +277,7 @@ def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 14) -> tuple[fl
         logs.append(log)
         p50 = float(np.median(log.latency_s[log.ok])) if log.ok.any() else np.inf
         light_p50 = p50 if light_p50 is None else light_p50
-        best = max(best, log.throughput_rps)
+        best = max(best, log.sustained_rps)
         if overloaded(log) or p50 > 3 * light_p50:
             break
         rate *= 2

@@ -71,7 +71,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
         raise UserError("no request logs to fit; give --serving-log FILE (one file per run).")
     # An overloaded run (:func:`overloaded`) measured the stack's capacity, not its latency at a load: its
     # latencies grow with its length. It enters the fit through that capacity only.
-    capacity = max((lg.throughput_rps for lg in logs if overloaded(lg)), default=capacity_rps)
+    capacity = max((lg.sustained_rps for lg in logs if overloaded(lg)), default=capacity_rps)
     logs = [lg for lg in logs if not overloaded(lg)]
     if not logs:
         raise UserError("every log is of an overloaded run (it completed less than was offered); give runs at "
