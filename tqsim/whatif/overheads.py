@@ -66,6 +66,9 @@ class ServingOverheads:
     # a serial front end every request passes before the batcher (an HTTP server process), seconds per request;
     # fitted from request logs (tqsim.whatif.log_fit), 0 for tqsim's in-process server
     frontend_s: float = 0.0
+    # the share of frontend_s the front end spends on each request's answer, when its batch is done (one event loop
+    # reads requests and sends answers: near its capacity each waits for the other); fitted from request logs
+    frontend_out_share: float = 0.0
     # when the batcher's max_wait runs out: "oldest" (from the oldest request's arrival, tqsim's server) or "cycle"
     # (windows from when a free replica starts collecting, back to back: LitServe); chosen by the log fit
     batch_timer: str = "oldest"

@@ -55,6 +55,7 @@ class ServiceModel:
 
     response_s: float = 0.0  # added to each request's latency after its batch ends; no replica busy
     frontend_s: float = 0.0  # per request at a serial front end before the batcher (an HTTP process)
+    frontend_out_share: float = 0.0  # of frontend_s, spent again on the request's answer (simulator.serve_pool)
     batch_timer: str = "oldest"  # when max_wait runs out (simulator.serve_pool): "oldest" or "cycle"
 
     def min_service_s(self) -> float:
@@ -238,6 +239,7 @@ class WithOverheads(ServiceModel):
         self.threads, self.precision = base.threads, base.precision
         self.response_s = float(overheads.response_s)
         self.frontend_s = float(overheads.frontend_s)
+        self.frontend_out_share = float(overheads.frontend_out_share)
         self.batch_timer = overheads.batch_timer
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)

@@ -249,7 +249,8 @@ def simulate_run(service: ServiceModel, setup: ServingSetup, arrivals_s: np.ndar
     pick = rng.random(n)
     return serve_pool(pool, setup, arr, pick, extra=service.extra_batch_s(n, rng), late=service.timer_lateness(n, rng),
                       effect=service.pass_effects(n // window + 1, rng), window=window, response_s=service.response_s,
-                      frontend_s=service.frontend_s, batch_timer=service.batch_timer)
+                      frontend_s=service.frontend_s, batch_timer=service.batch_timer,
+                      frontend_out_share=service.frontend_out_share)
 
 
 def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -264,16 +265,60 @@ def service_pool(service: ServiceModel, setup: ServingSetup, n: int, rng: np.ran
 def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pick: np.ndarray, *,
                extra: np.ndarray | None = None, late: np.ndarray | None = None, effect: np.ndarray | None = None,
                window: int | None = None, response_s: float = 0.0, frontend_s: float = 0.0,
-               batch_timer: str = "oldest") -> Run:
+               batch_timer: str = "oldest", frontend_out_share: float = 0.0) -> Run:
     """Serve ``arrivals_s`` with batch times taken from ``pool`` (:func:`service_pool`) at the uniform ``pick``s.
 
     Split from :func:`simulate_run` so that a fit can transform one pool of forward times many times
     (common random numbers) without sampling the service model again. ``frontend_s``: each request first passes
     a serial front end (one HTTP process) that takes this long per request, before the batcher sees it.
     ``batch_timer``: when ``max_wait`` runs out: "oldest" (from the oldest request's arrival: tqsim's server,
-    Triton's queue delay) or "cycle" (in windows from when the free replica starts collecting: LitServe)."""
+    Triton's queue delay) or "cycle" (in windows from when the free replica starts collecting: LitServe).
+    ``frontend_out_share``: the share of ``frontend_s`` the front end spends again on each request's answer, after its
+    batch ends (one HTTP process decodes requests and sends answers on one event loop): answers then queue behind
+    requests and requests behind answers, solved by :data:`FRONTEND_PASSES` passes of replaying both."""
     arrived = np.ascontiguousarray(arrivals_s, dtype=float)
-    arr = frontend_departures(arrived, frontend_s) if frontend_s > 0 else arrived
+    share = float(frontend_out_share) if frontend_s > 0 else 0.0
+    arr = frontend_departures(arrived, frontend_s * (1.0 - share)) if frontend_s > 0 else arrived
+    done, start, sizes, busy = _batches(arr, pool, setup, pick, extra, late, effect, window, batch_timer)
+    span = float(arrived[-1] - arrived[0]) if arrived.size > 1 else 0.0
+    if share <= 0.0 or arrived.size * frontend_s < 0.01 * span:  # a front end under 1 % busy queues nothing
+        return Run(arrived, start, done + response_s, sizes, busy)
+    for _ in range(FRONTEND_PASSES):
+        arr, _ = frontend_both_ways(arrived, done, frontend_s * (1.0 - share), frontend_s * share)
+        done, start, sizes, busy = _batches(arr, pool, setup, pick, extra, late, effect, window, batch_timer)
+    _, answered = frontend_both_ways(arrived, done, frontend_s * (1.0 - share), frontend_s * share)
+    return Run(arrived, start, answered + response_s, sizes, busy)
+
+
+FRONTEND_PASSES = 3  # passes of (front end both ways, batcher): the answers' delays move the next requests' little
+
+
+def frontend_both_ways(arrivals_s: np.ndarray, done_s: np.ndarray, in_s: float, out_s: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """One FIFO front end serving each request twice: ``in_s`` when it arrives, ``out_s`` when its batch is done
+    (``done_s``), in the order the two kinds of work become ready. Returns when each request leaves for the batcher
+    and when its answer has been sent."""
+    n = arrivals_s.size
+    ready = np.concatenate([arrivals_s, done_s])
+    cost = np.concatenate([np.full(n, in_s), np.full(n, out_s)])
+    order = np.argsort(ready, kind="stable")
+    leave = np.empty(2 * n)
+    leave[order] = _lindley(ready[order], cost[order])
+    return leave[:n], leave[n:]
+
+
+@_njit(cache=True, nogil=True)
+def _lindley(ready, cost):
+    out = np.empty(ready.shape[0])
+    d = -np.inf
+    for i in range(ready.shape[0]):
+        d = (ready[i] if ready[i] > d else d) + cost[i]
+        out[i] = d
+    return out
+
+
+def _batches(arr, pool, setup, pick, extra, late, effect, window, batch_timer):
+    """The batcher and replicas over requests reaching the batcher at ``arr``: (done, start, batch sizes, busy)."""
     n = arr.size
     window = int(window or max(n, 1))
     zeros = np.zeros(n)
@@ -286,7 +331,7 @@ def serve_pool(pool: np.ndarray, setup: ServingSetup, arrivals_s: np.ndarray, pi
     nb = _serve(arr, setup.replicas, int(setup.max_batch), float(setup.max_wait_s), np.ascontiguousarray(pool),
                 np.ascontiguousarray(pick, dtype=float), extra, late, effect, window, done, start, bsize, busy,
                 batch_timer == "cycle")
-    return Run(arrived, start, done + response_s, bsize[:nb], busy)
+    return done, start, bsize[:nb], busy
 
 
 def frontend_departures(arrivals_s: np.ndarray, per_request_s: float) -> np.ndarray:
