@@ -155,3 +155,20 @@ def test_serving_log_bad_input_exits_2(tmp_path, capsys, monkeypatch):
     for argv, needle in cases:
         code, out, err = run_cli([*argv, "--home", tmp_path], capsys, monkeypatch)
         assert code == 2 and needle in err, (argv, err)
+
+
+def test_answers_sent_one_at_a_time_are_told_from_answers_that_leave_together(forward):
+    """The two-way front end is fitted only for a stack whose batches' answers leave one after another (one HTTP
+    process); tqsim's in-process server answers a batch at once."""
+    from tqsim.whatif.log_fit import answers_one_at_a_time
+
+    log = _logs(forward, [1000.0], with_batches=True)[0]
+    assert not answers_one_at_a_time([log])  # the simulated server answers a batch at once
+    rank = np.zeros(log.n)
+    for b in np.unique(log.batch_id):
+        mine = np.flatnonzero(log.batch_id == b)
+        rank[mine] = np.arange(mine.size)
+    log.completion_s = log.completion_s + 0.4e-3 * rank  # 0.4 ms between answers, as LitServe's logs show
+    assert answers_one_at_a_time([log])
+    log.batch_id = np.full(log.n, -1)  # batches unknown: nothing says otherwise
+    assert answers_one_at_a_time([log])
