@@ -109,7 +109,6 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
 
     def unpack(x: np.ndarray, timer: str) -> dict:
         v = dict(zip(names, np.exp(x)), **({"scale": known["scale"]} if with_forward else {}), batch_timer=timer)
-        v.setdefault("frontend_out_share", 1.0)
         for share in ODDS:  # a probability or a share: exp(x) is its odds
             v[share] = v[share] / (1.0 + v[share]) if share in names else 0.0
         return v
@@ -133,7 +132,6 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     starts = [start]
     if capacity is not None:  # also start from a front end that alone sets the measured capacity
         starts.append(dict(start, frontend_s=0.8 / capacity))
-    best, timer = None, "oldest"
     # the stack's batching rule is chosen too: whichever timer replays the logs better (a tie keeps "oldest")
     timers = ("oldest", "cycle") if setup.max_wait_s > 0 else ("oldest",)
     def descend(x0: np.ndarray, step: float, kind: str):
@@ -141,7 +139,8 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
         return minimize(loss, x0, args=(kind,), method="Nelder-Mead", options={
             "xatol": 0.01, "fatol": 1e-5, "adaptive": True, "maxiter": 400 * x0.size, "initial_simplex": simplex})
 
-    def search(best, timer):
+    def search():
+        best, timer = None, "oldest"
         for kind in timers:  # each batching rule from every start, both directions (one descent finds the other's
             for first in starts:  # basin too rarely: the terms that fit one timer do not fit the other)
                 x0 = np.log([first[n] / (1 - first[n]) if n in ODDS else first[n] for n in names])
@@ -151,7 +150,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
                         best, timer = res, kind
         return best, timer
 
-    best, timer = search(None, "oldest")
+    best, timer = search()
     v = unpack(best.x, timer)
     # A front end busy enough to queue (an HTTP process) also sends the answers: the search is run again with the
     # share of its time spent on them (simulator.serve_pool; every term moves with it, so from the same starts, not
@@ -162,7 +161,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     if busiest >= FRONTEND_BUSY and answers_one_at_a_time(logs):
         names = names + ["frontend_out_share"]
         starts = [dict(first, frontend_out_share=0.3) for first in starts]
-        best, timer = search(None, timer)
+        best, timer = search()
         v = unpack(best.x, timer)
         notes.append(f"front end: {v['frontend_s'] * 1e3:.2f} ms a request, {v['frontend_out_share']:.0%} of it "
                      "spent sending the answer.")
