@@ -341,3 +341,21 @@ def test_the_ramp_reports_what_the_stack_sustained_not_its_start():
     best, logs = ramp_throughput(drive, start_rps=100.0)
     assert [round(lg.rate_rps, -1) for lg in logs] == [100, 200, 400, 800, 1600]
     assert best == pytest.approx(800, rel=0.03) and logs[-1].throughput_rps < 0.9 * best
+
+
+def test_a_ramp_that_stops_on_queueing_climbs_in_finer_steps_to_the_capacity():
+    """A stack of 1,100 req/s queues at 800 (its median latency trebles) but still serves all of it: doubling would
+    stop there and read 800; the ramp climbs by 1.25 until a step is overloaded and reads the capacity."""
+    from tqsim.serving_calibration import RAMP_REFINE, ramp_throughput
+
+    capacity = 1100.0
+
+    def drive(rate, seconds):
+        if rate > capacity:
+            return _overloaded_with_a_slow_start(rate, capacity, 2.0, 0.0)
+        arr = np.arange(int(rate * 2.0)) / rate  # served in full, with an M/M/1-like mean wait
+        return RequestLog.from_arrays(arr, arr + 1e-3 / (1 - rate / capacity), source="queued", driver="simulated")
+
+    best, logs = ramp_throughput(drive, start_rps=100.0)
+    assert [round(lg.rate_rps, -1) for lg in logs] == [100, 200, 400, 800, 800 * RAMP_REFINE, 1250]
+    assert best == pytest.approx(capacity, rel=0.02)
