@@ -73,6 +73,30 @@ def test_run_log_sd_recovers_a_known_run_level_and_widens_simulated_runs():
     assert same.draw(rng).sample(np.ones(3, int), rng) == pytest.approx(np.full(3, 1e-3))
 
 
+def test_a_slow_run_is_slow_at_its_front_end_too():
+    """A run's level is the machine's: it stretches the front end (where an HTTP stack saturates) and the response
+    path with the batches, on top of the arrival rate's slowdown; without a run level nothing moves."""
+    oh = ServingOverheads(frontend_s=2e-3, response_s=1e-3, inflation_s=1e-4, run_log_sd=0.3, run_log_dof=20)
+    svc = WithOverheads(ConstantService(1e-3), oh).at_rate(1000.0)
+    rng = np.random.default_rng(0)
+    for i in range(50):
+        run = svc.draw(np.random.default_rng(i))
+        level = run.sample(np.ones(1, int), rng)[0] / (1e-3 * 1.1)  # the batch's stretch over the rate's
+        assert run.frontend_s == pytest.approx(2e-3 * 1.1 * level) and run.response_s == pytest.approx(1e-3 * level)
+    assert np.std([np.log(svc.draw(np.random.default_rng(i)).frontend_s) for i in range(400)]) > 0.2
+    calm = WithOverheads(ConstantService(1e-3), ServingOverheads(frontend_s=2e-3)).at_rate(1000.0)
+    assert calm.draw(rng).frontend_s == pytest.approx(2e-3)
+
+
+def test_the_point_forecast_of_a_skewed_interval_is_its_median():
+    from tqsim.whatif.simulator import _interval, central
+
+    x = np.r_[np.full(80, 0.03), np.full(20, 5.0)]  # 1 draw in 5 overloads: the mean leaves the bulk
+    iv = _interval(x, 0.9)
+    assert central(iv) == pytest.approx(0.03) and iv["mean"] == pytest.approx(1.024)
+    assert central({"mean": 2.0, "lo": 1.0, "hi": 3.0}) == 2.0  # written before the median was kept
+
+
 def _stall_runs(rng, phi, runs_per_rate=20, n=2000, p=0.01):
     """Runs at two rates whose stall rate is p × Gamma(1/φ, φ) per run (φ = 0: the same p everywhere)."""
     runs, stalled = [], []

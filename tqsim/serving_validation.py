@@ -69,7 +69,7 @@ def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, w
     from tqsim.data.serving_store import nearest_setup
     from tqsim.serving_calibration import _simulated_setup, file_digest, read_logs
     from tqsim.whatif.inputs import WorkspaceInputs
-    from tqsim.whatif.simulator import simulate
+    from tqsim.whatif.simulator import central, simulate
 
     setup = parse_log_setup(setup_text)
     logs, notes = read_logs(paths)
@@ -98,7 +98,7 @@ def validate_logs(paths: Sequence, setup_text: str, *, home=None, system=None, w
                     "tail_quality": obs["tail_quality"], "utilisation": obs["utilisation"]}
         inside = {m: (None if observed[m] is None or fc[m]["lo"] is None
                       else bool(fc[m]["lo"] - 1e-12 <= observed[m] <= fc[m]["hi"] + 1e-12)) for m in METRICS}
-        rel = {m: (None if observed[m] in (None, 0) else (fc[m]["mean"] - observed[m]) / observed[m])
+        rel = {m: (None if observed[m] in (None, 0) else (central(fc[m]) - observed[m]) / observed[m])
                for m in ("p50", "p99")}
         runs.append({"source": str(paths[i]), "rate_rps": obs["rate_rps"], "requests": obs["requests"],
                      "observed": observed, "forecast": fc, "inside": inside, "relative_error": rel,

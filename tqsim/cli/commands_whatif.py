@@ -19,10 +19,12 @@ Rates = Annotated[Optional[list[str]], typer.Option(
 
 
 def _iv(d: dict, seconds: bool = False) -> str:
-    """``mean (lo–hi)`` compactly: milliseconds for latencies, three decimals for fractions."""
+    """``median (lo–hi)`` compactly: milliseconds for latencies, three decimals for fractions."""
+    from tqsim.whatif.simulator import central
+
     if seconds:
-        return f"{d['mean'] * 1e3:.3g} ({d['lo'] * 1e3:.3g}–{d['hi'] * 1e3:.3g})"
-    return f"{d['mean']:.3f} ({d['lo']:.3f}–{d['hi']:.3f})"
+        return f"{central(d) * 1e3:.3g} ({d['lo'] * 1e3:.3g}–{d['hi'] * 1e3:.3g})"
+    return f"{central(d):.3f} ({d['lo']:.3f}–{d['hi']:.3f})"
 
 
 @app.command()
@@ -79,6 +81,8 @@ def whatif(
         return
     from rich.table import Table
 
+    from tqsim.whatif.simulator import central
+
     several = len({r["threshold_s"] for r in out["results"]}) > 1
     cols = ["rate/s", "repl"] + (["deadline"] if several else []) + [
         "p50 ms", "p99 ms (90%)", "miss", "tail quality (90%)", "util"]
@@ -86,7 +90,7 @@ def whatif(
     for r in out["results"]:
         lat = r["latency_s"]
         row = [f"{r['rate_rps']:.0f}", str(r["replicas"])] + ([fmt_seconds(r["threshold_s"])] if several else [])
-        table.add_row(*row, f"{lat['p50']['mean'] * 1e3:.3g}", _iv(lat["p99"], True),
+        table.add_row(*row, f"{central(lat['p50']) * 1e3:.3g}", _iv(lat["p99"], True),
                       f"{r['miss_rate']['mean']:.1%}", _iv(r["tail_quality"]),
                       " ".join(f"{u:.0%}" for u in r["utilisation"]))
     c = console()

@@ -32,14 +32,16 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
 
 
 def _cell(obs, fc, inside, seconds: bool) -> str:
+    from tqsim.whatif.simulator import central
+
     if obs is None:
-        return f"– / {fmt_seconds(fc['mean']) if seconds else format(fc['mean'], '.3f')}"
+        return f"– / {fmt_seconds(central(fc)) if seconds else format(central(fc), '.3f')}"
     if seconds:
-        text = f"{fmt_seconds(obs)} / {fmt_seconds(fc['mean'])} [{fmt_seconds(fc['lo'])}, {fmt_seconds(fc['hi'])}]"
+        text = f"{fmt_seconds(obs)} / {fmt_seconds(central(fc))} [{fmt_seconds(fc['lo'])}, {fmt_seconds(fc['hi'])}]"
     elif fc["lo"] is None:
         text = f"{obs:.2f} / {fc['mean']:.2f}"
     else:
-        text = f"{obs:.3f} / {fc['mean']:.3f} [{fc['lo']:.3f}, {fc['hi']:.3f}]"
+        text = f"{obs:.3f} / {central(fc):.3f} [{fc['lo']:.3f}, {fc['hi']:.3f}]"
     return text + ("" if inside is None else (" ✓" if inside else " ✗"))
 
 

@@ -40,7 +40,7 @@ from tqsim.report.types import Report, Section, Table
 from tqsim.units import fmt_iv, fmt_num, fmt_pct, fmt_seconds
 from tqsim.validate import validate
 from tqsim.whatif.inputs import WorkspaceInputs, whatif_sweep
-from tqsim.whatif.simulator import fixed_batch_capacity
+from tqsim.whatif.simulator import central, fixed_batch_capacity
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,10 +505,10 @@ def _serving_validation_section(ctx: _Ctx) -> Section:
         o, f, i = r["observed"], r["forecast"], r["inside"]
         tq = f["tail_quality"]
         rows.append([Path(r["source"]).name, f"{r['rate_rps']:.4g}", fmt_seconds(o["p50"]),
-                     fmt_seconds(o["p99"]), fmt_iv(f["p99"]["mean"], f["p99"]["lo"], f["p99"]["hi"], fmt_seconds)
+                     fmt_seconds(o["p99"]), fmt_iv(central(f["p99"]), f["p99"]["lo"], f["p99"]["hi"], fmt_seconds)
                      + (" ✓" if i["p99"] else " ✗"), fmt_pct(o["miss_rate"]),
                      "–" if o["tail_quality"] is None else fmt_pct(o["tail_quality"]),
-                     fmt_iv(tq["mean"], tq["lo"], tq["hi"])])
+                     fmt_iv(central(tq), tq["lo"], tq["hi"])])
     s = res["setup"]
     sec.tables.append(Table(["run", "rate (req/s)", "p50", "p99", "forecast p99 [90%]", "miss rate", "tail quality",
                              "forecast TQ [90%]"], rows,
@@ -556,9 +556,9 @@ def _whatif_section(ctx: _Ctx, rates: list[float] | None, reps: list[int], max_b
     for r in out["results"]:
         lat = r["latency_s"]
         rows.append([f"{r['rate_rps']:.4g}", str(r["replicas"]), fmt_seconds(r["threshold_s"]),
-                     fmt_seconds(lat["p50"]["mean"]), fmt_iv(lat["p99"]["mean"], lat["p99"]["lo"], lat["p99"]["hi"], fmt_seconds),
+                     fmt_seconds(central(lat["p50"])), fmt_iv(central(lat["p99"]), lat["p99"]["lo"], lat["p99"]["hi"], fmt_seconds),
                      fmt_pct(r["miss_rate"]["mean"]),
-                     fmt_iv(r["tail_quality"]["mean"], r["tail_quality"]["lo"], r["tail_quality"]["hi"]),
+                     fmt_iv(central(r["tail_quality"]), r["tail_quality"]["lo"], r["tail_quality"]["hi"]),
                      " ".join(f"{u:.0%}" for u in r["utilisation"])])
     sec.tables.append(Table(["rate (req/s)", "replicas", "deadline", "p50", "p99 [90%]", "miss rate",
                              f"tail quality [90%]", "utilisation"], rows,

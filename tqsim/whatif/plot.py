@@ -13,6 +13,7 @@ def plot_sweep(out: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from tqsim.plotting import plain_log_labels, save_figure
+    from tqsim.whatif.simulator import central
 
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
     groups: dict = {}
@@ -23,10 +24,10 @@ def plot_sweep(out: dict, path: Path) -> Path:
         x = [r["rate_rps"] for r in rows]
         label = f"{reps} replica(s), deadline {thr * 1e3:g} ms"
         tq = [r["tail_quality"] for r in rows]
-        line, = ax_q.plot(x, [t["mean"] for t in tq], marker="o", label=label)
+        line, = ax_q.plot(x, [central(t) for t in tq], marker="o", label=label)
         ax_q.fill_between(x, [t["lo"] for t in tq], [t["hi"] for t in tq], alpha=0.2, color=line.get_color())
         p99 = [r["latency_s"]["p99"] for r in rows]
-        ax_l.plot(x, [p["mean"] * 1e3 for p in p99], marker="o", color=line.get_color(), label=f"{reps} replica(s)")
+        ax_l.plot(x, [central(p) * 1e3 for p in p99], marker="o", color=line.get_color(), label=f"{reps} replica(s)")
         ax_l.fill_between(x, [p["lo"] * 1e3 for p in p99], [p["hi"] * 1e3 for p in p99], alpha=0.2,
                           color=line.get_color())
         ax_l.axhline(thr * 1e3, ls=":", color=line.get_color(), lw=1)

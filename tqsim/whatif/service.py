@@ -253,8 +253,15 @@ class WithOverheads(ServiceModel):
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
         new = copy.copy(self)
         new._factor = 1.0 + float(self.oh.inflation_s) * float(rate_rps)
-        new.frontend_s = float(self.oh.frontend_s) * new._factor  # the front end shares the machine too
-        return new
+        return new._on_machine()
+
+    def _on_machine(self) -> "WithOverheads":
+        """The front end shares the machine with the model: the arrival rate's slowdown stretches it too, and a run's
+        level stretches every CPU cost of the run, front end and response path included. A slow run of an HTTP stack
+        is slow where it saturates (LitServe's front end), which is where a slow run's tail comes from."""
+        self.frontend_s = float(self.oh.frontend_s) * self._factor * self._run
+        self.response_s = float(self.oh.response_s) * self._run
+        return self
 
     def draw(self, rng):
         """One simulated run: a draw of the forward model and of the run's machine state."""
@@ -262,7 +269,7 @@ class WithOverheads(ServiceModel):
         new.base = self.base.draw(rng)
         new._run = self._run_level(rng)
         new._stall_mult = self._run_stall_multiplier(rng)
-        return new
+        return new._on_machine()
 
     def _run_stall_multiplier(self, rng: np.random.Generator) -> float:
         """The run's stall rate over the pooled rate: Gamma(1/φ, φ), φ a posterior draw; 1 if unmeasured."""

@@ -341,10 +341,18 @@ def frontend_departures(arrivals_s: np.ndarray, per_request_s: float) -> np.ndar
     return np.maximum.accumulate(arrivals_s - i * per_request_s) + (i + 1) * per_request_s
 
 
+def central(d: dict) -> float:
+    """The point forecast of an interval: its median. A run's p99 or tail quality is skewed near a knee (a few draws
+    overload), where the mean can lie outside its own 90 % interval; the median is the forecast that minimises the
+    expected absolute error, the error the benchmarks score. Intervals written before it existed give their mean."""
+    return float(d.get("median", d["mean"]))
+
+
 def _interval(x: np.ndarray, interval: float) -> dict:
     x = np.asarray(x, dtype=float)
-    lo, hi = np.nanquantile(x, [(1 - interval) / 2, (1 + interval) / 2]) if x.size else (np.nan, np.nan)
-    return {"mean": float(np.nanmean(x)) if x.size else float("nan"), "lo": float(lo), "hi": float(hi)}
+    lo, med, hi = np.nanquantile(x, [(1 - interval) / 2, 0.5, (1 + interval) / 2]) if x.size else (np.nan,) * 3
+    return {"mean": float(np.nanmean(x)) if x.size else float("nan"), "median": float(med), "lo": float(lo),
+            "hi": float(hi)}
 
 
 @dataclasses.dataclass
