@@ -256,9 +256,11 @@ def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     if earlier is not None:  # the ramp's capacity is re-read from its last (overloaded) step, as the ramp reads it
         from tqsim.data.request_log import read_request_log
+        from tqsim.whatif.log_fit import overloaded
 
-        last = folder / "ramp-last.csv"
-        best = read_request_log(last)[0].sustained_rps if last.exists() else earlier["ramp_rps"]
+        last = [read_request_log(f)[0] for f in sorted(folder.glob("ramp-last*.csv"))]  # the overloaded steps
+        last = [lg for lg in last if overloaded(lg)] or last
+        best = float(np.mean([lg.sustained_rps for lg in last])) if last else earlier["ramp_rps"]
         return _score_logs(args, stack, text, setup, best, [
             {k: r[k] for k in ("load", "repeat", "path", "offered_rps", "throughput_rps")} for r in
             earlier["all_runs"]], earlier["measured_s"])
@@ -267,7 +269,8 @@ def logs_protocol(args, stack: str, earlier: dict | None = None) -> dict:
     try:
         best, ramp = ramp_throughput(drive)
         print(f"{stack}: the ramp sustained {best:.0f} req/s", file=sys.stderr)
-        write_request_log(ramp[-1], folder / "ramp-last.csv")
+        for j, step in enumerate(s for s in ramp if s.rate_rps >= ramp[-1].rate_rps * 0.98):  # the overloaded steps
+            write_request_log(step, folder / ("ramp-last.csv" if j == 0 else f"ramp-last-{j + 1}.csv"))
         runs = []
         for j in range(args.repeats):
             for i, frac in enumerate(LOG_LOADS):
@@ -301,17 +304,38 @@ def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, mea
                         threshold_s=parse_duration_s(args.threshold)).as_dict()
     src = WorkspaceInputs.open(args.home, None, args.workload, stack=f"{stack}-logs")
     pred_sat = saturation_rps(src.service(th, "fp32", reps), ServingSetup(reps, th, mb, mw))
-    obs_sat = max(r["throughput_rps"] for r in runs if r["load"] >= 0.85)
+    obs_sat, sat_runs = _measured_saturation(runs)
     for r, v in zip(test, val["runs"]):
         r.update(v, utilisation=r["offered_rps"] / obs_sat)
     below = [r for r in test if r["utilisation"] < 0.75]
     errs = [abs(r["relative_error"]["p99"]) for r in below]
     return {"setup": text, "ramp_rps": best, "runs": test, "all_runs": all_runs, "observed_saturation_rps": obs_sat,
+            "overloaded_runs_rps": sat_runs,
             "forecast_saturation_rps": pred_sat, "saturation_error": pred_sat / obs_sat - 1,
             "below_075": {"runs": len(below), "p99_inside": int(sum(r["inside"]["p99"] for r in below)),
                           "median_abs_p99_error": float(np.median(errs)) if errs else None,
                           "floor_abs_p99_error": _floor(below, test)},
             "measured_s": measured, "notes": val["notes"]}
+
+
+def _measured_saturation(runs: list) -> tuple[float, list]:
+    """The stack's measured saturation rate: the median of what its overloaded runs (those that completed < 90 % of
+    the offered rate, or whose queue grew) sustained (``RequestLog.sustained_rps``), and every overloaded run's. On this
+    VM the capacity moves 10-25 % from one 6 s run to the next, so the most any run completed (used before
+    3 December's session 17) sits above a typical run's by that spread. Without an overloaded run: the most completed
+    at the loads >= 0.85."""
+    from tqsim.data.request_log import read_request_log
+    from tqsim.whatif.log_fit import overloaded
+
+    sustained = []
+    for r in runs:
+        if r["load"] >= 0.85:
+            log = read_request_log(r["path"])[0]
+            if overloaded(log):
+                sustained.append(float(log.sustained_rps))
+    if not sustained:
+        return max(r["throughput_rps"] for r in runs if r["load"] >= 0.85), []
+    return float(np.median(sustained)), sorted(sustained)
 
 
 def _floor(scored: list, runs: list) -> float | None:
@@ -354,6 +378,7 @@ def _print_logs_table(stack: str, res: dict) -> None:
           f"{100 * (b['median_abs_p99_error'] or float('nan')):.0f} % (floor: a repeat forecasting another, "
           f"{100 * floor:.0f} %; ratio {(b['median_abs_p99_error'] or float('nan')) / floor:.2f}); saturation: forecast "
           f"{res['forecast_saturation_rps']:.0f} req/s, measured {res['observed_saturation_rps']:.0f} req/s "
+          f"(overloaded runs: {', '.join(f'{x:.0f}' for x in res.get('overloaded_runs_rps', []))}) "
           f"({100 * res['saturation_error']:+.0f} %); measured in {res['measured_s']:.0f} s")
 
 
