@@ -162,3 +162,11 @@ def test_serving_store_merges_set_ups_and_load_overheads_reads_them_back(tmp_pat
     assert got == ServingOverheads(scale=1.5, inflation_s=1e-4) and note == "serving overheads of r1-th1"
     assert load_overheads(tmp_path, 3, 2)[0].scale == 2.0
     assert nearest_setup(tmp_path, 2, 1)[1] == "serving overheads of r1-th1 (no r2-th1 calibrated)"
+
+
+def test_a_what_if_well_above_the_busiest_fitted_run_says_so():
+    oh = ServingOverheads(rates_rps=[100.0, 250.0])
+    note = oh.beyond_fitted([200.0, 300.0, 400.0, None])  # None: a trace
+    assert "400 req/s is beyond the busiest serving run fitted (250 req/s)" in note and "300" not in note
+    assert oh.beyond_fitted([300.0]) is None and ServingOverheads().beyond_fitted([1e6]) is None
+    assert ServingOverheads.from_dict({"rates_rps": [5.0], "stored_elsewhere": 1}).rates_rps == [5.0]

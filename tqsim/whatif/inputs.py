@@ -320,6 +320,10 @@ def whatif_sweep(*, home=None, system=None, workload=None, rates: Sequence[float
     if capped:
         notes.append(f"{capped} posterior-predictive batch times above 100× their draw's median were capped; "
                      "check the fit (`tqsim fit` diagnostics) before trusting tails.")
+    for note in dict.fromkeys(svc.oh.beyond_fitted(rate_list) for svc in shared["services"].values()
+                              if isinstance(svc, WithOverheads)):
+        if note:
+            notes.append(note)
     fe = max((getattr(svc, "frontend_s", 0.0) for svc in shared["services"].values()), default=0.0)
     if fe > 0:  # the replicas' utilisation does not show a front end that saturates first
         notes.append("the stack's serial front end (fitted from its request logs) is busy " + ", ".join(

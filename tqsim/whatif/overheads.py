@@ -18,6 +18,9 @@ from tqsim.data.serving_store import OWN_STACK, nearest_setup
 STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
 
 
+BEYOND_FITTED = 1.25  # a what-if rate this far above the busiest fitted run is noted as extrapolated
+
+
 @dataclasses.dataclass
 class ServingOverheads:
     """The serving stack's own costs, measured by short real serving runs.
@@ -73,6 +76,19 @@ class ServingOverheads:
     # (windows from when a free replica starts collecting, back to back: LitServe); chosen by the log fit
     batch_timer: str = "oldest"
     source: str = ""
+    rates_rps: list = dataclasses.field(default_factory=list)  # the arrival rates of the runs fitted (req/s)
+
+    def beyond_fitted(self, rates_rps) -> str | None:
+        """A note when a what-if asks for rates well above the busiest fitted run (× ``BEYOND_FITTED``): what
+        happens only near the knee (a front end that stalls, a slow minute that outruns the server) was never in
+        the fit, and runs there missed their intervals 5-20× in the benchmarks (docs/method.md)."""
+        top = max(self.rates_rps, default=0.0)
+        above = sorted(r for r in rates_rps if top and r is not None and r > BEYOND_FITTED * top)
+        if not above:
+            return None
+        return (f"{', '.join(f'{r:g}' for r in above)} req/s is beyond the busiest serving run fitted ({top:.0f} "
+                "req/s): bursts that only happen near the knee are not in the fit, so the interval is that of a run "
+                "without one; calibrate at a load near the one you plan for.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
