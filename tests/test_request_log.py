@@ -359,3 +359,25 @@ def test_a_ramp_that_stops_on_queueing_climbs_in_finer_steps_to_the_capacity():
     best, logs = ramp_throughput(drive, start_rps=100.0)
     assert [round(lg.rate_rps, -1) for lg in logs] == [100, 200, 400, 800, 800 * RAMP_REFINE, 1250, 1250]
     assert best == pytest.approx(capacity, rel=0.02)
+
+
+def test_a_ramp_stops_where_the_driver_cannot_offer_more():
+    """A driver that offers at most 850 req/s to a stack of 1,100 that queues from 800: the ramp stops at the first
+    step the driver fell short of, instead of asking ever more, and reports what was sustained."""
+    from tqsim.serving_calibration import ramp_throughput
+
+    def drive(rate, seconds):
+        offered = min(rate, 850.0)
+        arr = np.arange(int(offered * 2.0)) / offered
+        return RequestLog.from_arrays(arr, arr + 1e-3 / (1 - offered / 1100.0), source="capped", driver="simulated")
+
+    best, logs = ramp_throughput(drive, start_rps=100.0)
+    # asked 1,000, offered 850: within the Poisson slack of 1,700 requests; asked 1,250: the driver's limit
+    assert [round(lg.rate_rps, -1) for lg in logs] == [100, 200, 400, 800, 850, 850]
+    assert best == pytest.approx(850, rel=0.02)
+
+    def poisson(rate, seconds, rng=np.random.default_rng(3)):  # a short light step offers a few % off by chance
+        arr = np.cumsum(rng.exponential(1 / rate, max(int(rate * seconds), 2)))
+        return RequestLog.from_arrays(arr, arr + 1e-3 * (1 if rate < 700 else 10), source="poisson", driver="simulated")
+
+    assert len(ramp_throughput(poisson, start_rps=20.0)[1]) > 4  # not stopped at 20 req/s by a slow draw
