@@ -276,9 +276,9 @@ def ramp_throughput(drive, start_rps: float = 20.0, steps: int = 14) -> tuple[fl
     sustained throughputs (:attr:`~tqsim.data.request_log.RequestLog.sustained_rps`) averaged: one 2 s step read
     8,300 req/s where three 6 s runs a minute later completed 8,200-10,500. A step whose driver offered less than
     ``DRIVER_SHORT`` of the asked rate ends the ramp: the load driver shares the machine (LitServe's HTTP driver on
-    2 cores offered ~700 of 1,280 req/s asked), so asking more measures nothing new. Returns (the capacity: that average, or
-    the best throughput sustained when no step was overloaded, the ramp's logs; the last ones are the overloaded
-    steps)."""
+    2 cores, asked for 1,050 req/s, offered 480-670), so asking more measures nothing new. Returns (the capacity:
+    that average, or the best throughput sustained when no step was overloaded; the ramp's logs, the last ones the
+    overloaded steps)."""
     from tqsim.whatif.log_fit import overloaded
 
     logs, best, light_p50, rate, factor = [], 0.0, None, start_rps, 2.0
