@@ -237,8 +237,6 @@ class WithOverheads(ServiceModel):
     def __init__(self, base: ServiceModel, overheads: ServingOverheads):
         self.base, self.oh = base, overheads
         self.threads, self.precision = base.threads, base.precision
-        self.response_s = float(overheads.response_s)
-        self.frontend_s = float(overheads.frontend_s)
         self.frontend_out_share = float(overheads.frontend_out_share)
         self.batch_timer = overheads.batch_timer
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
@@ -248,6 +246,7 @@ class WithOverheads(ServiceModel):
         self._factor = 1.0
         self._run = 1.0
         self._stall_mult = 1.0  # this run's stall (and pause) rate over the pooled one
+        self._on_machine()  # frontend_s and response_s, at no rate and the pooled level
 
     def at_rate(self, rate_rps: float) -> "WithOverheads":
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
