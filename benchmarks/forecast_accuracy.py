@@ -23,6 +23,10 @@ tail quality at the held-out run's own T90/T99 (absolute error, interval width):
 * **later + check** — the same, conditioned on B's anchors (`validate` does it). Baselines are scaled
   by the anchors' B/A level ratio, as a user with a check would do. Floor: A's measurement scaled alike.
 
+A diagnostic row beside them, **tqsim, level known** (interleaved): the same forecasts with each held-out
+run's own measured level put in place of the interpolated one. It is not a forecast; the gap between it and
+tqsim is what interpolating the level between calibrated batch sizes costs, and what is left is the shape's.
+
 Baselines: **nearest** (the calibrated configuration with the same threads and the nearest batch
 size in log: its pooled quantiles; its per-instance latencies scored at the held-out thresholds) and
 **loglinear** (log quantiles, and log per-instance latencies pass by pass, interpolated linearly in
@@ -133,6 +137,7 @@ def baseline(train: dict, target, scale: float = 1.0) -> dict:
 
 METRICS = ("p50", "p99", "tq_T90", "tq_T99")
 WHOLE = "interleaved, all passes"
+LEVEL_KNOWN = "tqsim, level known"
 PROTOCOLS = ("interleaved", WHOLE, "later", "later+check")
 
 
@@ -177,6 +182,37 @@ def score_tqsim(fm, targets: list, *, conditioned: bool, anchors=None, seed: int
         r = row.get("conditioned") if conditioned else row
         if r is None:
             continue
+        e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
+        for t in r["tail_quality"]:
+            if t["threshold"] in dict(TQ_AT):
+                e[f"tq_{t['threshold']}"] = t["abs_error"]
+                e[f"tq_{t['threshold']}_width"] = t["hi"] - t["lo"]
+        e["inside"] = [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
+        out.append(e)
+    return out
+
+
+def score_level_known(fm, targets: list, seed: int = 0) -> list[dict]:
+    """tqsim with the held-out run's own level given (an oracle, not a forecast): each posterior draw of the
+    configuration's level is moved to the run's measured median pass level in each of its sessions; everything
+    else (pass-to-pass spread, body, stalls, first batch) stays the model's. What remains is the error of the
+    shape; the difference to :func:`score_tqsim` is what interpolating the level between batch sizes costs."""
+    from tqsim.forecast import forecast
+    from tqsim.models.conditional import conditional
+    from tqsim.validate import _score, anchor_passes
+
+    out = []
+    for i, ds in enumerate(targets):
+        config, levels, sessions = anchor_passes(ds)
+        own = {x: float(np.median(levels[sessions == x])) for x in np.unique(sessions)}   # each session's level
+        s = seed + i
+        # the level draws simulate_latency makes first from its generator, reproduced to be cancelled exactly
+        mu = conditional(fm, 200).level([config], noise=True, rng=np.random.default_rng(s))[:, 0]
+        obs = ds["latency_s"].values[np.isfinite(ds["latency_s"].values).all(axis=1)]
+        t_obs = {name: float(np.percentile(obs, p)) for name, p in (("T90", 90), ("T95", 95), ("T99", 99))}
+        fc = forecast(fm, config, list(t_obs.values()), n_passes=obs.shape[0], n_draws=200, seed=s, force=True,
+                      session=np.array([own[x] for x in sessions])[None, :] - mu[:, None], tail_drift=False)
+        r = _score(fc, obs, ds, t_obs, 0.01, np.random.default_rng(s), full=False)
         e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
         for t in r["tail_quality"]:
             if t["threshold"] in dict(TQ_AT):
@@ -271,7 +307,8 @@ def run_workload(base: Path, workload: str, passes: int, sessions: int, gap: str
     per_half = [score_baselines(train, [h[i] for h in split]) for i in (0, 1)]
     interleaved = {"tqsim": mean_of_halves([score_tqsim(fm, [h[i] for h in split], conditioned=True) for i in (0, 1)]),
                    **{m: mean_of_halves([per_half[i][m] for i in (0, 1)]) for m in ("nearest", "loglinear")},
-                   "floor": mean_of_halves([floor_between([(h[1 - i], h[i]) for h in split]) for i in (0, 1)])}
+                   "floor": mean_of_halves([floor_between([(h[1 - i], h[i]) for h in split]) for i in (0, 1)]),
+                   LEVEL_KNOWN: mean_of_halves([score_level_known(fm, [h[i] for h in split]) for i in (0, 1)])}
     # the whole held-out run (100 passes): the target "≤ 8 % where held out with ≥ 100 passes"; no floor (one run)
     whole = {"tqsim": score_tqsim(fm, held_a, conditioned=True), **score_baselines(train, held_a)}
     later = {"tqsim": score_tqsim(fm, held_b, conditioned=False), **score_baselines(train, held_b),
@@ -303,7 +340,7 @@ def tables(rows: list[dict]) -> str:
            "TQ 90% width T99 (pp) | coverage |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for proto in PROTOCOLS:
-            for m in (m for m in ("tqsim", "nearest", "loglinear", "floor") if m in r.get(proto, {})):
+            for m in (m for m in ("tqsim", LEVEL_KNOWN, "nearest", "loglinear", "floor") if m in r.get(proto, {})):
                 s = r[proto][m]
                 cov = f"{100 * s['coverage']:.0f}%" if "coverage" in s else "–"
                 w99 = f"{100 * s['tq_T99_width']:.1f}" if "tq_T99_width" in s else "–"
