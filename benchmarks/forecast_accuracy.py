@@ -172,6 +172,18 @@ def floor_between(pairs: list, scale_of=lambda a, b: 1.0) -> list[dict]:
 
 
 # ---- tqsim ---------------------------------------------------------------------------------------------
+def errors_of_scored(r: dict) -> dict:
+    """A validate row's errors as the baselines' (relative p50/p99, absolute TQ at T90/T99), plus the TQ interval
+    widths and every interval's inside-flag."""
+    e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
+    for t in r["tail_quality"]:
+        if t["threshold"] in dict(TQ_AT):
+            e[f"tq_{t['threshold']}"] = t["abs_error"]
+            e[f"tq_{t['threshold']}_width"] = t["hi"] - t["lo"]
+    e["inside"] = [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
+    return e
+
+
 def score_tqsim(fm, targets: list, *, conditioned: bool, anchors=None, seed: int = 0) -> list[dict]:
     """One dict per target: errors as the baselines', plus interval widths and inside-flags."""
     from tqsim.validate import validate_config
@@ -182,13 +194,7 @@ def score_tqsim(fm, targets: list, *, conditioned: bool, anchors=None, seed: int
         r = row.get("conditioned") if conditioned else row
         if r is None:
             continue
-        e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
-        for t in r["tail_quality"]:
-            if t["threshold"] in dict(TQ_AT):
-                e[f"tq_{t['threshold']}"] = t["abs_error"]
-                e[f"tq_{t['threshold']}_width"] = t["hi"] - t["lo"]
-        e["inside"] = [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
-        out.append(e)
+        out.append(errors_of_scored(r))
     return out
 
 
@@ -213,13 +219,7 @@ def score_level_known(fm, targets: list, seed: int = 0) -> list[dict]:
         fc = forecast(fm, config, list(t_obs.values()), n_passes=obs.shape[0], n_draws=200, seed=s, force=True,
                       session=np.array([own[x] for x in sessions])[None, :] - mu[:, None], tail_drift=False)
         r = _score(fc, obs, ds, t_obs, 0.01, np.random.default_rng(s), full=False)
-        e = {name: abs(r["latency_s"][name]["rel_error"]) for name in dict(QS)}
-        for t in r["tail_quality"]:
-            if t["threshold"] in dict(TQ_AT):
-                e[f"tq_{t['threshold']}"] = t["abs_error"]
-                e[f"tq_{t['threshold']}_width"] = t["hi"] - t["lo"]
-        e["inside"] = [v["inside"] for v in r["latency_s"].values()] + [t["inside"] for t in r["tail_quality"]]
-        out.append(e)
+        out.append(errors_of_scored(r))
     return out
 
 
