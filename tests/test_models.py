@@ -110,6 +110,23 @@ def test_a_tail_knot_of_100_passes_estimates_the_quantile_at_its_own_probability
     assert np.allclose(mean, u, atol=0.002), mean
 
 
+def test_a_few_passes_stalled_whole_do_not_send_the_pass_tail_beyond_the_slowest_pass(tmp_path):
+    """A busy machine stalls a few whole passes (their level 50× the others'): the last pass knot the data pin lands
+    on that jump, and the tail continued exponentially from it must stop at the slowest pass seen (it reached e^13,
+    a forecast p99 8× the measured one)."""
+    datasets = simulate_campaign(grid((1, 4, 16), (1,)), passes=20, seed=3)
+    ds = datasets[1]
+    lat = ds["latency_s"].values.copy()
+    lat[[4, 11], :] *= 50.0                                  # two of 20 passes stalled whole
+    datasets[1] = ds.assign(latency_s=(ds["latency_s"].dims, lat))
+    s = summarise(load_campaign(write_campaign(datasets, tmp_path)))
+    names = block_names()
+    c = [i for i, cfg in enumerate(s.configs) if cfg.batch_size == 4][0]
+    knots = np.array([s.shape[names.index(f"pass:{u:g}"), c] for u in U_PASS])
+    assert knots[U_PASS.index(0.9)] > 1.0                    # the jump is in the data the summaries read
+    assert np.nanmax(knots) <= math.log(50.0) + 0.3          # and the continuation stops at the slowest pass
+
+
 def test_stall_quantiles_of_a_few_stalls_in_one_pass_get_the_se_of_a_sample_quantile():
     """Two stalls, both in one pass, look exactly known to a bootstrap over passes; their median gets at least
     the se of a median of two draws from the campaign's stall spread, while many stalls keep their bootstrap se."""
