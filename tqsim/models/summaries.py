@@ -146,7 +146,8 @@ def own_tail(u: tuple, q: np.ndarray, se: np.ndarray, cap: float = math.inf) -> 
     that side, never turning back, with an se that adds the whole extrapolated distance. Left unobserved, the
     GP fills them from the trend of configurations whose data reach them: the small batch sizes, whose tails
     are long (digits-cnn batch 128, tight to +7 % at 0.95, got +30 % at 0.99 from batch 1–32 and a p99 10 % high).
-    ``cap`` bounds the continuation above (the body's tail ends where the stalls begin)."""
+    ``cap`` bounds the continuation above (the body's tail ends where the stalls begin; a pass's at the slowest pass
+    the configuration showed)."""
     q, se = q.copy(), se.copy()
     z = pscale(np.asarray(u, float))
     obs = np.flatnonzero(np.isfinite(q))
