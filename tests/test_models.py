@@ -127,6 +127,23 @@ def test_a_few_passes_stalled_whole_do_not_send_the_pass_tail_beyond_the_slowest
     assert np.nanmax(knots) <= math.log(50.0) + 0.3          # and the continuation stops at the slowest pass
 
 
+def test_a_continued_pass_tail_passes_the_slowest_pass_only_as_the_middle_half_would():
+    """Five passes of a light tail: the slowest is about their 0.83 quantile, so the 0.995 knot lies beyond it, along
+    the quartiles' exponential slope. Two passes of twenty stalled 100×: nothing beyond the slowest but that slope,
+    which the eighteen calm passes make tiny."""
+    from tqsim.models.summaries import beyond_the_slowest, pscale
+
+    light = np.array([-0.04, -0.01, 0.0, 0.02, 0.05])
+    cap = beyond_the_slowest(light, U_PASS)
+    i995 = U_PASS.index(0.995)
+    slope = (np.quantile(light, 0.75, method="weibull") - np.quantile(light, 0.25, method="weibull")) / (
+        pscale(0.75) - pscale(0.25))
+    assert cap[i995] == pytest.approx(0.05 + slope * (pscale(0.995) - pscale(5 / 6)))
+    assert cap[U_PASS.index(0.75)] == pytest.approx(0.05)              # below the slowest's probability: the slowest
+    stalled = np.r_[np.random.default_rng(0).normal(0, 0.01, 18), math.log(100), math.log(100) + 0.1]
+    assert beyond_the_slowest(stalled, U_PASS)[i995] < math.log(100) + 0.2
+
+
 def test_stall_quantiles_of_a_few_stalls_in_one_pass_get_the_se_of_a_sample_quantile():
     """Two stalls, both in one pass, look exactly known to a bootstrap over passes; their median gets at least
     the se of a median of two draws from the campaign's stall spread, while many stalls keep their bootstrap se."""

@@ -140,14 +140,14 @@ def pscale(u: np.ndarray) -> np.ndarray:
     return np.where(u < 0.5, np.log(2 * u), -np.log(2 * (1 - u)))
 
 
-def own_tail(u: tuple, q: np.ndarray, se: np.ndarray, cap: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+def own_tail(u: tuple, q: np.ndarray, se: np.ndarray, cap=math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Quantiles a configuration's data cannot show (too few values beyond them) continued along its own tail:
     linearly on :func:`pscale` (an exponential tail) from its two outermost observed knots on
     that side, never turning back, with an se that adds the whole extrapolated distance. Left unobserved, the
     GP fills them from the trend of configurations whose data reach them: the small batch sizes, whose tails
     are long (digits-cnn batch 128, tight to +7 % at 0.95, got +30 % at 0.99 from batch 1–32 and a p99 10 % high).
-    ``cap`` bounds the continuation above (the body's tail ends where the stalls begin; a pass's at the slowest pass
-    the configuration showed)."""
+    ``cap`` (one value, or one per knot) bounds the continuation above: the body's tail ends where the stalls
+    begin; a pass's goes beyond the slowest pass seen only as its body would (:func:`beyond_the_slowest`)."""
     q, se = q.copy(), se.copy()
     z = pscale(np.asarray(u, float))
     obs = np.flatnonzero(np.isfinite(q))
@@ -155,10 +155,24 @@ def own_tail(u: tuple, q: np.ndarray, se: np.ndarray, cap: float = math.inf) -> 
         return q, se
     for (a, b), beyond in ((obs[-2:], np.arange(obs[-1] + 1, len(u))), (obs[1::-1], np.arange(0, obs[0]))):
         slope = max((q[b] - q[a]) / (z[b] - z[a]), 0.0)
-        step = np.minimum(q[b] + slope * (z[beyond] - z[b]), max(cap, q[b])) - q[b]
+        bound = np.maximum(np.broadcast_to(cap, z.shape)[beyond], q[b])
+        step = np.minimum(q[b] + slope * (z[beyond] - z[b]), bound) - q[b]
         q[beyond] = q[b] + step
         se[beyond] = np.sqrt(se[b] ** 2 + step ** 2)
     return q, se
+
+
+def beyond_the_slowest(values: np.ndarray, u: tuple) -> np.ndarray:
+    """Per knot ``u``, how far a continued tail may reach: the largest value seen, and beyond its own probability
+    ``n/(n + 1)`` only along the exponential tail of the middle half (the slope of the quartiles on :func:`pscale`).
+    A busy machine stalls a few whole passes: the last observed knot lands on that jump, and a tail continued from
+    it reached e^13; a light tail seen through five passes still continues past its largest pass."""
+    x = np.asarray(values, float)
+    n = x.size
+    q25, q75 = np.quantile(x, [0.25, 0.75], method=QUANTILE_METHOD)
+    z = pscale(np.asarray(u, float))
+    slope = max(float(q75 - q25) / float(pscale(0.75) - pscale(0.25)), 0.0)
+    return float(x.max()) + slope * np.maximum(z - pscale(n / (n + 1)), 0.0)
 
 
 def _sorted_at(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -405,14 +419,14 @@ def summarise(campaign: xr.Dataset, seed: int = 0, n_boot: int = N_BOOT) -> Summ
             shape[k:k + len(U_WITHIN), c], shape_se[k:k + len(U_WITHIN), c] = q, se
         k += len(U_WITHIN)
         if P > 1:
-            # never continued beyond the slowest pass seen: a busy machine stalls a few whole passes, the last
-            # observed knot lands on that jump, and an exponential continued from it ran to e^13 (docs/method.md)
-            q, se = own_tail(U_PASS, *_quantiles(dev, U_PASS, MIN_BEYOND_PASS, boot), cap=float(dev.max()))
+            q, se = own_tail(U_PASS, *_quantiles(dev, U_PASS, MIN_BEYOND_PASS, boot),
+                             cap=beyond_the_slowest(dev, U_PASS))
             shape[k:k + len(U_PASS), c], shape_se[k:k + len(U_PASS), c] = q, se
         k += len(U_PASS)
         if lb.size and lb[0] > 0 and P > 1:  # the first batch is not a level batch: its own offsets
             first = y[:, 0] - lam
-            q, se = own_tail(U_FIRST, *_quantiles(first, U_FIRST, MIN_BEYOND_PASS, boot), cap=float(first.max()))
+            q, se = own_tail(U_FIRST, *_quantiles(first, U_FIRST, MIN_BEYOND_PASS, boot),
+                             cap=beyond_the_slowest(first, U_FIRST))
             shape[k:k + len(U_FIRST), c], shape_se[k:k + len(U_FIRST), c] = q, se
         k += len(U_FIRST)
         if has_size and size_sd > 0 and np.ptp(zb[lb]) > 0:
