@@ -303,10 +303,11 @@ def test_mvn_potential_equals_scipy():
 def test_fit_on_one_thread_level_converges(tmp_path):
     """A calibration with one threads level (the README's user-workload example) fits cleanly: the factor
     drops out instead of leaving a slope with a zero gradient (it failed with 'All initialization points
-    failed', or aborted)."""
+    failed', or aborted). With the production draws, so that r-hat is held to the production policy (at 200 draws
+    its own noise reached 1.055)."""
     camp = load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16), (1,)), passes=5, seed=3), tmp_path))
-    fm = fit_campaign(camp, draws=200, tune=200, seed=0)
-    assert fm.diagnostics["divergences"] == 0 and fm.diagnostics["rhat_max"] < 1.05
+    fm = fit_campaign(camp, seed=0)
+    assert fm.diagnostics["divergences"] == 0 and fm.diagnostics["rhat_max"] < 1.01
 
 
 def test_save_load_round_trip_with_provenance(tmp_path):
