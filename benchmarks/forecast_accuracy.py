@@ -205,7 +205,7 @@ def score_level_known(fm, targets: list, seed: int = 0) -> list[dict]:
     shape; the difference to :func:`score_tqsim` is what interpolating the level between batch sizes costs."""
     from tqsim.forecast import forecast
     from tqsim.models.conditional import conditional
-    from tqsim.validate import _score, anchor_passes
+    from tqsim.validate import _score, anchor_passes, own_deadlines
 
     out = []
     for i, ds in enumerate(targets):
@@ -215,7 +215,7 @@ def score_level_known(fm, targets: list, seed: int = 0) -> list[dict]:
         # the level draws simulate_latency makes first from its generator, reproduced to be cancelled exactly
         mu = conditional(fm, 200).level([config], noise=True, rng=np.random.default_rng(s))[:, 0]
         obs = ds["latency_s"].values[np.isfinite(ds["latency_s"].values).all(axis=1)]
-        t_obs = {name: float(np.percentile(obs, p)) for name, p in (("T90", 90), ("T95", 95), ("T99", 99))}
+        t_obs = own_deadlines(obs)
         fc = forecast(fm, config, list(t_obs.values()), n_passes=obs.shape[0], n_draws=200, seed=s, force=True,
                       session=np.array([own[x] for x in sessions])[None, :] - mu[:, None], tail_drift=False)
         r = _score(fc, obs, ds, t_obs, 0.01, np.random.default_rng(s), full=False)

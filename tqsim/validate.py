@@ -90,6 +90,11 @@ def _score(fc, obs: np.ndarray, ds, t_obs: dict, tail_q: float, rng: np.random.G
     return row
 
 
+def own_deadlines(obs: np.ndarray) -> dict[str, float]:
+    """A held-out run's own T90/T95/T99 (its latency percentiles), the deadlines its tail quality is scored at."""
+    return {name: float(np.percentile(obs, p)) for name, p in (("T90", 90), ("T95", 95), ("T99", 99))}
+
+
 def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws: int = 200, seed: int = 0,
                     force: bool = False, tail_q: float = 0.01) -> dict:
     """Score one held-out file twice: as a run in a new session (what a user sees), and conditioned
@@ -104,7 +109,7 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
     obs = ds["latency_s"].values[keep]
     sessions = (ds["session"].values[keep] if "session" in ds else np.zeros(obs.shape[0])).astype(np.int64)
     n_pass = obs.shape[0]
-    t_obs = {name: float(np.percentile(obs, p)) for name, p in (("T90", 90), ("T95", 95), ("T99", 99))}
+    t_obs = own_deadlines(obs)
     rng = np.random.default_rng(seed)
     fc = forecast(fm, config, list(t_obs.values()), n_passes=n_pass, n_draws=n_draws, tail_q=tail_q, seed=seed,
                   force=force)

@@ -179,7 +179,7 @@ def _sorted_at(rows: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Quantiles of each sorted row of ``rows`` at that row's ``probs``, read as ``QUANTILE_METHOD`` does: linear
     between the order statistics around ``p·(n + 1)``."""
     n = rows.shape[1]
-    pos = np.clip(np.clip(probs, 0, 1) * (n + 1) - 1, 0, n - 1)
+    pos = np.clip(np.asarray(probs) * (n + 1) - 1, 0, n - 1)
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, n - 1)
     w = pos - lo
