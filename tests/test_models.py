@@ -9,6 +9,7 @@ import pytest
 from tqsim.data.io import load_campaign
 from tqsim.errors import UserError
 from tqsim.factors import Config
+from tqsim.models import fit as fit_module
 from tqsim.models import fit_campaign, load, make_spec, save
 from tqsim.models.summaries import STALL_X, U_FIRST, U_PASS, U_STALL, U_WITHIN, block_names, summarise
 from tqsim.testing import Law, example_fit, grid, simulate_campaign, write_campaign
@@ -239,12 +240,15 @@ class OverheadThenWork(Law):
         return math.log(self.overhead_s + self.work_s * config.batch_size)
 
 
-def test_beyond_the_calibrated_batch_sizes_the_level_interval_widens_by_the_measured_discrepancy(tmp_path):
+def test_beyond_the_calibrated_batch_sizes_the_level_interval_widens_by_the_measured_discrepancy(tmp_path, monkeypatch):
     from tqsim.models.conditional import Conditional
 
     law = OverheadThenWork(session_sd=0.0, round_sd=0.02, pass_sd=0.02)
+    # the mechanism alone: batch 1's own offset (spec.fast_path) would widen the trend's own variance instead
+    monkeypatch.setattr(fit_module, "make_spec", lambda *a: dataclasses.replace(make_spec(*a), fast_path=False))
     folder = write_campaign(simulate_campaign(grid((1, 4, 16, 64), (1,)), passes=8, seed=0, law=law), tmp_path)
     fm = fit_campaign(load_campaign(folder), draws=300, tune=300, seed=0)
+    assert not fm.spec.fast_path
     inside, beyond = [Config(16, 1), Config(64, 1)], [Config(128, 1), Config(256, 1)]
     on = Conditional(fm, 200)
     # leaving batch 64 out, the quadratic through 1/4/16 misses it by more than the model's own variance says
@@ -270,6 +274,38 @@ def test_beyond_the_calibrated_batch_sizes_the_level_interval_widens_by_the_meas
     truth = np.array([law.config_mean(c) for c in beyond])
     offset = np.median(draws_on[:, :2], axis=0) - np.array([law.config_mean(c) for c in inside])
     assert np.all((lo <= truth + offset.mean()) & (truth + offset.mean() <= hi))
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPathAtOne(OverheadThenWork):
+    """Batch 1 runs its own kernels at ``fast`` times the batched cost curve (digits-cnn: about 0.5)."""
+
+    fast: float = 0.5
+
+    def config_mean(self, config: Config) -> float:
+        return super().config_mean(config) + (math.log(self.fast) if config.batch_size == 1 else 0.0)
+
+
+@pytest.mark.parametrize("fast", [0.5, 1.0])
+def test_batch_one_off_the_cost_curve_does_not_bend_its_neighbours(tmp_path, fast):
+    from tqsim.models.conditional import Conditional
+
+    law = FastPathAtOne(fast=fast, session_sd=0.0, round_sd=0.02, pass_sd=0.02)
+    folder = write_campaign(simulate_campaign(grid((1, 4, 16, 64), (1, 2)), passes=8, seed=0, law=law), tmp_path)
+    fm = fit_campaign(load_campaign(folder), draws=300, tune=300, seed=0)
+    assert fm.spec.fast_path and "batch 1" in str(fm.spec)
+    cond = Conditional(fm, 200)
+    held = [Config(b, t) for t in (1, 2) for b in (8, 32)]
+    draws = cond.level(held, noise=True, rng=np.random.default_rng(0))
+    offset = float(np.mean([np.median(cond.level([c], noise=False)) - law.config_mean(c) for c in fm.summaries.configs
+                            if c.batch_size > 1]))                      # the simulated rounds' average shift
+    truth = np.array([law.config_mean(c) for c in held]) + offset
+    err = np.abs(np.median(draws, axis=0) - truth)
+    lo, hi = np.percentile(draws, [5, 95], axis=0)
+    assert np.all((lo <= truth) & (truth <= hi))
+    assert err.max() < 0.03, err          # without the offset: 0.055 at batch 8 (batch 1 bends the quadratic)
+    fast_sd = np.median(cond.post["fast_path_sd"])
+    assert (fast_sd > 0.3) if fast < 1 else (fast_sd < 0.25)
 
 
 def test_fit_needs_two_configurations(tmp_path):
@@ -371,10 +407,11 @@ def test_calibrated_conditional_reproduces_its_own_summary_and_unseen_is_wider()
         assert own[name].mean() == pytest.approx(fm.summaries.shape[row, j], abs=tol)
     new = cond.shapes(unseen, rng)
     assert new["within:0.99"].std() > own["within:0.99"].std()
-    # the level's conditional variance (what the GP does not know beyond the draw's trend and scales)
-    var_seen = cond.level_moments([seen])[1][:, 0, 0].mean()
-    var_new = cond.level_moments([unseen])[1][:, 0, 0].mean()
-    assert var_new > var_seen
+    # the level's conditional variance (what the GP does not know beyond the draw's trend and scales): an
+    # interior calibrated size (batch 4 is the curve's end once batch 1 has its own offset, spec.fast_path)
+    var = {b: cond.level_moments([Config(b, 2)])[1][:, 0, 0].mean() for b in (2, 8, 16)}
+    assert var[8] > var[16]
+    assert var[2] > 2 * var[8]       # below batch 4 only batch 1 speaks, and it may be off the curve
 
 
 def test_session_effects_are_learned_from_several_sessions(tmp_path):

@@ -207,7 +207,7 @@ class Workspace:
 
     # -- modelling ----------------------------------------------------------------------------------------
 
-    def fit(self, workload: "str | Workload | None" = None, *, draws: int = 1000, tune: int = 500, chains: int = 2,
+    def fit(self, workload: "str | Workload | None" = None, *, draws: int = 1000, tune: int = 1000, chains: int = 2,
             sampler: str | None = None, seed: int = 0, progress: bool = False,
             log: Callable[[str], None] | None = None) -> Fit:
         """Fit the Bayesian latency model to the calibration and save it, as ``tqsim fit`` (replaces the saved

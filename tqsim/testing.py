@@ -252,7 +252,7 @@ def write_campaign(datasets: Sequence[xr.Dataset], home: str | Path, *, folder: 
 @functools.lru_cache(maxsize=8)
 def example_fit(sampler: str = "nutpie", seed: int = 0, passes: int = 8,
                 batch_sizes: tuple[int, ...] = (1, 4, 16, 64), threads: tuple[int, ...] = (1, 2),
-                draws: int = 1000, tune: int = 500, sessions: int = 1):
+                draws: int = 1000, tune: int = 1000, sessions: int = 1):
     """A fitted model of a simulated campaign, cached per process so several test modules share it (the
     sampler's production settings: with 600 draws a chain, r-hat's own noise put a clean fit at 1.011).
 

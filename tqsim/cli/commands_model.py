@@ -20,7 +20,7 @@ def fit(
     sampler: Annotated[Optional[str], typer.Option("--sampler", help="nutpie (default when installed), nuts, or "
                                                    "advi (quick, biased scales).")] = None,
     draws: Annotated[int, typer.Option("--draws", help="Posterior draws per chain.")] = 1000,
-    tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 500,
+    tune: Annotated[int, typer.Option("--tune", help="Tuning steps per chain.")] = 1000,
     chains: Annotated[int, typer.Option("--chains", help="Chains.")] = 2,
     family: Annotated[str, typer.Option("--family", help="Kept for old scripts: auto (the only model: each "
                                                        "configuration's own quantile functions).")] = "auto",

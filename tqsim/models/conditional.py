@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from tqsim.factors import Config
-from tqsim.models.pymc_backend import MISSING_SE, level_prior_moments, noise_sd, shape_inputs, shape_prior_moments
+from tqsim.models.pymc_backend import (MISSING_SE, level_kernel, level_prior_moments, noise_sd, shape_inputs,
+                                       shape_prior_moments)
 
 
 class Conditional:
@@ -34,9 +35,8 @@ class Conditional:
         y = np.broadcast_to(summ.level, (D, ci.size)).copy()
         if "session_effect" in post:
             y -= post["session_effect"][:, summ.level_session]
-        K = spec.correlation(obs_cfg, obs_cfg)
-        tau2 = post["level_sd"] ** 2
-        cov = tau2[:, None, None] * K[None] + np.diag(noise_sd(summ.level_se) ** 2)[None]
+        self._fast_path_sd = post.get("fast_path_sd", np.zeros(D))
+        cov = self._level_kernel(obs_cfg, obs_cfg) + np.diag(noise_sd(summ.level_se) ** 2)[None]
         m, S = level_prior_moments(spec, summ, obs_cfg, obs_cfg)
         trend, cov = m[None], cov + S[None]
         self._lev_cov = cov
@@ -102,6 +102,9 @@ class Conditional:
         return out
 
     # ---- the level ---------------------------------------------------------------------------
+    def _level_kernel(self, a: list[Config], b: list[Config]) -> np.ndarray:
+        return level_kernel(self.spec, a, b, self.post["level_sd"], self._fast_path_sd)
+
     def _beyond(self, config: Config, rates: dict) -> np.ndarray:
         lo, hi = (math.log(b) for b in self.spec.batch_range)
         L = math.log(config.batch_size)
@@ -114,12 +117,12 @@ class Conditional:
     def level_moments(self, configs: list[Config], beyond: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``([D, m], [D, m, m])``: the conditional mean and covariance of the configurations' levels, the
         extrapolation discrepancy added to the diagonal when ``beyond`` (assumed independent per configuration)."""
-        spec, post = self.spec, self.post
-        k = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, self.level_obs_cfg)[None]  # [D, m, n]
+        spec = self.spec
+        k = self._level_kernel(configs, self.level_obs_cfg)                                 # [D, m, n]
         m, S_xo = level_prior_moments(spec, self.summ, configs, self.level_obs_cfg)
         _, S_xx = level_prior_moments(spec, self.summ, configs, configs)
         k = k + S_xo[None]
-        prior = post["level_sd"][:, None, None] ** 2 * spec.correlation(configs, configs)[None] + S_xx[None]
+        prior = self._level_kernel(configs, configs) + S_xx[None]
         mean = m[None] + np.einsum("dmn,dn->dm", k, self._lev_alpha)
         v = np.linalg.solve(self._lev_cov, np.swapaxes(k, 1, 2))                   # [D, n, m]
         cov = prior - np.einsum("dmn,dnk->dmk", k, v)

@@ -99,7 +99,7 @@ def _quality_levels(campaign: xr.Dataset) -> dict[str, dict]:
 
 
 def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | None = None, draws: int = 1000,
-                 tune: int = 500, chains: int = 2, seed: int = 0, progress: bool = False,
+                 tune: int = 1000, chains: int = 2, seed: int = 0, progress: bool = False,
                  log: Callable[[str], None] | None = None) -> FittedModel:
     """Fit the model to a campaign (``tqsim.data.io.load_campaign``'s output).
 
@@ -155,7 +155,7 @@ def fit_campaign(campaign: xr.Dataset, *, family: str = "auto", sampler: str | N
 
 
 def fit_workspace(home=None, system: str | None = None, workload: str | None = None, *, family: str = "auto",
-                  sampler: str | None = None, draws: int = 1000, tune: int = 500, chains: int = 2, seed: int = 0,
+                  sampler: str | None = None, draws: int = 1000, tune: int = 1000, chains: int = 2, seed: int = 0,
                   progress: bool = False, log: Callable[[str], None] | None = None):
     """``tqsim fit``: fit the workspace's calibration of ``<system>/<workload>`` and save the model to
     ``models/<system>/<workload>.nc``; returns ``(FittedModel, path)``. The folder is checked writable
@@ -188,7 +188,7 @@ def _fit_job(options: dict, job: tuple) -> FittedModel:
 
 
 def fit_each(home=None, system: str | None = None, workload: str | None = None, *, cluster: str,
-             workers: int | None = None, sampler: str | None = None, draws: int = 1000, tune: int = 500,
+             workers: int | None = None, sampler: str | None = None, draws: int = 1000, tune: int = 1000,
              chains: int = 2, seed: int = 0, family: str = "auto",
              log: Callable[[str], None] | None = None) -> list[tuple[FittedModel, Path]]:
     """``tqsim fit --cluster``: fit every system × workload of the workspace (or the ``system``/``workload``

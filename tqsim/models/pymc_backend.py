@@ -74,6 +74,16 @@ def level_prior_moments(spec: ModelSpec, summ: Summaries, a: list, b: list) -> t
     return np.full(len(a), float(np.median(summ.level))), (Xa * sd ** 2) @ Xb.T
 
 
+def level_kernel(spec: ModelSpec, a: list, b: list, level_sd, fast_path_sd):
+    """The sampled part of the levels' prior covariance ``[..., len(a), len(b)]``: the GP over the factors and
+    batch 1's own offset (``spec.fast_path``). The scales are scalars (PyMC) or arrays of draws (numpy)."""
+    def per_draw(scale):
+        return scale[..., None, None] if isinstance(scale, np.ndarray) else scale
+
+    fa, fb = spec.fast_path_column(a), spec.fast_path_column(b)
+    return per_draw(level_sd) ** 2 * spec.correlation(a, b) + per_draw(fast_path_sd) ** 2 * np.outer(fa, fb)
+
+
 def mvn_logp(r, cov, n_obs):
     """log N(r | 0, cov) for a batch ``[B, C]`` of residuals with covariances ``[B, C, C]``."""
     import pytensor.tensor as pt
@@ -88,6 +98,7 @@ def mvn_logp(r, cov, n_obs):
 def build_model(spec: ModelSpec, summ: Summaries):
     """The PyMC model of the summaries."""
     import pymc as pm
+    import pytensor.tensor as pt
 
     pr = spec.priors
     configs = summ.configs
@@ -101,13 +112,17 @@ def build_model(spec: ModelSpec, summ: Summaries):
         # ---- the configuration level: trend + GP, observed per (config, session) -----------------
         level_sd = pm.LogNormal("level_sd", pr["level_sd"]["lognormal_mu"], pr["level_sd"]["lognormal_sigma"])
         session_sd = pm.LogNormal("session_sd", pr["session_sd"]["lognormal_mu"], pr["session_sd"]["lognormal_sigma"])
+        # batch 1's offset from the cost curve: a scale near 0 is "no fast path", so the data choose (docs/method.md)
+        fast_path_sd = pm.HalfNormal("fast_path_sd", pr["fast_path_sd"]["halfnormal_sigma"]) if spec.fast_path else pt.zeros(())
         obs_level = summ.level
         if S > 1:
             d = pm.ZeroSumNormal("session_effect", sigma=session_sd, dims="session")
             obs_level = obs_level - d[summ.level_session]
         ci = summ.level_cfg
         trend, cov_t = level_prior_moments(spec, summ, configs, configs)
-        cov = cov_t[np.ix_(ci, ci)] + level_sd ** 2 * K[np.ix_(ci, ci)] + np.diag(noise_sd(summ.level_se) ** 2)
+        obs_cfg = [configs[i] for i in ci]
+        cov = cov_t[np.ix_(ci, ci)] + level_kernel(spec, obs_cfg, obs_cfg, level_sd, fast_path_sd) + \
+            np.diag(noise_sd(summ.level_se) ** 2)
         pm.Potential("level_obs", mvn_logp((obs_level - trend[ci])[None, :], cov[None], ci.size))
         # ---- the shape summaries: one trend + GP each, all at once -----------------------------
         # the trend coefficients are Gaussian too and integrated out with the deviations (a GP with
@@ -131,6 +146,8 @@ def initial_point(spec: ModelSpec, summ: Summaries) -> dict[str, Any]:
     sp = shape_priors(summ)
     # the session scale starts off its prior's mode: with one session nothing else moves it
     start: dict[str, Any] = {"level_sd": 0.05, "session_sd": 1.1 * math.exp(spec.priors["session_sd"]["lognormal_mu"])}
+    if spec.fast_path:
+        start["fast_path_sd"] = 0.5 * spec.priors["fast_path_sd"]["halfnormal_sigma"]
     if summ.sessions.size > 1:
         start["session_effect"] = np.linspace(-1e-3, 1e-3, summ.sessions.size)
     if live.size:

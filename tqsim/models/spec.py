@@ -23,6 +23,9 @@ CATEGORICAL = ("precision", "backend", "device", "compile")
 # the machine's speed moves between sessions by a log-sd of about this much; the prior's centre
 # when a workspace holds one session (measured: docs/method.md, "Sessions"; benchmarks/session_drift.py)
 SESSION_SD_PRIOR = 0.07
+# how far batch 1 sits off the cost curve of the larger batches (log): digits-cnn −0.7 (a fast path),
+# digits-transformer +0.3, digits-mlp −0.1 (docs/method.md, "The model")
+FAST_PATH_SD_PRIOR = 0.3
 
 
 @dataclasses.dataclass
@@ -46,6 +49,9 @@ class ModelSpec:
     curvature_extrapolation: str = "quadratic"
     # beyond them the level also gets the leave-one-batch-size-out discrepancy (conditional.py)
     extrapolation_discrepancy: bool = True
+    # batch 1 may run its own kernels (a matrix-vector path) and sit off the batched cost curve by an offset
+    # whose scale the fit learns; set when batch 1 and three other batch sizes were calibrated
+    fast_path: bool = False
     blocks: list[str] = dataclasses.field(default_factory=list)       # names of the shape summaries
     n_sessions: int = 1
     size_mean: float = 0.0
@@ -73,6 +79,9 @@ class ModelSpec:
             f"  categorical levels (first = reference): {self.levels}",
             f"  summaries: {len(self.blocks)} quantiles/slopes per configuration; priors: {self.priors}",
         ]
+        if self.fast_path:
+            lines.insert(3, "  batch 1's μ_c also adds an offset ~ N(0, σ_fast²), σ_fast ~ HalfNormal: its own kernels, off the "
+                            "cost curve of the larger batches")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -109,6 +118,10 @@ class ModelSpec:
     def features(self, configs: list[Config]) -> np.ndarray:
         """``[config, term]``: the trend columns of the shape summaries (and of a log-linear level)."""
         return self._columns(configs, self.terms)
+
+    def fast_path_column(self, configs: list[Config]) -> np.ndarray:
+        """``[config]``: 1 where the level carries batch 1's own offset (zeros when the spec has none)."""
+        return np.array([float(self.fast_path and c.batch_size == 1) for c in configs])
 
     def basis(self, configs: list[Config], intercept_sd: float, slope_sd: float,
               level: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +207,12 @@ def make_spec(configs: list[Config], summaries=None) -> ModelSpec:
         "level_sd": {"lognormal_mu": math.log(0.05), "lognormal_sigma": 0.5},
         "level_trend": {"intercept_sd": 3.0, "slope_sd": 1.0},
         "session_sd": {"lognormal_mu": math.log(SESSION_SD_PRIOR), "lognormal_sigma": 0.6},
+        "fast_path_sd": {"halfnormal_sigma": FAST_PATH_SD_PRIOR},
     }
     return ModelSpec(
         terms=terms, centre=centre, scale=scale, levels=levels,
         batch_range=(int(min(c.batch_size for c in configs)), int(max(c.batch_size for c in configs))),
         thread_range=(int(min(c.threads for c in configs)), int(max(c.threads for c in configs))),
         blocks=block_names(), n_sessions=n_sessions, level_curvature=n_bs >= 3, size_mean=size_mean,
-        size_sd=size_sd, priors=priors,
+        size_sd=size_sd, priors=priors, fast_path=any(c.batch_size == 1 for c in configs) and n_bs >= 4,
     )
