@@ -95,6 +95,23 @@ def test_stalls_are_a_share_and_a_size_and_the_body_excludes_them():
     assert np.quantile(out[out <= STALL_X], 0.99) == pytest.approx(0.05 * 2.326, abs=0.01)
 
 
+def test_the_pass_knots_place_a_slow_episode_of_one_pass_in_fifteen():
+    """About one pass in ten to twenty falls in a slow episode: the pass quantile function, read through its knots as
+    the forecast reads it, must put as many passes there (without the 0.95 knot: 5.3 % for 7 %)."""
+    from tqsim.forecast import quantile_draws
+    from tqsim.models.summaries import _quantiles
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    dev = np.where(rng.random(n) < 0.07, 0.5, 0.0) + 0.02 * rng.standard_normal(n)
+    q, _ = _quantiles(dev, U_PASS, 1.0, np.zeros((0, n), np.int64))
+    knots_u = np.array(sorted(U_PASS + (0.5,)))
+    values = np.array([0.0 if u == 0.5 else q[U_PASS.index(u)] for u in knots_u])[None]
+    passes = quantile_draws(knots_u, values, rng.random((1, 200_000)))
+    slow = float(np.mean(passes > math.log(1.25)))
+    assert slow == pytest.approx(0.07, abs=0.01), slow
+
+
 def test_a_tail_knot_of_100_passes_estimates_the_quantile_at_its_own_probability():
     """The knot stored at u must be the population quantile at u: the probability of the value read at 0.98 from 100
     draws averages 0.98 (numpy's default reading averages 0.970, a steep tail forecast short)."""
