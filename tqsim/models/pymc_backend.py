@@ -113,7 +113,8 @@ def build_model(spec: ModelSpec, summ: Summaries):
         level_sd = pm.LogNormal("level_sd", pr["level_sd"]["lognormal_mu"], pr["level_sd"]["lognormal_sigma"])
         session_sd = pm.LogNormal("session_sd", pr["session_sd"]["lognormal_mu"], pr["session_sd"]["lognormal_sigma"])
         # batch 1's offset from the cost curve: a scale near 0 is "no fast path", so the data choose (docs/method.md)
-        fast_path_sd = pm.HalfNormal("fast_path_sd", pr["fast_path_sd"]["halfnormal_sigma"]) if spec.fast_path else pt.zeros(())
+        fast_path_sd = (pm.HalfNormal("fast_path_sd", pr["fast_path_sd"]["halfnormal_sigma"]) if spec.fast_path
+                        else pt.zeros(()))
         obs_level = summ.level
         if S > 1:
             d = pm.ZeroSumNormal("session_effect", sigma=session_sd, dims="session")

@@ -80,8 +80,8 @@ class ModelSpec:
             f"  summaries: {len(self.blocks)} quantiles/slopes per configuration; priors: {self.priors}",
         ]
         if self.fast_path:
-            lines.insert(3, "  batch 1's μ_c also adds an offset ~ N(0, σ_fast²), σ_fast ~ HalfNormal: its own kernels, off the "
-                            "cost curve of the larger batches")
+            lines.insert(3, "  batch 1's μ_c also adds an offset ~ N(0, σ_fast²), σ_fast ~ HalfNormal: "
+                            "its own kernels, off the cost curve of the larger batches")
         return "\n".join(lines)
 
     def to_json(self) -> str:
