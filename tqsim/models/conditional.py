@@ -35,7 +35,6 @@ class Conditional:
         y = np.broadcast_to(summ.level, (D, ci.size)).copy()
         if "session_effect" in post:
             y -= post["session_effect"][:, summ.level_session]
-        self._fast_path_sd = post.get("fast_path_sd", np.zeros(D))
         cov = self._level_kernel(obs_cfg, obs_cfg) + np.diag(noise_sd(summ.level_se) ** 2)[None]
         m, S = level_prior_moments(spec, summ, obs_cfg, obs_cfg)
         trend, cov = m[None], cov + S[None]
@@ -103,7 +102,7 @@ class Conditional:
 
     # ---- the level ---------------------------------------------------------------------------
     def _level_kernel(self, a: list[Config], b: list[Config]) -> np.ndarray:
-        return level_kernel(self.spec, a, b, self.post["level_sd"], self._fast_path_sd)
+        return level_kernel(self.spec, a, b, self.post["level_sd"], self.post.get("fast_path_sd", 0.0))
 
     def _beyond(self, config: Config, rates: dict) -> np.ndarray:
         lo, hi = (math.log(b) for b in self.spec.batch_range)
