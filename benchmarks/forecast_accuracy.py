@@ -353,9 +353,9 @@ def run_workload(base: Path, workload: str, passes: int, sessions: int, gap: str
     return {"workload": workload, "system": fm.system, "passes": passes, "sessions": sessions,
             "calibrate_A_s": round(t_a, 1), "fit_s": round(t_fit, 1),
             "diagnostics": {k: fm.diagnostics[k] for k in ("rhat_max", "ess_bulk_min", "divergences", "status")},
-            "session_sd": {"median": float(np.median(post["session_sd"])),
-                           "q05": float(np.quantile(post["session_sd"], 0.05)),
-                           "q95": float(np.quantile(post["session_sd"], 0.95))},
+            **{name: {"median": float(np.median(post[name])), "q05": float(np.quantile(post[name], 0.05)),
+                      "q95": float(np.quantile(post[name], 0.95))}
+               for name in ("session_sd", "session_config_sd") if name in post},
             "anchors": [Config(*k).id for k in anchors_k],
             "drift_B_vs_A": {str(th): anchor_ratio[th] - 1 for th in THREADS},
             "own_band": own_band(fm, train),
@@ -377,17 +377,19 @@ def tables(rows: list[dict]) -> str:
                            f"{100 * s['tq_T90']:.1f} | {100 * s['tq_T99']:.1f} | {w99} | {cov} |")
     out.append("")
     out.append("| workload | p99 error / floor (interleaved; 90 % over configurations) | later coverage (90 % over configurations) | own p99 in own band (new session / "
-               "conditioned) | σ_session (90 %) | drift B vs A (th1, th2) | fit (s) | r-hat | divergences |")
+               "conditioned) | σ_session; σ_sc (90 %) | drift B vs A (th1, th2) | fit (s) | r-hat | divergences |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pc = r["per_config"]["interleaved"]
         ratio, r_lo, r_hi = paired_ratio(pc["tqsim"], pc["floor"], "p99")
         ob = r["own_band"]
         sd = r["session_sd"]
+        sc = r.get("session_config_sd")
+        sc_text = f"; {sc['median']:.3f} [{sc['q05']:.3f}, {sc['q95']:.3f}]" if sc else ""
         cov, lo, hi = coverage_interval(r["per_config"]["later"]["tqsim"])
         out.append(f"| {r['workload']} | {ratio:.2f} [{r_lo:.2f}, {r_hi:.2f}] | {100 * cov:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] | "
                    f"{100 * ob.get('new_session', float('nan')):.0f}% / {100 * ob.get('conditioned', float('nan')):.0f}% | "
-                   f"{sd['median']:.3f} [{sd['q05']:.3f}, {sd['q95']:.3f}] | "
+                   f"{sd['median']:.3f} [{sd['q05']:.3f}, {sd['q95']:.3f}]{sc_text} | "
                    f"{100 * r['drift_B_vs_A']['1']:+.0f}%, {100 * r['drift_B_vs_A']['2']:+.0f}% | {r['fit_s']} | "
                    f"{r['diagnostics']['rhat_max']:.3f} | {r['diagnostics']['divergences']} |")
     pc = [r["per_config"]["interleaved"] for r in rows]

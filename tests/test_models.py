@@ -447,6 +447,29 @@ def test_session_effects_are_learned_from_several_sessions(tmp_path):
     assert fm.diagnostics["n_sessions"] == 4 and fm.diagnostics["divergences"] == 0
 
 
+@pytest.mark.parametrize("moves", [0.0, 0.08])
+def test_a_configurations_own_move_between_sessions_is_learned_and_carried_to_a_new_session(tmp_path, moves):
+    """Sessions that move configurations unalike (σ_sc) give a new session's forecast that much more spread;
+    sessions that move them alike leave σ_sc near 0 and the forecast as before."""
+    from tqsim.models.conditional import session_offset
+
+    law = Law(session_sd=0.05, session_config_sd=moves, round_sd=0.02, pass_sd=0.02)
+    camp = load_campaign(write_campaign(simulate_campaign(grid((1, 4, 16, 64), (1, 2)), passes=12, seed=3,
+                                                          law=law, sessions=4), tmp_path))
+    fm = fit_campaign(camp, draws=300, tune=500, seed=0)
+    post = fm.posterior_draws()
+    lo, med, hi = np.quantile(post["session_config_sd"], [0.05, 0.5, 0.95])
+    assert fm.diagnostics["divergences"] == 0
+    if moves:
+        assert lo < moves < hi and med > 0.04
+    else:
+        assert med < 0.03
+    # a new session's level spread carries it: σ_session²(1 + 1/S) + σ_sc²
+    sd = session_offset(fm, post, np.random.default_rng(0)).std()
+    expected = np.sqrt(np.median(post["session_sd"]) ** 2 * 1.25 + med ** 2)
+    assert abs(sd / expected - 1) < 0.25
+
+
 def test_interrupted_sampling_raises_and_never_returns_a_model(campaign, monkeypatch):
     """nutpie returns the draws it had when interrupted; a fit with fewer draws than asked is an interrupt
     (the CLI exits 130 and leaves the old model file untouched), never a model."""

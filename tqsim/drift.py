@@ -3,7 +3,8 @@ measured again (by ``tqsim check``, or present in a held-out workspace).
 
 A new session's level relative to the calibration's average is ``δ ~ N(0, σ_session²·(1 + 1/S))``
 a priori. An anchor measured in that session gives ``m̂ − μ_anchor = δ + N(0, se²)`` (``μ_anchor``
-its calibrated level, a posterior draw; ``se`` the standard error of its median pass level), so per
+its calibrated level, a posterior draw; ``se`` the standard error of its median pass level; with two or more
+calibrated sessions σ_sc², the anchor's own move in that session, joins se²), so per
 posterior draw δ has a conjugate normal posterior; anchors combine by precision. Forecasts that
 take these draws are *conditioned on the machine state* instead of drawing a fresh session.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from tqsim.errors import UserError
 from tqsim.factors import Config
-from tqsim.models.conditional import conditional
+from tqsim.models.conditional import conditional, session_config_sd
 from tqsim.models.summaries import robust_sd
 from tqsim.quality import INTERVAL
 
@@ -44,9 +45,11 @@ def anchor_offsets(fm, anchors: list[tuple[Config, np.ndarray]], *, n_draws: int
     cond = conditional(fm, n_draws)
     mu = cond.level([c for c, _ in anchors], noise=True, rng=rng)                     # [D, A]
     obs = np.array([np.median(lv) for _, lv in anchors])
-    w = np.array([1.0 / level_se(lv) ** 2 for _, lv in anchors])
-    est = ((obs[None, :] - mu) * w).sum(axis=1) / w.sum()                             # [D]
-    se2 = 1.0 / w.sum()
+    # an anchor's level also carries its own move in this session (σ_sc), not the machine's
+    sc2 = session_config_sd(cond.post, cond.D)[:, None] ** 2
+    w = 1.0 / (np.array([level_se(lv) ** 2 for _, lv in anchors])[None, :] + sc2)    # [D, A]
+    est = ((obs[None, :] - mu) * w).sum(axis=1) / w.sum(axis=1)                       # [D]
+    se2 = 1.0 / w.sum(axis=1)
     S = max(int(fm.summaries.sessions.size), 1)
     v0 = cond.post["session_sd"] ** 2 * (1 + 1 / S)
     shrink = v0 / (v0 + se2)

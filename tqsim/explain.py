@@ -355,11 +355,12 @@ def variance_components(fm: FittedModel, cond, config: Config, shapes: dict[str,
     """``{source: [D]}``: the variance of a call's log latency in a run of ``config`` in a new session, split by
     source per posterior draw (log seconds²); the sources sum to the total. docs/method.md."""
     from tqsim.data.schema import batch_layout, level_batches
+    from tqsim.models.conditional import session_config_sd
     from tqsim.models.summaries import SLOW_U, batch_size_covariate
 
     D = cond.D
     S = max(int(fm.summaries.sessions.size), 1)
-    out = {"session": cond.post["session_sd"] ** 2 * (1 + 1 / S)}
+    out = {"session": cond.post["session_sd"] ** 2 * (1 + 1 / S) + session_config_sd(cond.post, D) ** 2}
     grid = np.broadcast_to((np.arange(GRID) + 0.5) / GRID, (D, GRID))
     pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
     v_pass = quantile_draws(*pass_qf, grid).var(axis=1) if pass_qf else np.zeros(D)

@@ -12,6 +12,8 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
   the batch, falls sub-linearly with threads (more so for large batches).
 * ``session``: a level shift ``N(0, session_sd)`` shared by every pass of one session (a
   ``tqsim calibrate`` invocation): the machine's speed moving between runs minutes apart.
+  Each configuration also moves by its own ``N(0, session_config_sd)`` in each session of a campaign
+  (sessions slow large, memory-bound batches more than small ones).
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
   shared by every configuration measured in that round (the machine-wide episodes of docs/method.md),
   plus the configuration's own pass level ``N(0, pass_sd)`` (real pass medians correlate only
@@ -58,6 +60,7 @@ class Law:
     device_shift: tuple[tuple[str, float], ...] = (("cpu", 0.0), ("cuda", -1.0))
     compile_shift: float = -0.1
     session_sd: float = 0.08
+    session_config_sd: float = 0.0
     round_sd: float = 0.05
     round_phi: float = 0.6
     pass_sd: float = 0.05
@@ -204,8 +207,10 @@ def simulate_campaign(configs: Sequence[Config], passes: int = 20, seed: int = 0
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     fingerprint = json.dumps({"cpu": "simulated", "cores": 2, "simulated": True})
     out = []
+    moves = rng.normal(0.0, law.session_config_sd, (len(configs), sessions)) if law.session_config_sd else None
     for k, cfg in enumerate(configs):
-        lat = law.simulate_passes(cfg, passes, n_instances, rng, round_effects=rounds, instance_size=sizes)
+        own = rounds + moves[k][which] if moves is not None else rounds
+        lat = law.simulate_passes(cfg, passes, n_instances, rng, round_effects=own, instance_size=sizes)
         batch = np.arange(n_instances) // cfg.batch_size
         started = 1.8e9 + np.arange(passes) * 60.0 + k * 1.5
         ds = xr.Dataset(

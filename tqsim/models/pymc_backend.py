@@ -116,14 +116,18 @@ def build_model(spec: ModelSpec, summ: Summaries):
         fast_path_sd = (pm.HalfNormal("fast_path_sd", pr["fast_path_sd"]["halfnormal_sigma"]) if spec.fast_path
                         else pt.zeros(()))
         obs_level = summ.level
+        ci = summ.level_cfg
+        noise = np.diag(noise_sd(summ.level_se) ** 2)
         if S > 1:
             d = pm.ZeroSumNormal("session_effect", sigma=session_sd, dims="session")
             obs_level = obs_level - d[summ.level_session]
-        ci = summ.level_cfg
+            # a session does not move every configuration alike (large batches, memory-bound, move more):
+            # each (configuration, session) level also deviates on its own (docs/method.md, "Sessions")
+            sc_sd = pm.HalfNormal("session_config_sd", pr["session_config_sd"]["halfnormal_sigma"])
+            noise = noise + sc_sd ** 2 * pt.eye(ci.size)
         trend, cov_t = level_prior_moments(spec, summ, configs, configs)
         obs_cfg = [configs[i] for i in ci]
-        cov = cov_t[np.ix_(ci, ci)] + level_kernel(spec, obs_cfg, obs_cfg, level_sd, fast_path_sd) + \
-            np.diag(noise_sd(summ.level_se) ** 2)
+        cov = cov_t[np.ix_(ci, ci)] + level_kernel(spec, obs_cfg, obs_cfg, level_sd, fast_path_sd) + noise
         pm.Potential("level_obs", mvn_logp((obs_level - trend[ci])[None, :], cov[None], ci.size))
         # ---- the shape summaries: one trend + GP each, all at once -----------------------------
         # the trend coefficients are Gaussian too and integrated out with the deviations (a GP with
@@ -151,6 +155,7 @@ def initial_point(spec: ModelSpec, summ: Summaries) -> dict[str, Any]:
         start["fast_path_sd"] = 0.5 * spec.priors["fast_path_sd"]["halfnormal_sigma"]
     if summ.sessions.size > 1:
         start["session_effect"] = np.linspace(-1e-3, 1e-3, summ.sessions.size)
+        start["session_config_sd"] = 0.5 * spec.priors["session_config_sd"]["halfnormal_sigma"]
     if live.size:
         start["shape_sd"] = sp["gp"][live] / 2
     return start
