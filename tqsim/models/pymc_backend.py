@@ -123,7 +123,8 @@ def build_model(spec: ModelSpec, summ: Summaries):
             obs_level = obs_level - d[summ.level_session]
             # a session does not move every configuration alike (large batches, memory-bound, move more):
             # each (configuration, session) level also deviates on its own (docs/method.md, "Sessions")
-            sc_sd = pm.HalfNormal("session_config_sd", pr["session_config_sd"]["halfnormal_sigma"])
+            sc_sd = pm.LogNormal("session_config_sd", pr["session_config_sd"]["lognormal_mu"],
+                                 pr["session_config_sd"]["lognormal_sigma"])
             noise = noise + sc_sd ** 2 * pt.eye(ci.size)
         trend, cov_t = level_prior_moments(spec, summ, configs, configs)
         obs_cfg = [configs[i] for i in ci]
@@ -155,7 +156,7 @@ def initial_point(spec: ModelSpec, summ: Summaries) -> dict[str, Any]:
         start["fast_path_sd"] = 0.5 * spec.priors["fast_path_sd"]["halfnormal_sigma"]
     if summ.sessions.size > 1:
         start["session_effect"] = np.linspace(-1e-3, 1e-3, summ.sessions.size)
-        start["session_config_sd"] = 0.5 * spec.priors["session_config_sd"]["halfnormal_sigma"]
+        start["session_config_sd"] = math.exp(spec.priors["session_config_sd"]["lognormal_mu"])
     if live.size:
         start["shape_sd"] = sp["gp"][live] / 2
     return start

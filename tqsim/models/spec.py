@@ -28,7 +28,7 @@ SESSION_SD_PRIOR = 0.07
 FAST_PATH_SD_PRIOR = 0.3
 # how far one configuration's level moves between sessions beyond the session's shared shift (log); learned
 # with two or more sessions: 0.007-0.077 on six three-session campaigns (docs/method.md, "Sessions")
-SESSION_CONFIG_SD_PRIOR = 0.1
+SESSION_CONFIG_SD_PRIOR = 0.03
 
 
 @dataclasses.dataclass
@@ -71,7 +71,7 @@ class ModelSpec:
             "  μ_c ~ trend b0 + b·x + GP,   measured: the median pass level of (c, s) = μ_c + d_s + N(0, se²)",
             "  d_s ~ ZeroSumNormal(σ_session); a run in another session adds N(0, σ_session²·(1 + 1/S) + σ_sc²),"
             f" S = {self.n_sessions}",
-            "  with S ≥ 2 each (c, s) level also deviates by N(0, σ_sc²), σ_sc ~ HalfNormal(0.1): sessions move "
+            "  with S ≥ 2 each (c, s) level also deviates by N(0, σ_sc²), σ_sc ~ LogNormal(log 0.03, 0.75): sessions move "
             "configurations unalike",
             "  Pass_c, Within_c, First_c: quantile functions; Within_c = the body's below 1 − π_c, the stalls' "
             "(calls beyond 2× their pass level) above, π_c the stall share",
@@ -213,7 +213,7 @@ def make_spec(configs: list[Config], summaries=None) -> ModelSpec:
         "level_trend": {"intercept_sd": 3.0, "slope_sd": 1.0},
         "session_sd": {"lognormal_mu": math.log(SESSION_SD_PRIOR), "lognormal_sigma": 0.6},
         "fast_path_sd": {"halfnormal_sigma": FAST_PATH_SD_PRIOR},
-        "session_config_sd": {"halfnormal_sigma": SESSION_CONFIG_SD_PRIOR},
+        "session_config_sd": {"lognormal_mu": math.log(SESSION_CONFIG_SD_PRIOR), "lognormal_sigma": 0.75},
     }
     return ModelSpec(
         terms=terms, centre=centre, scale=scale, levels=levels,
