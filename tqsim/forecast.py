@@ -482,14 +482,14 @@ def predict(fm: FittedModel, settings: dict[str, object] | None = None,
     session = note = None
     if check is not None:
         from tqsim.drift import anchor_offsets, describe, sentence
-
-        anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
         from tqsim.models.conditional import conditional, config_moves
 
+        anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
         delta = anchor_offsets(fm, anchors, n_draws=n_draws, seed=seed)
         note = f"conditioned on the check of {check['created_at']}: " + sentence(describe(delta, fm))
         # the check read the machine's shift; this configuration's own move in the session is still drawn
-        session = delta + config_moves(conditional(fm, n_draws).post, np.zeros(1), np.random.default_rng([seed, 3]))[:, 0]
+        own = config_moves(conditional(fm, n_draws).post, np.zeros(1), np.random.default_rng([seed, 3]))
+        session = delta + own[:, 0]
     # a check measures the session's level, not its tail: that is still a new session's
     return forecast(fm, config, thresholds, n_passes=n_passes, n_draws=n_draws, tail_q=tail_q, seed=seed,
                     force=force, session=session, session_note=note, tail_drift=True)

@@ -13,7 +13,7 @@ The law, for configuration ``c`` measured in round ``t``, batch ``j`` of a pass 
 * ``session``: a level shift ``N(0, session_sd)`` shared by every pass of one session (a
   ``tqsim calibrate`` invocation): the machine's speed moving between runs minutes apart.
   Each configuration also moves by its own ``N(0, session_config_sd)`` in each session of a campaign
-  (sessions slow large, memory-bound batches more than small ones).
+  (a session does not slow every configuration by one factor).
 * ``round_t``: AR(1) over rounds, stationary sd ``round_sd``, lag-1 correlation ``round_phi``,
   shared by every configuration measured in that round (the machine-wide episodes of docs/method.md),
   plus the configuration's own pass level ``N(0, pass_sd)`` (real pass medians correlate only

@@ -71,8 +71,8 @@ class ModelSpec:
             "  μ_c ~ trend b0 + b·x + GP,   measured: the median pass level of (c, s) = μ_c + d_s + N(0, se²)",
             "  d_s ~ ZeroSumNormal(σ_session); a run in another session adds N(0, σ_session²·(1 + 1/S) + σ_sc²),"
             f" S = {self.n_sessions}",
-            "  with S ≥ 2 each (c, s) level also deviates by N(0, σ_sc²), σ_sc ~ LogNormal(log 0.03, 0.75): sessions move "
-            "configurations unalike",
+            "  with S ≥ 2 each (c, s) level also deviates by N(0, σ_sc²), σ_sc ~ LogNormal(log 0.03, 0.75): "
+            "sessions move configurations unalike",
             "  Pass_c, Within_c, First_c: quantile functions; Within_c = the body's below 1 − π_c, the stalls' "
             "(calls beyond 2× their pass level) above, π_c the stall share",
             "  each quantile q_c(u), logit π_c and the size slope γ_c ~ "
