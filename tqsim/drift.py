@@ -46,7 +46,7 @@ def anchor_offsets(fm, anchors: list[tuple[Config, np.ndarray]], *, n_draws: int
     mu = cond.level([c for c, _ in anchors], noise=True, rng=rng)                     # [D, A]
     obs = np.array([np.median(lv) for _, lv in anchors])
     # an anchor's level also carries its own move in this session (σ_sc), not the machine's
-    sc2 = session_config_sd(cond.post, cond.D)[:, None] ** 2
+    sc2 = session_config_sd(cond.post)[:, None] ** 2
     w = 1.0 / (np.array([level_se(lv) ** 2 for _, lv in anchors])[None, :] + sc2)    # [D, A]
     est = ((obs[None, :] - mu) * w).sum(axis=1) / w.sum(axis=1)                       # [D]
     se2 = 1.0 / w.sum(axis=1)

@@ -360,7 +360,7 @@ def variance_components(fm: FittedModel, cond, config: Config, shapes: dict[str,
 
     D = cond.D
     S = max(int(fm.summaries.sessions.size), 1)
-    out = {"session": cond.post["session_sd"] ** 2 * (1 + 1 / S) + session_config_sd(cond.post, D) ** 2}
+    out = {"session": cond.post["session_sd"] ** 2 * (1 + 1 / S) + session_config_sd(cond.post) ** 2}
     grid = np.broadcast_to((np.arange(GRID) + 0.5) / GRID, (D, GRID))
     pass_qf = _qf(shapes, "pass", fixed={0.5: 0.0})
     v_pass = quantile_draws(*pass_qf, grid).var(axis=1) if pass_qf else np.zeros(D)

@@ -406,16 +406,14 @@ def simulate_calls(fm: FittedModel, config: Config, *, n_passes: int, n_draws: i
     pass's session id; passes of sessions the fit saw are simulated in those sessions' fitted machine
     state (so a calibrated configuration meets its own band), any other run in a new session."""
     from tqsim.drift import session_offsets_of
-    from tqsim.models.conditional import conditional, config_moves
+    from tqsim.models.conditional import conditional, in_known_sessions
 
     offsets = None
     if sessions is not None:
-        uniq = np.unique(sessions)
-        fitted = session_offsets_of(fm, uniq, n_draws=n_draws)
+        fitted = session_offsets_of(fm, np.unique(sessions), n_draws=n_draws)
         if fitted is not None:
-            # the level a configuration reached in each session is drawn, not its sessions' average's
-            offsets = fitted[:, np.searchsorted(uniq, sessions)] + \
-                config_moves(conditional(fm, n_draws).post, sessions, np.random.default_rng([seed, 3]))
+            offsets = in_known_sessions(conditional(fm, n_draws).post, fitted, sessions,
+                                        np.random.default_rng([seed, 3]))
     lat, _ = simulate_latency(fm, config, n_passes=n_passes, n_draws=n_draws, seed=seed, session=offsets)
     calls = call_latency(lat, batch_layout(lat.shape[-1], config.batch_size))
     return calls.reshape(calls.shape[0], -1)
@@ -482,14 +480,14 @@ def predict(fm: FittedModel, settings: dict[str, object] | None = None,
     session = note = None
     if check is not None:
         from tqsim.drift import anchor_offsets, describe, sentence
-        from tqsim.models.conditional import conditional, config_moves
+        from tqsim.models.conditional import conditional, in_known_sessions
 
         anchors = [(Config.from_mapping(a["config"]), a["levels"]) for a in check["anchors"]]
         delta = anchor_offsets(fm, anchors, n_draws=n_draws, seed=seed)
         note = f"conditioned on the check of {check['created_at']}: " + sentence(describe(delta, fm))
         # the check read the machine's shift; this configuration's own move in the session is still drawn
-        own = config_moves(conditional(fm, n_draws).post, np.zeros(1), np.random.default_rng([seed, 3]))
-        session = delta + own[:, 0]
+        session = in_known_sessions(conditional(fm, n_draws).post, delta[:, None], np.zeros(1),
+                                    np.random.default_rng([seed, 3]))[:, 0]
     # a check measures the session's level, not its tail: that is still a new session's
     return forecast(fm, config, thresholds, n_passes=n_passes, n_draws=n_draws, tail_q=tail_q, seed=seed,
                     force=force, session=session, session_note=note, tail_drift=True)

@@ -101,7 +101,7 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
     on the machine's state in its session(s) — the fitted session effect when the fit saw that session,
     else the anchors measured in it — so that model error and drift are told apart."""
     from tqsim.drift import anchor_offsets, session_offsets_of
-    from tqsim.models.conditional import conditional, config_moves
+    from tqsim.models.conditional import conditional, in_known_sessions
 
     values = {f: ds.attrs[f] for f in ("batch_size", "threads", "precision", "backend", "device", "compile")}
     values["compile"] = bool(values["compile"])
@@ -135,9 +135,7 @@ def validate_config(fm: FittedModel, ds, *, anchors: list | None = None, n_draws
             how = "anchors: " + ", ".join(sorted({c.id for c, _, _ in anchors}))
     row["conditioned_on"] = how
     if per_session is not None:
-        # the sessions' shared shift is known, this configuration's own move in them is not
-        offsets = per_session[:, np.searchsorted(uniq, sessions)] + \
-            config_moves(conditional(fm, n_draws).post, sessions, rng)                # [D, passes]
+        offsets = in_known_sessions(conditional(fm, n_draws).post, per_session, sessions, rng)   # [D, passes]
         # anchors observe a new session's level, not its tail
         fc_c = forecast(fm, config, list(t_obs.values()), n_passes=n_pass, n_draws=n_draws, tail_q=tail_q,
                         seed=seed, force=force, session=offsets, session_note=how, tail_drift=not fitted)

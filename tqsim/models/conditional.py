@@ -36,7 +36,7 @@ class Conditional:
         if "session_effect" in post:
             y -= post["session_effect"][:, summ.level_session]
         cov = self._level_kernel(obs_cfg, obs_cfg) + np.diag(noise_sd(summ.level_se) ** 2)[None] + \
-            session_config_sd(post, D)[:, None, None] ** 2 * np.eye(ci.size)[None]
+            session_config_sd(post)[:, None, None] ** 2 * np.eye(ci.size)[None]
         m, S = level_prior_moments(spec, summ, obs_cfg, obs_cfg)
         trend, cov = m[None], cov + S[None]
         self._lev_cov = cov
@@ -224,10 +224,10 @@ def config_level_draws(fm) -> np.ndarray:
     return cond.level(fm.summaries.configs, noise=True, rng=np.random.default_rng(0))
 
 
-def session_config_sd(post: dict, D: int) -> np.ndarray:
+def session_config_sd(post: dict) -> np.ndarray:
     """``[D]``: σ_sc, how far one configuration's level moves in a session beyond the session's shared shift
     (0 for fits of one session, and for models fitted before it existed)."""
-    return np.broadcast_to(np.asarray(post.get("session_config_sd", 0.0), float), (D,))
+    return np.broadcast_to(np.asarray(post.get("session_config_sd", 0.0), float), post["session_sd"].shape)
 
 
 def session_offset(fm, post: dict, rng: np.random.Generator) -> np.ndarray:
@@ -235,16 +235,17 @@ def session_offset(fm, post: dict, rng: np.random.Generator) -> np.ndarray:
     session's effect minus the mean of the S calibrated ones, and the configuration's own move in it,
     ``N(0, σ²(1 + 1/S) + σ_sc²)``."""
     S = max(int(fm.summaries.sessions.size), 1)
-    sd = np.sqrt(post["session_sd"] ** 2 * (1 + 1 / S) + session_config_sd(post, post["session_sd"].shape[0]) ** 2)
+    sd = np.sqrt(post["session_sd"] ** 2 * (1 + 1 / S) + session_config_sd(post) ** 2)
     return sd * rng.standard_normal(sd.shape)
 
 
-def config_moves(post: dict, sessions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``[D, passes]``: a configuration's own move in each session of a run whose shared session shift is known
-    (fitted, or read from anchors) but whose level in it was not observed: one ``N(0, σ_sc²)`` per session."""
+def in_known_sessions(post: dict, shifts: np.ndarray, sessions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[D, passes]``: the level offset of each pass of a run whose sessions' shared shifts are known (``shifts``
+    ``[D, U]`` per session of ``np.unique(sessions)``: fitted, or read from anchors) but whose own level in them was
+    not observed: the shift plus this configuration's own move, one ``N(0, σ_sc²)`` per session."""
     uniq, which = np.unique(np.asarray(sessions), return_inverse=True)
-    D = post["session_sd"].shape[0]
-    return (session_config_sd(post, D)[:, None] * rng.standard_normal((D, uniq.size)))[:, which]
+    moves = session_config_sd(post)[:, None] * rng.standard_normal((shifts.shape[0], uniq.size))
+    return (shifts + moves)[:, which]
 
 
 # a new session's tail: its stretch ε (log) ~ N(0, σ²), σ² from a scaled-inverse-χ² posterior that weighs the
