@@ -312,6 +312,9 @@ def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, mea
     svc, sim = src.service(th, "fp32", reps), ServingSetup(reps, th, mb, mw)
     knee = saturation_rps(svc, sim)
     pred_sat = capacity_rps(svc.at_rate(best), sim)  # at the ramp's rate: the fit's own knowledge
+    # its 90 % interval: one run's capacity, drawn as the what-if draws a run (its level, its forward draw)
+    rng = np.random.default_rng(0)
+    sat_draws = [capacity_rps(svc.at_rate(best).draw(rng), sim, n=500) for _ in range(400)]
     obs_sat, sat_runs = _measured_saturation(runs)
     for r, v in zip(test, val["runs"]):
         r.update(v, utilisation=r["offered_rps"] / obs_sat)
@@ -320,6 +323,8 @@ def _score_logs(args, stack: str, text: str, setup, best: float, runs: list, mea
     return {"setup": text, "ramp_rps": best, "runs": test, "all_runs": all_runs, "observed_saturation_rps": obs_sat,
             "overloaded_runs_rps": sat_runs,
             "forecast_saturation_rps": pred_sat, "saturation_error": pred_sat / obs_sat - 1, "forecast_knee_rps": knee,
+            "forecast_saturation_interval_rps": np.quantile(sat_draws, [0.05, 0.95]).tolist(),
+            "saturation_floor": _saturation_floor(sat_runs),
             "below_075": {"runs": len(below), "p99_inside": int(sum(r["inside"]["p99"] for r in below)),
                           "median_abs_p99_error": float(np.median(errs)) if errs else None,
                           "floor_abs_p99_error": _floor(below, test)},
@@ -352,6 +357,14 @@ def _floor(scored: list, runs: list) -> float | None:
     return float(np.median(errs)) if errs else None
 
 
+def _saturation_floor(sustained: list) -> float | None:
+    """The floor of the saturation error: each overloaded run's throughput forecast by another's (the median of
+    |other − own| / own), the median over the runs. The runs a minute apart are what "measured" means here."""
+    errs = [float(np.median([abs(o - own) / own for j, o in enumerate(sustained) if j != i]))
+            for i, own in enumerate(sustained)]
+    return float(np.median(errs)) if len(sustained) > 1 else None
+
+
 def parse_duration_s(text: str) -> float:
     from tqsim.units import parse_duration
 
@@ -378,9 +391,15 @@ def _print_logs_table(stack: str, res: dict) -> None:
     print(f"\nbelow ρ = 0.75: p99 inside the 90 % interval {b['p99_inside']}/{b['runs']}, median |p99 error| "
           f"{100 * (b['median_abs_p99_error'] or float('nan')):.0f} % (floor: a repeat forecasting another, "
           f"{100 * floor:.0f} %; ratio {(b['median_abs_p99_error'] or float('nan')) / floor:.2f}); saturation: forecast "
-          f"{res['forecast_saturation_rps']:.0f} req/s (knee {res.get('forecast_knee_rps', float('nan')):.0f}), measured {res['observed_saturation_rps']:.0f} req/s "
+          f"{res['forecast_saturation_rps']:.0f} req/s{_interval(res.get('forecast_saturation_interval_rps'))} (knee "
+          f"{res.get('forecast_knee_rps', float('nan')):.0f}), measured {res['observed_saturation_rps']:.0f} req/s "
           f"(overloaded runs: {', '.join(f'{x:.0f}' for x in res.get('overloaded_runs_rps', []))}) "
-          f"({100 * res['saturation_error']:+.0f} %); measured in {res['measured_s']:.0f} s")
+          f"({100 * res['saturation_error']:+.0f} %; floor: a repeat forecasting another, "
+          f"{100 * (res.get('saturation_floor') or float('nan')):.0f} %); measured in {res['measured_s']:.0f} s")
+
+
+def _interval(lo_hi) -> str:
+    return f" [{lo_hi[0]:.0f}, {lo_hi[1]:.0f}]" if lo_hi else ""
 
 
 if __name__ == "__main__":

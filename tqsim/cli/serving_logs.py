@@ -16,14 +16,15 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
     out.print(oh.source)
     out.print(f"service = {oh.scale:.2f} × forward + {fmt_seconds(oh.per_batch_s)} a batch"
               f"{'' if oh.inflation_s == 0 else f', × (1 + {oh.inflation_s * 1e3:.3g} per 1000 req/s)'}; "
-              f"response path {fmt_seconds(oh.response_s)} a request; pauses in {100 * oh.pause_prob:.2f} % of "
+              f"{'' if oh.frontend_s == 0 else f'front end {fmt_seconds(oh.frontend_s)} a request; '}response path {fmt_seconds(oh.response_s)} a request; pauses in {100 * oh.pause_prob:.2f} % of "
               f"batches (mean {fmt_seconds(sum(oh.pause_s) / max(len(oh.pause_s), 1))}); fitted by replaying the "
               f"runs' own arrivals: {', '.join(fit.parameters)}")
-    table = Table("run", "req/s", "p50 obs / replay", "p90 obs / replay", "p99 obs / replay",
-                  title="each run against its replay (the fit's own residuals)")
+    table = Table("run", "req/s", "level", "p50 obs / replay", "p90 obs / replay", "p99 obs / replay",
+                  title="each run against its replay at its own level (the fit's own residuals; * not fitted)")
     for r in fit.runs:
         o, s = r["observed_s"], r["replayed_s"]
-        table.add_row(Path(r["source"]).name if "://" not in r["source"] else r["source"], f"{r['rate_rps']:.0f}",
+        name = Path(r["source"]).name if "://" not in r["source"] else r["source"]
+        table.add_row(name + ("" if r["fitted"] else " *"), f"{r['rate_rps']:.0f}", f"{r['level']:.2f}",
                       *[f"{fmt_seconds(o[k])} / {fmt_seconds(s[k])}" for k in ("p50", "p90", "p99")])
     out.print(table)
     out.print(f"serving overheads stored in {path}")

@@ -16,6 +16,7 @@ from tqsim.data.serving_run import ServingRun
 from tqsim.data.serving_store import OWN_STACK, nearest_setup
 
 STALL_RATIO = 5.0  # a batch stalls when its in-server forward time exceeds 5x its batch size's median
+MIN_SIZE_BATCHES = 200  # a batch size served this often in request logs gets its own served distribution
 
 
 BEYOND_FITTED = 1.25  # a what-if rate this far above the busiest fitted run is noted as extrapolated
@@ -48,6 +49,9 @@ class ServingOverheads:
     pause_prob: float = 0.0
     pause_s: list = dataclasses.field(default_factory=list)
     shape: list = dataclasses.field(default_factory=list)
+    # per batch size served often in request logs: quantiles of its in-server forward time over scale × the
+    # calibrated median (its own level and spread: on tqsim's server batch 1 ran 3.3x its calibration, batch 8 2.3x)
+    shape_by_size: dict = dataclasses.field(default_factory=dict)
     inflation_s: float = 0.0  # g: service × (1 + g × arrival rate), contention with the request driver
     # sd of the served level between windows of requests, measured in the serving runs (None: use the
     # forward calibration's pass effects, whose spread between timed passes is several times larger:
@@ -164,18 +168,34 @@ class ServedForward:
     rel: np.ndarray
     stalled: np.ndarray
     shape: list
+    by_size: dict  # batch size -> quantiles of its served forward time over scale × the calibrated median
 
 
-def served_forward(k: np.ndarray, fwd: np.ndarray, forward) -> ServedForward:
-    """:class:`ServedForward` of batches of sizes ``k`` that took ``fwd`` seconds, against the model ``forward``."""
+def served_forward(k: np.ndarray, fwd: np.ndarray, forward, run: np.ndarray | None = None) -> ServedForward:
+    """:class:`ServedForward` of batches of sizes ``k`` that took ``fwd`` seconds, against the model ``forward``.
+
+    ``run`` (each batch's run): the spread is then each batch against its own run's median at its size, for a model
+    that draws the run's level apart (one slow run would otherwise put its whole level into every batch's spread).
+    """
     sizes = np.unique(k)
     cal = {int(s): float(np.median(forward.sample(np.full(4000, int(s)), np.random.default_rng(0)))) for s in sizes}
     scale = float(np.median(fwd / np.array([cal[int(s)] for s in k])))
     med_fwd = {int(s): float(np.median(fwd[k == s])) for s in sizes}
     rel = fwd / np.array([med_fwd[int(s)] for s in k])
+    if run is not None:
+        for key in np.unique(np.stack([run, k]), axis=1).T:
+            mine = (run == key[0]) & (k == key[1])
+            rel[mine] = fwd[mine] / np.median(fwd[mine])
     stalled = rel > STALL_RATIO
     shape = np.quantile(rel[~stalled], np.linspace(0.0005, 0.9995, 1000)).tolist()
-    return ServedForward(scale, med_fwd, rel, stalled, shape)
+    by_size = {}
+    if run is not None:  # sizes served often enough: their own level against the calibration, and their own spread
+        for s in sizes:
+            mine = (k == s) & ~stalled
+            if mine.sum() >= MIN_SIZE_BATCHES:
+                by_size[int(s)] = np.quantile(rel[mine] * med_fwd[int(s)] / (scale * cal[int(s)]),
+                                              np.linspace(0.0025, 0.9975, 200)).tolist()
+    return ServedForward(scale, med_fwd, rel, stalled, shape, by_size)
 
 
 def stall_dispersion_draws(runs: Sequence[ServingRun], stalled: np.ndarray, n_draws: int = 400,

@@ -242,6 +242,7 @@ class WithOverheads(ServiceModel):
         self._late = np.asarray(overheads.timer_late_s or [0.0], dtype=float)
         self._pause = np.asarray(overheads.pause_s or [0.0], dtype=float)
         self._shape = np.sort(np.asarray(overheads.shape, dtype=float))
+        self._by_size = {int(k): np.asarray(v, dtype=float) for k, v in (overheads.shape_by_size or {}).items()}
         self._stall = np.asarray(overheads.stall_shape, dtype=float)
         self._factor = 1.0
         self._run = 1.0
@@ -293,8 +294,9 @@ class WithOverheads(ServiceModel):
         fwd = np.asarray(self.base.sample(batch_sizes, rng), dtype=float).ravel()
         if self._shape.size:  # keep the model's median per batch size, take the served spread
             p_stall = min(self.oh.stall_prob * self._stall_mult, 1.0) if self._stall.size else 0.0
-            for _, idx in _groups(np.asarray(batch_sizes, dtype=np.int64).ravel()):
-                rel = self._shape[rng.integers(0, self._shape.size, idx.size)]
+            for size, idx in _groups(np.asarray(batch_sizes, dtype=np.int64).ravel()):
+                shape = self._by_size.get(int(size), self._shape)
+                rel = shape[rng.integers(0, shape.size, idx.size)]
                 if p_stall > 0:
                     hit = rng.random(idx.size) < p_stall
                     rel[hit] = self._stall[rng.integers(0, self._stall.size, int(hit.sum()))]
