@@ -15,7 +15,7 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
     out = console()
     out.print(oh.source)
     out.print(f"service = {oh.scale:.2f} × forward + {fmt_seconds(oh.per_batch_s)} a batch"
-              f"{'' if oh.inflation_s == 0 else f', × (1 + {oh.inflation_s * 1e3:.3g} per 1000 req/s)'}; "
+              f"{_rate_effect(oh)}; "
               f"{'' if oh.frontend_s == 0 else f'front end {fmt_seconds(oh.frontend_s)} a request; '}response path {fmt_seconds(oh.response_s)} a request; pauses in {100 * oh.pause_prob:.2f} % of "
               f"batches (mean {fmt_seconds(sum(oh.pause_s) / max(len(oh.pause_s), 1))}); fitted by replaying the "
               f"runs' own arrivals: {', '.join(fit.parameters)}")
@@ -30,6 +30,15 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
     out.print(f"serving overheads stored in {path}")
     for note in dict.fromkeys(list(notes) + list(fit.notes)):
         out.print(f"[yellow]note: {note}[/yellow]")
+
+
+def _rate_effect(oh) -> str:
+    """The arrival rate's effect on the service, as the fit found it: a slowdown, or a speed-up up to a rate."""
+    g = oh.inflation_s
+    if g == 0:
+        return ""
+    until = f", up to {oh.inflation_until_rps:.0f} req/s" if g < 0 and oh.inflation_until_rps else ""
+    return f", × (1 {'+' if g > 0 else '−'} {abs(g) * 1e3:.3g} per 1000 req/s{until})"
 
 
 def _cell(obs, fc, inside, seconds: bool) -> str:

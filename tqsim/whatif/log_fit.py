@@ -18,7 +18,7 @@ import numpy as np
 
 from tqsim.data.request_log import RequestLog
 from tqsim.errors import UserError
-from tqsim.whatif.overheads import ServingOverheads, grid_draws, served_forward
+from tqsim.whatif.overheads import ServingOverheads, grid_draws, rate_factor, served_forward
 from tqsim.whatif.service import ServiceModel, WithOverheads
 from tqsim.whatif.simulator import ServingSetup, serve_pool, service_pool
 
@@ -123,12 +123,25 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     names = (["scale"] if not with_forward else []) + (["per_batch_s"] if cycles is None else []) + [
         "frontend_s", "response_s", "inflation_s", "pause_prob", "pause_mean_s"]
 
+    # The arrival rate's effect on the service (inflation_s, g) may be a speed-up where a measured capacity says
+    # where it stops: exp(x) is then 1 + g × the busiest fitted rate (rate_factor); else exp(x) is g ≥ 0.
+    top = max(lg.rate_rps for lg in logs)
+
     def unpack(x: np.ndarray, timer: str) -> dict:
         v = dict(zip(names, np.exp(x)), **{k: known[k] for k in ("scale", "per_batch_s") if k in known},
-                 batch_timer=timer)
+                 batch_timer=timer, until=capacity)
         for share in ODDS:  # a probability or a share: exp(x) is its odds
             v[share] = v[share] / (1.0 + v[share]) if share in names else 0.0
+        if capacity is not None:
+            v["inflation_s"] = (v["inflation_s"] - 1.0) / top
         return v
+
+    def pack(n: str, value: float) -> float:
+        if n in ODDS:
+            return float(np.log(value / (1 - value)))
+        if n == "inflation_s" and capacity is not None:
+            return float(np.log1p(value * top))
+        return float(np.log(value))
 
     mean_pool = np.mean([r.pool.mean(axis=1) for r in replays], axis=0)  # [batch size - 1]
 
@@ -160,7 +173,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
         best, timer = None, "oldest"
         for kind in timers:  # each batching rule from every start, both directions (one descent finds the other's
             for first in starts:  # basin too rarely: the terms that fit one timer do not fit the other)
-                x0 = np.log([first[n] / (1 - first[n]) if n in ODDS else first[n] for n in names])
+                x0 = np.array([pack(n, first[n]) for n in names])
                 for step in (np.log(3.0), -np.log(3.0)):
                     res = descend(x0, step, kind)
                     if best is None or res.fun < best.fun - 1e-3:
@@ -174,7 +187,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     # from this optimum). The quantiles of light loads cannot tell the two front ends apart (their losses differ by
     # < 1e-3 on LitServe's logs); the answers of one batch can: sent one at a time, they leave apart. A front end
     # that stays idle, or whose batches' answers leave together (tqsim's in-process server), keeps the one-way replay.
-    busiest = max(lg.rate_rps * (1 + v["inflation_s"] * lg.rate_rps) for lg in logs) * v["frontend_s"]
+    busiest = max(lg.rate_rps * rate_factor(v["inflation_s"], lg.rate_rps, capacity) for lg in logs) * v["frontend_s"]
     if busiest >= FRONTEND_BUSY and answers_one_at_a_time(logs):
         names = names + ["frontend_out_share"]
         starts = [dict(first, frontend_out_share=0.3) for first in starts]
@@ -210,6 +223,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     oh = ServingOverheads(scale=float(v["scale"]), per_batch_s=float(v["per_batch_s"]),
                           frontend_s=float(v["frontend_s"]), frontend_out_share=float(v["frontend_out_share"]),
                           response_s=float(v["response_s"]), inflation_s=float(v["inflation_s"]),
+                          inflation_until_rps=capacity if v["inflation_s"] < 0 else None,
                           pause_prob=float(v["pause_prob"]), pause_s=(v["pause_mean_s"] * _EXP_QUANTILES).tolist(),
                           window_log_sd=window_level_sd(logs, window) if window else None,
                           run_log_sd=run_sd, run_log_dof=run_dof, stall_dispersion=phi, batch_timer=timer)
@@ -295,7 +309,7 @@ def overloaded(log: RequestLog) -> bool:
 def _capacity(v: dict, mean_pool: np.ndarray, setup: ServingSetup, rate: float) -> float:
     """Requests per second the replicas sustain with full use of batching, at arrival rate ``rate``."""
     k = np.arange(1, mean_pool.size + 1)
-    factor = 1 + v["inflation_s"] * rate
+    factor = rate_factor(v["inflation_s"], rate, v.get("until"))
     busy = factor * (v["scale"] * mean_pool + v["per_batch_s"])
     front = 1.0 / (factor * v["frontend_s"]) if v["frontend_s"] > 0 else np.inf
     return float(min(setup.replicas * np.max(k / (busy + v["pause_prob"] * v["pause_mean_s"])), front))
@@ -318,7 +332,7 @@ class _Replay:
         """Replayed latency of the answered requests with the overheads ``v`` (request-aligned with the log), at the
         run's own service ``level`` (every CPU cost, as :meth:`WithOverheads.draw` stretches them)."""
         level = self.level if level is None else level
-        factor = (1.0 + v["inflation_s"] * self.rate) * level
+        factor = rate_factor(v["inflation_s"], self.rate, v.get("until")) * level
         extra = v["pause_mean_s"] * self.pause_e * (self.pause_u < v["pause_prob"] * pause_mult)
         run = serve_pool(factor * (v["scale"] * self.pool + v["per_batch_s"]), setup, self.arrival_s, self.pick,
                          extra=extra, response_s=v["response_s"] * level, frontend_s=v["frontend_s"] * factor,

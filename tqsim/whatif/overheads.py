@@ -38,7 +38,8 @@ class ServingOverheads:
 
     ``inflation_s`` (g) stretches every batch by ``1 + g λ`` at arrival rate λ: in one Python
     process the request driver and the replicas contend for the GIL, more so the more requests
-    arrive (:meth:`~tqsim.whatif.service.WithOverheads.at_rate`).
+    arrive (:meth:`~tqsim.whatif.service.WithOverheads.at_rate`). Fitted from request logs with a measured
+    capacity, g may be negative up to ``inflation_until_rps`` (:func:`rate_factor`).
     """
 
     scale: float = 1.0
@@ -53,6 +54,9 @@ class ServingOverheads:
     # calibrated median (its own level and spread: on tqsim's server batch 1 ran 3.3x its calibration, batch 8 2.3x)
     shape_by_size: dict = dataclasses.field(default_factory=dict)
     inflation_s: float = 0.0  # g: service × (1 + g × arrival rate), contention with the request driver
+    # g < 0 (fitted from logs with a measured capacity): a server that runs faster the busier it is stops speeding
+    # up at this rate, its measured capacity (rate_factor)
+    inflation_until_rps: float | None = None
     # sd of the served level between windows of requests, measured in the serving runs (None: use the
     # forward calibration's pass effects, whose spread between timed passes is several times larger:
     # on the 2-vCPU VM it over-forecast p99 at 50-100 % load by 1.6-80x, benchmarks/RESULTS.md)
@@ -228,6 +232,18 @@ def stall_dispersion_draws(runs: Sequence[ServingRun], stalled: np.ndarray, n_dr
         loglik += (gammaln(alpha.sum(1)) - gammaln(counts.sum() + alpha.sum(1))
                    + np.sum(gammaln(counts[None, :] + alpha) - gammaln(alpha), axis=1))
     return grid_draws(phi, loglik - phi, n_draws, seed)  # Exponential(1) prior on φ
+
+
+MIN_RATE_FACTOR = 0.5  # no server is taken to run more than twice as fast busy as idle
+
+
+def rate_factor(g: float, rate_rps: float, until_rps: float | None = None) -> float:
+    """How much the arrival rate stretches a batch: ``1 + g λ``. A negative g (tqsim's server on a 2-vCPU VM ran
+    its forward calls 25 % faster saturated than at a fifth of its capacity) stops at ``until_rps``, the measured
+    capacity: a saturated server is as busy as it gets."""
+    if g < 0 and until_rps:
+        rate_rps = min(float(rate_rps), float(until_rps))
+    return max(1.0 + float(g) * float(rate_rps), MIN_RATE_FACTOR)
 
 
 def grid_draws(grid: np.ndarray, logpost: np.ndarray, n_draws: int, seed: int = 0) -> list[float]:

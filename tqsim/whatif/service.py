@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tqsim.errors import UserError
-from tqsim.whatif.overheads import ServingOverheads
+from tqsim.whatif.overheads import ServingOverheads, rate_factor
 
 
 class ServiceModel:
@@ -252,7 +252,7 @@ class WithOverheads(ServiceModel):
     def at_rate(self, rate_rps: float) -> "WithOverheads":
         """This model at arrival rate ``rate_rps``: batches stretched by ``1 + inflation_s × rate``."""
         new = copy.copy(self)
-        new._factor = 1.0 + float(self.oh.inflation_s) * float(rate_rps)
+        new._factor = rate_factor(self.oh.inflation_s, rate_rps, self.oh.inflation_until_rps)
         return new._on_machine()
 
     def _on_machine(self) -> "WithOverheads":
