@@ -92,6 +92,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     typical = [lg for lg, slow in zip(logs, knee) if not slow]
     base: ServiceModel = forward
     known: dict = {}
+    read_at: dict = {}  # the arrival rate (mean over what was read) at which a known term was read from the logs
     if with_forward:  # the log gives in-server forward times: level, spread and stalls are read, not fitted
         per_log = [lg.batches("forward_s") for lg in typical]
         k, fwd = map(np.concatenate, zip(*per_log))
@@ -100,6 +101,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
                      stall_shape=np.sort(served.rel[served.stalled]).tolist())
         base = WithOverheads(forward, ServingOverheads(**known))  # scale 1: the served level is fitted below
         known["scale"] = served.scale
+        read_at["scale"] = float(np.average([lg.rate_rps for lg in typical], weights=[b[0].size for b in per_log]))
     else:
         notes.append("the logs give no per-batch forward times (columns batch_id and forward_s): the service level "
                      "was fitted from latency alone and stalls come from the forward calibration.")
@@ -117,7 +119,7 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     fitted = [r for r in replays if not knee[r.run]]
     cycles = per_batch_from_cycles(typical, setup) if with_forward else None
     if cycles is not None:
-        known["per_batch_s"] = cycles[0]
+        known["per_batch_s"], read_at["per_batch_s"] = cycles[0], cycles[2]
         notes.append(f"cost per batch outside the forward call: {cycles[0] * 1e3:.3f} ms, read from {cycles[1]} "
                      "batches that ran back to back.")
     names = (["scale"] if not with_forward else []) + (["per_batch_s"] if cycles is None else []) + [
@@ -134,6 +136,8 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
             v[share] = v[share] / (1.0 + v[share]) if share in names else 0.0
         if capacity is not None:
             v["inflation_s"] = (v["inflation_s"] - 1.0) / top
+        for k, rate in read_at.items():  # a term read from the logs is what it was at the rate it was read at
+            v[k] = known[k] / rate_factor(v["inflation_s"], rate, capacity)
         return v
 
     def pack(n: str, value: float) -> float:
@@ -255,10 +259,10 @@ def answers_one_at_a_time(logs: Sequence[RequestLog]) -> bool:
 MIN_BACK_TO_BACK = 30  # back-to-back batches needed to read the per-batch cost from the log
 
 
-def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tuple[float, int] | None:
+def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tuple[float, int, float] | None:
     """The replica's cost per batch outside its forward call, read from batches that ran back to back: the time
-    from one batch's answers to the next's, less the next one's forward time (median over such pairs), and how many
-    pairs. None when the logs cannot say it (no batch ids or forward times, or answers leaving one at a time from a
+    from one batch's answers to the next's, less the next one's forward time (median over such pairs), how many
+    pairs, and the arrival rate they were read at (the pairs' mean). None when the logs cannot say it (no batch ids or forward times, or answers leaving one at a time from a
     front end that then paces the batches, several replicas without a replica column, or too few pairs).
 
     Back to back: every request of the next batch had arrived before the previous batch answered, and the batch
@@ -271,7 +275,7 @@ def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tu
         return None
     if setup.replicas > 1 and not all(lg.has("replica") for lg in logs):
         return None
-    rest = []
+    rest, rates = [], []
     for lg in logs:
         ok = lg.ok
         _, inv, size = np.unique(lg.batch_id[ok], return_inverse=True, return_counts=True)
@@ -290,10 +294,11 @@ def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tu
             prev, nxt = mine[:-1], mine[1:]
             clean = (newest[nxt] < answered[prev]) & ((size[nxt] == setup.max_batch) | (setup.max_wait_s <= 0))
             rest.append(answered[nxt][clean] - answered[prev][clean] - fwd[nxt][clean])
+            rates.append(np.full(int(clean.sum()), float(lg.rate_rps)))
     rest = np.concatenate(rest) if rest else np.zeros(0)
     if rest.size < MIN_BACK_TO_BACK:
         return None
-    return max(float(np.median(rest)), 0.0), int(rest.size)
+    return max(float(np.median(rest)), 0.0), int(rest.size), float(np.mean(np.concatenate(rates)))
 
 
 def overloaded(log: RequestLog) -> bool:
