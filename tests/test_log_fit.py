@@ -198,8 +198,8 @@ def test_the_cost_per_batch_is_read_from_batches_that_ran_back_to_back(forward):
 
     cap = saturation_rps(WithOverheads(forward, TRUTH), SETUP)
     log = _log_with_forward(WithOverheads(forward, TRUTH), 0.6 * cap, seed=1)
-    got, pairs = per_batch_from_cycles([log], SETUP)
-    assert pairs >= 100 and got == pytest.approx(TRUTH.per_batch_s, rel=0.15)
+    got, pairs, rate = per_batch_from_cycles([log], SETUP)
+    assert pairs >= 100 and got == pytest.approx(TRUTH.per_batch_s, rel=0.15) and rate == pytest.approx(log.rate_rps)
     assert per_batch_from_cycles([_log_with_forward(WithOverheads(forward, TRUTH), 0.02 * cap, 2)], SETUP) is None
     log.batch_id = np.full(log.n, -1)  # batches not named: nothing to read
     assert per_batch_from_cycles([log], SETUP) is None
