@@ -350,18 +350,21 @@ def _floor(scored: list, runs: list) -> float | None:
     to forecast one run closer than a repeat of it does."""
     errs = []
     for r in scored:
-        own = r["observed"]["p99"]
         others = [s["observed"]["p99"] for s in runs if s["load"] == r["load"] and s is not r]
         if others:
-            errs.append(float(np.median([abs(o - own) / own for o in others])))
+            errs.append(_repeat_error(r["observed"]["p99"], others))
     return float(np.median(errs)) if errs else None
+
+
+def _repeat_error(own: float, others: list) -> float:
+    """How far other repeats forecast one run's figure: the median of |other − own| / own."""
+    return float(np.median([abs(o - own) / own for o in others]))
 
 
 def _saturation_floor(sustained: list) -> float | None:
     """The floor of the saturation error: each overloaded run's throughput forecast by another's (the median of
     |other − own| / own), the median over the runs. The runs a minute apart are what "measured" means here."""
-    errs = [float(np.median([abs(o - own) / own for j, o in enumerate(sustained) if j != i]))
-            for i, own in enumerate(sustained)]
+    errs = [_repeat_error(own, sustained[:i] + sustained[i + 1:]) for i, own in enumerate(sustained)]
     return float(np.median(errs)) if len(sustained) > 1 else None
 
 

@@ -16,7 +16,8 @@ def render_log_fit(path, fit, notes: list[str]) -> None:
     out.print(oh.source)
     out.print(f"service = {oh.scale:.2f} × forward + {fmt_seconds(oh.per_batch_s)} a batch"
               f"{_rate_effect(oh)}; "
-              f"{'' if oh.frontend_s == 0 else f'front end {fmt_seconds(oh.frontend_s)} a request; '}response path {fmt_seconds(oh.response_s)} a request; pauses in {100 * oh.pause_prob:.2f} % of "
+              f"{'' if oh.frontend_s == 0 else f'front end {fmt_seconds(oh.frontend_s)} a request; '}"
+              f"response path {fmt_seconds(oh.response_s)} a request; pauses in {100 * oh.pause_prob:.2f} % of "
               f"batches (mean {fmt_seconds(sum(oh.pause_s) / max(len(oh.pause_s), 1))}); fitted by replaying the "
               f"runs' own arrivals: {', '.join(fit.parameters)}")
     table = Table("run", "req/s", "level", "p50 obs / replay", "p90 obs / replay", "p99 obs / replay",

@@ -262,8 +262,9 @@ MIN_BACK_TO_BACK = 30  # back-to-back batches needed to read the per-batch cost 
 def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tuple[float, int, float] | None:
     """The replica's cost per batch outside its forward call, read from batches that ran back to back: the time
     from one batch's answers to the next's, less the next one's forward time (median over such pairs), how many
-    pairs, and the arrival rate they were read at (the pairs' mean). None when the logs cannot say it (no batch ids or forward times, or answers leaving one at a time from a
-    front end that then paces the batches, several replicas without a replica column, or too few pairs).
+    pairs, and the arrival rate they were read at (the pairs' mean). None when the logs cannot say it (no batch ids
+    or forward times, or answers leaving one at a time from a front end that then paces the batches, several
+    replicas without a replica column, or too few pairs).
 
     Back to back: every request of the next batch had arrived before the previous batch answered, and the batch
     was full (or the stack does not wait), so nothing but the replica's own work lay between the two. Latency
