@@ -237,6 +237,25 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
     return LogFit(oh, runs, notes, names, float(best.fun))
 
 
+class _Batches:
+    """A log's answered requests grouped by batch: each batch's size, first and last answer and newest arrival."""
+
+    def __init__(self, log: RequestLog):
+        self.ok = log.ok
+        _, self.inv, self.size = np.unique(log.batch_id[self.ok], return_inverse=True, return_counts=True)
+        self.first_answer, self.last_answer = np.full(self.size.size, np.inf), np.full(self.size.size, -np.inf)
+        self.newest_arrival = np.full(self.size.size, -np.inf)
+        np.minimum.at(self.first_answer, self.inv, log.completion_s[self.ok])
+        np.maximum.at(self.last_answer, self.inv, log.completion_s[self.ok])
+        np.maximum.at(self.newest_arrival, self.inv, log.arrival_s[self.ok])
+
+    def per_batch(self, column: np.ndarray) -> np.ndarray:
+        """A per-request column that is one value per batch (forward time, replica), one entry per batch."""
+        out = np.zeros(self.size.size)
+        out[self.inv] = column[self.ok]
+        return out
+
+
 def answers_one_at_a_time(logs: Sequence[RequestLog]) -> bool:
     """Whether the answers of one batch leave the stack one after another (median spacing ≥ ``ANSWER_SPACING_S``
     over batches of two or more), as from one HTTP process; True when the logs do not name batches (nothing says
@@ -245,13 +264,9 @@ def answers_one_at_a_time(logs: Sequence[RequestLog]) -> bool:
     for lg in logs:
         if not lg.has("batch_id"):
             return True
-        ok = lg.ok
-        _, batch, size = np.unique(lg.batch_id[ok], return_inverse=True, return_counts=True)
-        first, last = np.full(size.size, np.inf), np.full(size.size, -np.inf)
-        np.minimum.at(first, batch, lg.completion_s[ok])
-        np.maximum.at(last, batch, lg.completion_s[ok])
-        several = size > 1
-        spacing.append((last - first)[several] / (size[several] - 1))
+        b = _Batches(lg)
+        several = b.size > 1
+        spacing.append((b.last_answer - b.first_answer)[several] / (b.size[several] - 1))
     spacing = np.concatenate(spacing) if spacing else np.zeros(0)
     return bool(spacing.size == 0 or np.median(spacing) >= ANSWER_SPACING_S)
 
@@ -278,17 +293,10 @@ def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tu
         return None
     rest, rates = [], []
     for lg in logs:
-        ok = lg.ok
-        _, inv, size = np.unique(lg.batch_id[ok], return_inverse=True, return_counts=True)
-        answered = np.full(size.size, np.inf)
-        newest = np.full(size.size, -np.inf)
-        np.minimum.at(answered, inv, lg.completion_s[ok])
-        np.maximum.at(newest, inv, lg.arrival_s[ok])
-        fwd = np.zeros(size.size)
-        fwd[inv] = lg.forward_s[ok]
-        replica = np.zeros(size.size, int)
-        if setup.replicas > 1:
-            replica[inv] = lg.replica[ok]
+        b = _Batches(lg)
+        answered, newest, size = b.first_answer, b.newest_arrival, b.size
+        fwd = b.per_batch(lg.forward_s)
+        replica = b.per_batch(lg.replica).astype(int) if setup.replicas > 1 else np.zeros(size.size, int)
         for r in np.unique(replica):
             mine = np.flatnonzero(replica == r)
             mine = mine[np.argsort(answered[mine], kind="stable")]
