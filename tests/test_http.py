@@ -212,6 +212,9 @@ def test_stack_config_maps_the_plan_knobs():
     assert cfg["litserver"] == {"accelerator": "cpu", "workers_per_device": 2} and cfg["torch_threads"] == 1
     assert cfg["command"] == ("tqsim serve --stack litserve --workload digits-cnn --max-batch 8 --max-wait 2ms "
                               "--replicas 2 --threads 1 --port 8000")
+    assert any("batch_timeout counts from when a worker starts" in n for n in cfg["notes"])
+    cycle = stack_config(ServingSetup(max_batch=8, max_wait_s=0.002), "litserve", batch_timer="cycle")
+    assert not any("batch_timeout" in n for n in cycle["notes"])  # the plan simulated LitServe's own rule
     with pytest.raises(UserError, match="supported: litserve"):
         stack_config(ServingSetup(), "triton")
 

@@ -23,17 +23,20 @@ def require_stack(stack: str) -> None:
         raise UserError(f"--stack {stack} needs {stack}: pip install 'tqsim[{stack}]'.")
 
 
-def stack_config(setup: Any, stack: str, workload: str = "digits-cnn", port: int = 8000) -> dict:
+def stack_config(setup: Any, stack: str, workload: str = "digits-cnn", port: int = 8000,
+                 batch_timer: str | None = None) -> dict:
     """The configuration that applies ``setup`` (replicas, threads, max_batch, max_wait_s, precision) to
-    ``stack``: the ``tqsim serve`` command that serves ``workload`` so, and the stack's own arguments."""
+    ``stack``: the ``tqsim serve`` command that serves ``workload`` so, and the stack's own arguments.
+    ``batch_timer``: the rule the plan simulated (the stack's serving calibration), "cycle" for LitServe's own."""
     if stack not in STACKS:
         raise UserError(f"unknown serving stack '{stack}'; supported: {', '.join(STACKS)}.")
     wait_ms = f"{setup.max_wait_s * 1e3:g}ms"
     command = (f"tqsim serve --stack {stack} --workload {workload} --max-batch {setup.max_batch} --max-wait {wait_ms} "
                f"--replicas {setup.replicas} --threads {setup.threads} --port {port}")
-    notes = ["LitServe's batch_timeout counts from when a worker starts collecting a batch, not from the oldest "
-             "request's arrival: the plan simulates that only with the stack's own serving calibration (`tqsim "
-             "calibrate --serving 'target=...,stack=litserve'`, whose fit then reports `batch timer: cycle`)."]
+    notes = [] if batch_timer == "cycle" else [
+        "LitServe's batch_timeout counts from when a worker starts collecting a batch, not from the oldest request's "
+        "arrival: the plan simulates that only with the stack's own serving calibration (`tqsim calibrate --serving "
+        "'target=...,stack=litserve'`, whose fit then reports `batch timer: cycle`)."]
     if setup.precision != "fp32":
         notes.append(f"LitServe has no precision setting: cast the model to {setup.precision} in LitAPI.setup "
                      "(tqsim serve serves fp32).")
