@@ -231,6 +231,7 @@ def test_plan_prints_the_stack_configuration(tmp_path, capsys, monkeypatch):
     best, cfg = res["best"], res["stack_config"]
     assert cfg["litapi"] == {"max_batch_size": best["max_batch"], "batch_timeout": best["max_wait_s"]}
     assert cfg["litserver"]["workers_per_device"] == best["replicas"] and "--workload toy" in cfg["command"]
+    assert any("batch_timeout counts" in n for n in cfg["notes"])  # no litserve calibration: the plan ran "oldest"
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0 and "tqsim serve --stack litserve" in out and "workers_per_device" in out
     code, _, err = run_cli(args[:-1] + ["nginx"], capsys, monkeypatch)

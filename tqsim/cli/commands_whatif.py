@@ -171,7 +171,7 @@ def plan(
 
             result = plan_from_workspace(goal, rate, cores, home=home, system=system, workload=workload,
                                          progress=progress, pool=on, cost=kind, **options)
-    config = _stack_config(result, stack, fleet=prices is not None, home=home, system=system)
+    config = _stack_config(result, stack, fleet=prices is not None)
     if json_out:
         emit_json({**result.as_dict(), **({"stack_config": config} if config else {})})
         return
@@ -183,23 +183,16 @@ def plan(
         _print_stack_config(config)
 
 
-def _stack_config(result, stack: str | None, fleet: bool, home=None, system: str | None = None) -> dict | None:
+def _stack_config(result, stack: str | None, fleet: bool) -> dict | None:
     """The chosen set-up in the serving stack's own terms (None without a stack tqsim can configure, e.g. an
     imported one, or without a feasible plan), with the batching rule the plan simulated for it."""
     from tqsim.serve import STACKS, stack_config
 
     if stack not in STACKS or result.best is None:
         return None
-    setup = result.best.candidate.setup if fleet else result.best.setup
-    timer = None
-    if not fleet:
-        from tqsim.whatif.inputs import WorkspaceInputs
-        from tqsim.whatif.overheads import load_overheads
-
-        folder = WorkspaceInputs.open(home, system, result.workload, overheads=False).folder
-        oh, _ = load_overheads(folder, setup.replicas, setup.threads, stack)
-        timer = oh.batch_timer if oh is not None else None
-    return stack_config(setup, stack, workload=result.workload or "WORKLOAD", batch_timer=timer)
+    best = result.best.candidate if fleet else result.best
+    timer = best.whatif.batch_timer if best.whatif is not None else None
+    return stack_config(best.setup, stack, workload=result.workload or "WORKLOAD", batch_timer=timer)
 
 
 def _print_stack_config(config: dict) -> None:

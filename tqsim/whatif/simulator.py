@@ -373,6 +373,7 @@ class WhatIf:
     requests: int
     windows: int
     no_deadline_quality: float
+    batch_timer: str = "oldest"  # the batching rule simulated (the service's: a stack's serving calibration)
 
     def result(self, i: int = 0) -> dict:
         s = self.setup
@@ -464,7 +465,7 @@ def simulate(service: ServiceModel, setup: ServingSetup, *, thresholds_s: Sequen
         util[d] = run.utilisation
         mb[d] = run.batch_sizes.mean()
     return WhatIf(setup, rate, thresholds, tail_q, interval, lat, miss, tail, meanq, util, mb, int(n),
-                  int(n_win), float(score.mean()))
+                  int(n_win), float(score.mean()), service.batch_timer)
 
 
 def simulate_job(shared: dict, job: tuple) -> WhatIf:
