@@ -238,7 +238,8 @@ def fit_log_overheads(logs: Sequence[RequestLog], forward: ServiceModel, setup: 
 
 
 class _Batches:
-    """A log's answered requests grouped by batch: each batch's size, first and last answer and newest arrival."""
+    """A log's answered requests grouped by batch: each batch's size, first and last answer and newest arrival (in
+    the order of :meth:`RequestLog.batches`, which gives the batch-level columns)."""
 
     def __init__(self, log: RequestLog):
         self.ok = log.ok
@@ -248,12 +249,6 @@ class _Batches:
         np.minimum.at(self.first_answer, self.inv, log.completion_s[self.ok])
         np.maximum.at(self.last_answer, self.inv, log.completion_s[self.ok])
         np.maximum.at(self.newest_arrival, self.inv, log.arrival_s[self.ok])
-
-    def per_batch(self, column: np.ndarray) -> np.ndarray:
-        """A per-request column that is one value per batch (forward time, replica), one entry per batch."""
-        out = np.zeros(self.size.size)
-        out[self.inv] = column[self.ok]
-        return out
 
 
 def answers_one_at_a_time(logs: Sequence[RequestLog]) -> bool:
@@ -295,8 +290,8 @@ def per_batch_from_cycles(logs: Sequence[RequestLog], setup: ServingSetup) -> tu
     for lg in logs:
         b = _Batches(lg)
         answered, newest, size = b.first_answer, b.newest_arrival, b.size
-        fwd = b.per_batch(lg.forward_s)
-        replica = b.per_batch(lg.replica).astype(int) if setup.replicas > 1 else np.zeros(size.size, int)
+        _, fwd = lg.batches("forward_s")
+        replica = lg.batches("replica")[1].astype(int) if setup.replicas > 1 else np.zeros(size.size, int)
         for r in np.unique(replica):
             mine = np.flatnonzero(replica == r)
             mine = mine[np.argsort(answered[mine], kind="stable")]
