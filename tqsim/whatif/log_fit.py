@@ -242,13 +242,13 @@ class _Batches:
     the order of :meth:`RequestLog.batches`, which gives the batch-level columns)."""
 
     def __init__(self, log: RequestLog):
-        self.ok = log.ok
-        _, self.inv, self.size = np.unique(log.batch_id[self.ok], return_inverse=True, return_counts=True)
+        ok = log.ok
+        _, batch, self.size = np.unique(log.batch_id[ok], return_inverse=True, return_counts=True)
         self.first_answer, self.last_answer = np.full(self.size.size, np.inf), np.full(self.size.size, -np.inf)
         self.newest_arrival = np.full(self.size.size, -np.inf)
-        np.minimum.at(self.first_answer, self.inv, log.completion_s[self.ok])
-        np.maximum.at(self.last_answer, self.inv, log.completion_s[self.ok])
-        np.maximum.at(self.newest_arrival, self.inv, log.arrival_s[self.ok])
+        np.minimum.at(self.first_answer, batch, log.completion_s[ok])
+        np.maximum.at(self.last_answer, batch, log.completion_s[ok])
+        np.maximum.at(self.newest_arrival, batch, log.arrival_s[ok])
 
 
 def answers_one_at_a_time(logs: Sequence[RequestLog]) -> bool:
